@@ -404,3 +404,182 @@ def to_frame(events, sensor_size, time_window=None, event_count=None, n_time_bin
     if bad_index >= 0:
         raise_event_error(events, bad_index, code, sensor)
     return frames
+
+
+# --------------------------------------------------------------------------
+# streaming
+# --------------------------------------------------------------------------
+
+@nb.njit(cache=True, nogil=True)
+def _push_chunk(packed, width, height, polarities, last_event_t, clock_t, first_p,
+                start, window, open_index, open_frame, block, saturation):
+    """Validate a whole chunk, then count it into the open frame and the block of newer frames.
+
+    Validation runs to the end before any count is written, so a bad chunk
+    leaves the binner exactly as it was. Returns (bad index, code, last t,
+    first polarity seen).
+    """
+    n = packed.shape[0]
+    for k in range(n):
+        t = packed[k, 0]
+        if t < last_event_t:
+            return k, 1, last_event_t, first_p
+        if t < clock_t:
+            return k, 6, last_event_t, first_p
+        last_event_t = t
+        word = packed[k, 1]
+        p = (word >> 32) & 0xFF
+        if p > 1:
+            return k, 2, last_event_t, first_p
+        if (word & 0xFFFF) >= width:
+            return k, 3, last_event_t, first_p
+        if ((word >> 16) & 0xFFFF) >= height:
+            return k, 4, last_event_t, first_p
+        if polarities == 1:
+            if first_p < 0:
+                first_p = p
+            elif p != first_p:
+                return k, 5, last_event_t, first_p
+    for k in range(n):
+        t = packed[k, 0]
+        if t < start:
+            continue
+        word = packed[k, 1]
+        x = word & 0xFFFF
+        y = (word >> 16) & 0xFFFF
+        c = 0 if polarities == 1 else (word >> 32) & 0xFF
+        offset = (t - start) // window - open_index
+        if offset == 0:
+            v = open_frame[c, y, x]
+            if v < saturation:
+                open_frame[c, y, x] = v + 1
+        else:
+            v = block[offset - 1, c, y, x]
+            if v < saturation:
+                block[offset - 1, c, y, x] = v + 1
+    return -1, 0, last_event_t, first_p
+
+
+class Frame:
+    """One binned window: ``data`` (P, H, W) counts of the events with t_start <= t < t_end (µs)."""
+
+    __slots__ = ("data", "t_start", "t_end")
+
+    def __init__(self, data: np.ndarray, t_start: int, t_end: int):
+        self.data = data
+        self.t_start = t_start
+        self.t_end = t_end
+
+    def as_tensor(self):
+        """The counts as a torch tensor sharing this frame's memory (no copy)."""
+        import torch  # the binner itself never needs torch; only callers that ask for tensors do
+
+        return torch.from_numpy(self.data)
+
+    def __repr__(self) -> str:
+        return (f"Frame(t_start={self.t_start}, t_end={self.t_end}, shape={self.data.shape}, "
+                f"events={int(self.data.sum())})")
+
+
+class StreamingBinner:
+    """Bin a live event stream into consecutive time windows of ``time_window`` µs.
+
+    Windows are ``[start + k*time_window, start + (k+1)*time_window)``, start
+    being ``start_time`` or, when None, the first event's t -- the same
+    windows as ``to_frame(events, sensor_size, time_window=..., start_time=start)``.
+
+    * ``push(chunk)`` counts a chunk of events (any size, empty included) and
+      returns the frames that the chunk's last event closed: a window is over
+      once an event at or after its end has been seen.
+    * ``flush(until_t)`` tells the binner that the source's clock has reached
+      until_t (no event with t < until_t will come), and returns the windows
+      that end at or before it, empty or not -- so a silent camera still yields
+      frames on time. Pushing an event with t < until_t afterwards is an error.
+    * ``reset(start_time=None)`` drops the open window and starts a new stream
+      (a new sample or inference window); timestamps may start over.
+
+    For any split of a stream into chunks, the frames returned by the pushes
+    followed by ``flush(end)`` equal ``to_frame(whole, sensor_size,
+    time_window=time_window, start_time=start, end_time=end)`` whenever
+    ``end >= start + time_window`` (tonic always gives at least one frame).
+    Events before start_time are ignored. A bad chunk raises
+    EventValidationError and leaves the binner as it was.
+
+    Frames are new arrays (windows closed together share one block of memory);
+    ``Frame.as_tensor()`` wraps them for torch without copying.
+    """
+
+    def __init__(self, sensor_size, time_window, start_time=None, dtype=None):
+        self.sensor_size = SensorSize.coerce(sensor_size)
+        # Whole microseconds keep window edges exact integers, equal to the
+        # edges to_frame computes.
+        _check_positive_int("time_window", time_window)
+        self.time_window = int(time_window)
+        self.dtype = _frame_dtype(dtype)
+        self._saturation = _saturation(self.dtype)
+        self._frame_shape = (self.sensor_size.polarities, self.sensor_size.height, self.sensor_size.width)
+        self._no_block = np.zeros((0,) + self._frame_shape, self.dtype)
+        self.reset(start_time)
+
+    def reset(self, start_time=None) -> None:
+        """Forget the stream: drop the open window; the next window starts at start_time or the next event."""
+        self.start_time = None if start_time is None else int(start_time)
+        self._open_index = 0
+        self._open = np.zeros(self._frame_shape, self.dtype)
+        self._last_event_t = _INT64_MIN
+        self._clock_t = _INT64_MIN
+        self._first_p = -1
+
+    @property
+    def open_window(self) -> tuple[int, int] | None:
+        """(t_start, t_end) of the window being filled, or None before the stream has a start."""
+        if self.start_time is None:
+            return None
+        t0 = self.start_time + self._open_index * self.time_window
+        return t0, t0 + self.time_window
+
+    def push(self, chunk) -> list[Frame]:
+        """Count a chunk of events; return the frames it completed (oldest first)."""
+        events, packed = packed_view(chunk)
+        n = packed.shape[0]
+        if n == 0:
+            return []
+        start = self.start_time if self.start_time is not None else int(packed[0, 0])
+        last_t = int(packed[n - 1, 0])
+        n_new = (last_t - start) // self.time_window - self._open_index if last_t >= start else 0
+        block = np.zeros((n_new,) + self._frame_shape, self.dtype) if n_new > 0 else self._no_block
+        bad_index, code, last_event_t, first_p = _push_chunk(
+            packed, self.sensor_size.width, self.sensor_size.height, self.sensor_size.polarities,
+            self._last_event_t, self._clock_t, self._first_p, start, self.time_window,
+            self._open_index, self._open, block, self._saturation)
+        if bad_index >= 0:
+            previous = self._clock_t if code == _ERR_BEFORE_CLOCK else self._last_event_t
+            raise_event_error(events, bad_index, code, self.sensor_size, previous_t=previous,
+                              what="chunk event")
+        self.start_time = start
+        self._last_event_t = last_event_t
+        self._first_p = first_p
+        return self._close(block, n_new) if n_new > 0 else []
+
+    def flush(self, until_t) -> list[Frame]:
+        """The source's clock reached until_t: return every window ending at or before it."""
+        until_t = int(until_t)
+        self._clock_t = max(self._clock_t, until_t)
+        if self.start_time is None or until_t < self.start_time:
+            return []
+        n_new = (until_t - self.start_time) // self.time_window - self._open_index
+        if n_new <= 0:
+            return []
+        return self._close(np.zeros((n_new,) + self._frame_shape, self.dtype), n_new)
+
+    def _close(self, block: np.ndarray, n_new: int) -> list[Frame]:
+        """Emit the open frame and all but the last of block; the last becomes the open frame."""
+        window = self.time_window
+        t0 = self.start_time + self._open_index * window
+        frames = [Frame(self._open, t0, t0 + window)]
+        for i in range(n_new - 1):
+            t0 += window
+            frames.append(Frame(block[i], t0, t0 + window))
+        self._open = block[n_new - 1]
+        self._open_index += n_new
+        return frames

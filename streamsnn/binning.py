@@ -96,14 +96,6 @@ assert EVENT_DTYPE.fields["p"][1] == 12
 
 FRAME_DTYPES = (np.dtype(np.int16), np.dtype(np.int32), np.dtype(np.float32))
 
-_OK = 0
-_ERR_T = 1
-_ERR_P = 2
-_ERR_X = 3
-_ERR_Y = 4
-_ERR_MIXED_P = 5
-_ERR_BEFORE_CLOCK = 6
-
 _INT64_MIN = np.iinfo(np.int64).min
 
 
@@ -117,38 +109,43 @@ def packed_view(events: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return events, events.view(np.int64).reshape(-1, 2)
 
 
-def raise_event_error(events: np.ndarray, index: int, code: int, sensor: SensorSize | None,
-                      previous_t: int | None = None, what: str = "event") -> None:
-    """Turn a kernel's (index, code) into an EventValidationError naming event and field."""
+def raise_event_error(events: np.ndarray, index: int, sensor: SensorSize, p_required: int = -1,
+                      previous_t: int | None = None, clock_t: int | None = None, what: str = "event") -> None:
+    """Explain why a kernel stopped at events[index]: raise EventValidationError naming event and field.
+
+    The kernels only report where the first bad event is; finding out what is
+    wrong with it here keeps their inner loops to a single branch.
+    """
     ev = events[index]
-    if code == _ERR_T:
-        if index > 0:
-            before = f"t = {int(events['t'][index - 1])} us"
-        else:
-            before = f"the previous {what}s, which reached t = {previous_t} us"
+    t = int(ev["t"])
+    if index > 0 and t < int(events["t"][index - 1]):
         raise EventValidationError(
-            f"timestamps are not sorted: {what} {index} has t = {int(ev['t'])} us after {before}",
-            index=index, field="t")
-    if code == _ERR_BEFORE_CLOCK:
+            f"timestamps are not sorted: {what} {index} has t = {t} us after "
+            f"t = {int(events['t'][index - 1])} us", index=index, field="t")
+    if index == 0 and previous_t is not None and t < previous_t:
         raise EventValidationError(
-            f"{what} {index} has t = {int(ev['t'])} us, but the stream was flushed up to "
-            f"t = {previous_t} us: events must not arrive for time already closed",
-            index=index, field="t")
-    if code == _ERR_P:
-        raise EventValidationError(f"{what} {index}: polarity p = {int(ev['p'])}, expected 0 or 1",
+            f"timestamps are not sorted: {what} {index} has t = {t} us, but earlier chunks "
+            f"reached t = {previous_t} us", index=index, field="t")
+    if index == 0 and clock_t is not None and t < clock_t:
+        raise EventValidationError(
+            f"{what} {index} has t = {t} us, but the stream was flushed up to t = {clock_t} us: "
+            "events must not arrive for time already closed", index=index, field="t")
+    p = int(ev["p"])
+    if p not in (0, 1):
+        raise EventValidationError(f"{what} {index}: polarity p = {p}, expected 0 or 1",
                                    index=index, field="p")
-    if code in (_ERR_X, _ERR_Y):
-        name, limit = ("x", sensor.width) if code == _ERR_X else ("y", sensor.height)
+    for name, limit in (("x", sensor.width), ("y", sensor.height)):
+        value = int(ev[name])
+        if not 0 <= value < limit:
+            raise EventValidationError(
+                f"{what} {index}: {name} = {value} is outside the sensor "
+                f"(0 <= {name} < {limit} for sensor size {tuple(sensor)})", index=index, field=name)
+    if p_required >= 0 and p != p_required:
         raise EventValidationError(
-            f"{what} {index}: {name} = {int(ev[name])} is outside the sensor "
-            f"(0 <= {name} < {limit} for sensor size {tuple(sensor)})", index=index, field=name)
-    if code == _ERR_MIXED_P:
-        raise EventValidationError(
-            f"{what} {index}: polarity p = {int(ev['p'])} on a one-polarity sensor {tuple(sensor)} "
-            "whose earlier events have the other polarity; merge polarities first "
-            "(streamsnn.preprocess.merge_polarities) or declare 2 polarities",
-            index=index, field="p")
-    raise AssertionError(f"unknown kernel error code {code}")
+            f"{what} {index}: polarity p = {p} on a one-polarity sensor {tuple(sensor)} whose earlier "
+            "events have p = {p_required}; merge polarities first (streamsnn.preprocess) or declare "
+            "2 polarities".replace("{p_required}", str(p_required)), index=index, field="p")
+    raise AssertionError(f"kernel rejected {what} {index} but no rule explains why")
 
 
 # --------------------------------------------------------------------------
@@ -174,54 +171,116 @@ def _searchsorted_left(packed, values):
     return out
 
 
+# Events are validated a block at a time, then counted: a branch-free check
+# over a block that is then still in L1 costs far less than a branch per
+# event inside the scattered counting loop.
+_BLOCK = 4096
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _event_is_bad(word, width, height, p_lo, p_hi):
+    # Negative x, y or p read as unsigned are >= 32768 (or 128): one
+    # comparison each rejects both ends of the range.
+    p = (word >> 32) & 0xFF
+    return ((word & 0xFFFF) >= width) | (((word >> 16) & 0xFFFF) >= height) | (p > p_hi) | (p < p_lo)
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _any_bad(packed, lo, hi, width, height, p_lo, p_hi):
+    """Whether any event in [lo, hi) (lo >= 1) is bad or earlier than the one before it.
+
+    Written as min/max reductions, which LLVM vectorises, rather than as a
+    test per event.
+    """
+    max_x = 0
+    max_y = 0
+    max_p = 0
+    min_p = 255
+    min_step = 0
+    for i in range(lo, hi):
+        word = packed[i, 1]
+        max_x = max(max_x, word & 0xFFFF)
+        max_y = max(max_y, (word >> 16) & 0xFFFF)
+        p = (word >> 32) & 0xFF
+        max_p = max(max_p, p)
+        min_p = min(min_p, p)
+        min_step = min(min_step, packed[i, 0] - packed[i - 1, 0])
+    return (max_x >= width) | (max_y >= height) | (max_p > p_hi) | ((min_p < p_lo) & (hi > lo)) | (min_step < 0)
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _first_bad(packed, lo, hi, width, height, p_lo, p_hi):
+    for i in range(lo, hi):
+        if (packed[i, 0] < packed[i - 1, 0]) | _event_is_bad(packed[i, 1], width, height, p_lo, p_hi):
+            return i
+    return -1
+
+
 @nb.njit(cache=True, nogil=True)
-def _bin_slices(packed, starts, ends, frames, width, height, polarities, saturation):
+def _bin_slices(packed, starts, ends, frames, width, height, p_lo, p_hi, saturation):
     """Count event k into every frame s with starts[s] <= k < ends[s], validating every event.
 
-    starts and ends are non-decreasing in every tonic mode, so the frames that
-    hold event k form a range [lo, hi) that only moves forward: one pass over
-    the events, each read once. Returns (index, code) of the first bad event,
-    or (-1, 0).
+    frames may arrive uninitialised: each is cleared here just before it
+    first fills, which writes it sequentially into cache, where the scattered
+    counts then land, instead of missing cache on every count into a cold
+    zero page. starts and ends are non-decreasing in every tonic mode, so the
+    events split into runs that all belong to the same frames [lo, hi): one
+    pass over the events, and a tight loop for the usual run that feeds
+    exactly one frame. Polarities outside [p_lo, p_hi] are bad; p_lo == p_hi
+    is a one-polarity sensor, counted in channel 0. Returns the index of the
+    first bad event, or -1.
     """
     n = packed.shape[0]
     n_slices = starts.shape[0]
+    channel_mask = 1 if p_hi > p_lo else 0
+    if n > 0 and _event_is_bad(packed[0, 1], width, height, p_lo, p_hi):
+        return 0
     lo = 0
     hi = 0
-    last_t = packed[0, 0] if n > 0 else 0
-    first_p = -1
-    for k in range(n):
-        t = packed[k, 0]
-        word = packed[k, 1]
-        if t < last_t:
-            return k, 1
-        last_t = t
-        # Negative x, y or p read as unsigned are >= 32768 (or 128): one
-        # comparison each rejects both ends of the range.
-        x = word & 0xFFFF
-        y = (word >> 16) & 0xFFFF
-        p = (word >> 32) & 0xFF
-        if p > 1:
-            return k, 2
-        if x >= width:
-            return k, 3
-        if y >= height:
-            return k, 4
-        c = p
-        if polarities == 1:
-            if first_p < 0:
-                first_p = p
-            elif p != first_p:
-                return k, 5
-            c = 0
+    zeroed = 0
+    k = 0
+    while k < n:
         while lo < n_slices and ends[lo] <= k:
             lo += 1
         while hi < n_slices and starts[hi] <= k:
             hi += 1
-        for s in range(lo, hi):
-            v = frames[s, c, y, x]
-            if v < saturation:
-                frames[s, c, y, x] = v + 1
-    return -1, 0
+        while zeroed < hi:
+            frames[zeroed].ravel()[:] = 0
+            zeroed += 1
+        stop = n
+        if lo < n_slices and ends[lo] < stop:
+            stop = ends[lo]
+        if hi < n_slices and starts[hi] < stop:
+            stop = starts[hi]
+        for b0 in range(k, stop, _BLOCK):
+            b1 = min(b0 + _BLOCK, stop)
+            if _any_bad(packed, max(b0, 1), b1, width, height, p_lo, p_hi):
+                return _first_bad(packed, max(b0, 1), b1, width, height, p_lo, p_hi)
+            if hi - lo == 1:
+                frame = frames[lo]
+                for i in range(b0, b1):
+                    word = packed[i, 1]
+                    x = word & 0xFFFF
+                    y = (word >> 16) & 0xFFFF
+                    c = (word >> 32) & channel_mask
+                    v = frame[c, y, x]
+                    if v < saturation:
+                        frame[c, y, x] = v + 1
+            elif hi - lo > 1:
+                for i in range(b0, b1):
+                    word = packed[i, 1]
+                    x = word & 0xFFFF
+                    y = (word >> 16) & 0xFFFF
+                    c = (word >> 32) & channel_mask
+                    for s in range(lo, hi):
+                        v = frames[s, c, y, x]
+                        if v < saturation:
+                            frames[s, c, y, x] = v + 1
+        k = stop
+    while zeroed < n_slices:
+        frames[zeroed].ravel()[:] = 0
+        zeroed += 1
+    return -1
 
 
 # --------------------------------------------------------------------------
@@ -307,9 +366,9 @@ def _frame_dtype(dtype) -> np.dtype:
     return dtype
 
 
-def _saturation(dtype: np.dtype) -> float:
-    """The count at which a pixel stops growing: the integer maximum, or never for floats."""
-    return float(np.iinfo(dtype).max) if dtype.kind == "i" else math.inf
+def _saturation(dtype: np.dtype):
+    """The count at which a pixel stops growing, in the frame's own type: the integer maximum, or never for floats."""
+    return dtype.type(np.iinfo(dtype).max) if dtype.kind == "i" else dtype.type(np.inf)
 
 
 def _infer_sensor_size(events: np.ndarray) -> SensorSize:
@@ -397,12 +456,14 @@ def to_frame(events, sensor_size, time_window=None, event_count=None, n_time_bin
             return np.zeros((n_event_bins, sensor.polarities, sensor.height, sensor.width), frame_dtype)
         starts, ends = _event_bin_slices(n, n_event_bins, overlap)
 
-    frames = np.zeros((len(starts), sensor.polarities, sensor.height, sensor.width), frame_dtype)
-    bad_index, code = _bin_slices(packed, starts.astype(np.int64), ends.astype(np.int64), frames,
-                                  sensor.width, sensor.height, sensor.polarities,
-                                  _saturation(frame_dtype))
+    frames = np.empty((len(starts), sensor.polarities, sensor.height, sensor.width), frame_dtype)
+    # A one-polarity sensor takes the events of one polarity, whichever it is (tonic's rule).
+    p_required = int(events["p"][0]) if sensor.polarities == 1 else -1
+    p_lo, p_hi = (0, 1) if p_required < 0 else (p_required, p_required)
+    bad_index = _bin_slices(packed, starts.astype(np.int64), ends.astype(np.int64), frames,
+                            sensor.width, sensor.height, p_lo, p_hi, _saturation(frame_dtype))
     if bad_index >= 0:
-        raise_event_error(events, bad_index, code, sensor)
+        raise_event_error(events, bad_index, sensor, p_required)
     return frames
 
 
@@ -410,54 +471,65 @@ def to_frame(events, sensor_size, time_window=None, event_count=None, n_time_bin
 # streaming
 # --------------------------------------------------------------------------
 
+# The binner's scalar state lives in one int64 array so that a push costs one
+# short Numba dispatch: these are its slots.
+_S_LAST_T, _S_CLOCK_T, _S_P_REQUIRED, _S_START, _S_WINDOW, _S_OPEN_INDEX, _S_WIDTH, _S_HEIGHT, \
+    _S_POLARITIES = range(9)
+
+
 @nb.njit(cache=True, nogil=True)
-def _push_chunk(packed, width, height, polarities, last_event_t, clock_t, first_p,
-                start, window, open_index, open_frame, block, saturation):
+def _push_chunk(packed, state, open_frame, block, saturation):
     """Validate a whole chunk, then count it into the open frame and the block of newer frames.
 
-    Validation runs to the end before any count is written, so a bad chunk
-    leaves the binner exactly as it was. Returns (bad index, code, last t,
-    first polarity seen).
+    Validation runs to the end before anything is written, so a bad chunk
+    leaves the binner exactly as it was. Returns the first bad index or -1.
     """
     n = packed.shape[0]
-    for k in range(n):
-        t = packed[k, 0]
-        if t < last_event_t:
-            return k, 1, last_event_t, first_p
-        if t < clock_t:
-            return k, 6, last_event_t, first_p
-        last_event_t = t
-        word = packed[k, 1]
-        p = (word >> 32) & 0xFF
-        if p > 1:
-            return k, 2, last_event_t, first_p
-        if (word & 0xFFFF) >= width:
-            return k, 3, last_event_t, first_p
-        if ((word >> 16) & 0xFFFF) >= height:
-            return k, 4, last_event_t, first_p
-        if polarities == 1:
-            if first_p < 0:
-                first_p = p
-            elif p != first_p:
-                return k, 5, last_event_t, first_p
-    for k in range(n):
-        t = packed[k, 0]
-        if t < start:
-            continue
-        word = packed[k, 1]
+    if n == 0:
+        return -1
+    width = state[_S_WIDTH]
+    height = state[_S_HEIGHT]
+    p_required = state[_S_P_REQUIRED]
+    if p_required < 0 and state[_S_POLARITIES] == 1:
+        p_required = (packed[0, 1] >> 32) & 0xFF
+    if p_required >= 0:
+        p_lo = p_required
+        p_hi = p_required
+    else:
+        p_lo = 0
+        p_hi = 1
+    if (packed[0, 0] < max(state[_S_LAST_T], state[_S_CLOCK_T])) \
+            | _event_is_bad(packed[0, 1], width, height, p_lo, p_hi):
+        return 0
+    if _any_bad(packed, 1, n, width, height, p_lo, p_hi):
+        return _first_bad(packed, 1, n, width, height, p_lo, p_hi)
+    state[_S_LAST_T] = packed[n - 1, 0]
+    state[_S_P_REQUIRED] = p_required
+    start = state[_S_START]
+    window = state[_S_WINDOW]
+    open_index = state[_S_OPEN_INDEX]
+    channel_mask = 1 if p_hi > p_lo else 0
+    k = 0
+    while k < n and packed[k, 0] < start:
+        k += 1
+    current = 0
+    current_end = start + (open_index + 1) * window
+    frame = open_frame
+    for i in range(k, n):
+        t = packed[i, 0]
+        if t >= current_end:
+            # A division only when the window changes, not per event.
+            current += (t - current_end) // window + 1
+            current_end = start + (open_index + current + 1) * window
+            frame = block[current - 1]
+        word = packed[i, 1]
         x = word & 0xFFFF
         y = (word >> 16) & 0xFFFF
-        c = 0 if polarities == 1 else (word >> 32) & 0xFF
-        offset = (t - start) // window - open_index
-        if offset == 0:
-            v = open_frame[c, y, x]
-            if v < saturation:
-                open_frame[c, y, x] = v + 1
-        else:
-            v = block[offset - 1, c, y, x]
-            if v < saturation:
-                block[offset - 1, c, y, x] = v + 1
-    return -1, 0, last_event_t, first_p
+        c = (word >> 32) & channel_mask
+        v = frame[c, y, x]
+        if v < saturation:
+            frame[c, y, x] = v + 1
+    return -1
 
 
 class Frame:
@@ -519,6 +591,7 @@ class StreamingBinner:
         self._saturation = _saturation(self.dtype)
         self._frame_shape = (self.sensor_size.polarities, self.sensor_size.height, self.sensor_size.width)
         self._no_block = np.zeros((0,) + self._frame_shape, self.dtype)
+        self._state = np.zeros(9, np.int64)
         self.reset(start_time)
 
     def reset(self, start_time=None) -> None:
@@ -526,9 +599,14 @@ class StreamingBinner:
         self.start_time = None if start_time is None else int(start_time)
         self._open_index = 0
         self._open = np.zeros(self._frame_shape, self.dtype)
-        self._last_event_t = _INT64_MIN
-        self._clock_t = _INT64_MIN
-        self._first_p = -1
+        state = self._state
+        state[_S_LAST_T] = _INT64_MIN
+        state[_S_CLOCK_T] = _INT64_MIN
+        state[_S_P_REQUIRED] = -1
+        state[_S_START] = 0 if start_time is None else int(start_time)
+        state[_S_WINDOW] = self.time_window
+        state[_S_OPEN_INDEX] = 0
+        state[_S_WIDTH], state[_S_HEIGHT], state[_S_POLARITIES] = self.sensor_size
 
     @property
     def open_window(self) -> tuple[int, int] | None:
@@ -544,27 +622,31 @@ class StreamingBinner:
         n = packed.shape[0]
         if n == 0:
             return []
-        start = self.start_time if self.start_time is not None else int(packed[0, 0])
+        state = self._state
+        start = self.start_time
+        if start is None:
+            start = int(packed[0, 0])
+            state[_S_START] = start
         last_t = int(packed[n - 1, 0])
         n_new = (last_t - start) // self.time_window - self._open_index if last_t >= start else 0
         block = np.zeros((n_new,) + self._frame_shape, self.dtype) if n_new > 0 else self._no_block
-        bad_index, code, last_event_t, first_p = _push_chunk(
-            packed, self.sensor_size.width, self.sensor_size.height, self.sensor_size.polarities,
-            self._last_event_t, self._clock_t, self._first_p, start, self.time_window,
-            self._open_index, self._open, block, self._saturation)
+        bad_index = _push_chunk(packed, state, self._open, block, self._saturation)
         if bad_index >= 0:
-            previous = self._clock_t if code == _ERR_BEFORE_CLOCK else self._last_event_t
-            raise_event_error(events, bad_index, code, self.sensor_size, previous_t=previous,
-                              what="chunk event")
+            last_event_t = int(state[_S_LAST_T])
+            clock_t = int(state[_S_CLOCK_T])
+            raise_event_error(events, bad_index, self.sensor_size, int(state[_S_P_REQUIRED]),
+                              previous_t=None if last_event_t == _INT64_MIN else last_event_t,
+                              clock_t=None if clock_t == _INT64_MIN else clock_t, what="chunk event")
         self.start_time = start
-        self._last_event_t = last_event_t
-        self._first_p = first_p
-        return self._close(block, n_new) if n_new > 0 else []
+        if n_new <= 0:
+            return []
+        return self._close(block, n_new)
 
     def flush(self, until_t) -> list[Frame]:
         """The source's clock reached until_t: return every window ending at or before it."""
         until_t = int(until_t)
-        self._clock_t = max(self._clock_t, until_t)
+        state = self._state
+        state[_S_CLOCK_T] = max(int(state[_S_CLOCK_T]), until_t)
         if self.start_time is None or until_t < self.start_time:
             return []
         n_new = (until_t - self.start_time) // self.time_window - self._open_index
@@ -582,4 +664,5 @@ class StreamingBinner:
             frames.append(Frame(block[i], t0, t0 + window))
         self._open = block[n_new - 1]
         self._open_index += n_new
+        self._state[_S_OPEN_INDEX] = self._open_index
         return frames

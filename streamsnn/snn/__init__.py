@@ -1,0 +1,20 @@
+"""Stateful spiking networks: LIF neurons, multi-step/single-step models, explicit state.
+
+Public API::
+
+    build_model(name, input_size, num_classes) -> SpikingNet
+    model(x)                      x (T, N, C, H, W) float -> logits (T, N, K)
+    model.init_state(batch_size)  -> NetworkState (membranes at 0)
+    model.step(frame, state)      frame (N, C, H, W) -> logits (N, K); state updated in place
+    state.reset(), state.detach()
+    frames_to_input(frames)       binner output (int16 counts) -> the float tensor the model takes
+"""
+from __future__ import annotations
+
+from .models import LIF, MODELS, SpikingNet, build_model
+from .neuron import DECAY, THRESHOLD, TriangleSpike, lif_step, spike
+from .preprocess import frames_to_input
+from .state import LIFTrace, NetworkState, StateShapeError
+
+__all__ = ["LIF", "MODELS", "SpikingNet", "build_model", "DECAY", "THRESHOLD", "TriangleSpike", "lif_step",
+           "spike", "frames_to_input", "LIFTrace", "NetworkState", "StateShapeError"]

@@ -1,0 +1,385 @@
+"""Decision messages on ZeroMQ: the message contract, the publisher, the subscriber, CurveZMQ keys.
+
+Message contract (DESIGN.md): two frames, a UTF-8 topic ``decision.<stream>``
+or ``status.<stream>`` and a UTF-8 JSON object. Decisions carry ``schema``,
+``stream``, ``seq`` (per stream, from 0, no gaps), ``label``, ``confidence``,
+``timesteps``, ``max_timesteps``, ``window_start_us``, ``window_end_us``,
+``published_ns`` (``time.time_ns()`` when sent), ``latency_ms`` (from the
+moment the last event of the deciding frame was available to the pipeline
+until the message was sent) and ``target`` when the source knows it. They
+also carry ``frame_available_ns`` (the wall-clock time, ``time.time_ns()``,
+of that moment) so that a subscriber can measure end-to-end latency.
+
+Design choices, on purpose:
+
+* The publisher is an XPUB socket. ZeroMQ drops everything a PUB sends before
+  a subscriber's subscription has arrived (the "slow joiner" gap); with XPUB
+  the publisher sees subscriptions arrive, and :meth:`Publisher.wait_for_subscribers`
+  holds the first message until ``wait_subscribers`` subscriptions have
+  arrived (or a timeout), after a ``settle_s`` pause in every case so that
+  subscribers already retrying their connection (every 100 ms by default)
+  join before the job starts. A subscriber connected before the job starts
+  therefore receives every decision.
+* The send high-water mark is set deliberately (``sndhwm``, default 10,000
+  messages per subscriber) and every send is non-blocking: a slow or vanished
+  subscriber loses messages beyond its queue, it never blocks the pipeline.
+* Binding defaults to 127.0.0.1. Any other interface must be asked for in
+  the endpoint; binding beyond loopback without CurveZMQ prints a warning.
+* With ``curve_keys=DIR`` the publisher is a CurveZMQ server and accepts only
+  clients whose public keys are in ``DIR/authorized/`` (``streamsnn keys``
+  writes that layout); other clients never complete the handshake and
+  receive nothing.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Iterable
+
+import zmq
+
+from .errors import ConfigError
+
+SCHEMA_VERSION = 1
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5556"
+DECISION_FIELDS = ("schema", "stream", "seq", "label", "confidence", "timesteps", "max_timesteps",
+                   "window_start_us", "window_end_us", "published_ns", "latency_ms")
+_LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+# --------------------------------------------------------------------------- endpoints
+
+def normalize_endpoint(endpoint: str | int | None) -> str:
+    """``None`` -> the default; ``5556`` or ``"5556"`` -> ``tcp://127.0.0.1:5556``;
+    ``tcp://:5556`` -> loopback too. Anything else is used as given (the user asked for it)."""
+    if endpoint is None or endpoint == "":
+        return DEFAULT_ENDPOINT
+    text = str(endpoint).strip()
+    if text.isdigit():
+        return f"tcp://127.0.0.1:{text}"
+    if "://" not in text:
+        raise ConfigError(f"publish endpoint {text!r}: expected tcp://HOST:PORT, ipc://PATH or a port number")
+    scheme, rest = text.split("://", 1)
+    if scheme == "tcp" and rest.startswith(":"):
+        return f"tcp://127.0.0.1{rest}"
+    return text
+
+
+def is_loopback(endpoint: str) -> bool:
+    scheme, rest = endpoint.split("://", 1)
+    if scheme in ("ipc", "inproc"):
+        return True
+    host = rest.rsplit(":", 1)[0]
+    return host in _LOOPBACK
+
+
+# --------------------------------------------------------------------------- messages
+
+def decision_topic(stream: str) -> str:
+    return f"decision.{stream}"
+
+
+def status_topic(stream: str) -> str:
+    return f"status.{stream}"
+
+
+def encode(topic: str, message: dict) -> list[bytes]:
+    return [topic.encode("utf-8"), json.dumps(message, separators=(",", ":")).encode("utf-8")]
+
+
+def decode(frames: list[bytes]) -> tuple[str, dict]:
+    if len(frames) != 2:
+        raise ValueError(f"expected a two-frame message (topic, JSON), got {len(frames)} frames")
+    return frames[0].decode("utf-8"), json.loads(frames[1].decode("utf-8"))
+
+
+# --------------------------------------------------------------------------- CurveZMQ keys
+
+SERVER_KEY_NAME = "server"
+AUTHORIZED_DIR = "authorized"
+CLIENTS_DIR = "clients"
+
+
+def generate_keys(directory: str | os.PathLike, client_names: Iterable[str] = ("client",)) -> dict:
+    """Write a CurveZMQ key layout under DIRECTORY and return the paths written.
+
+    ``DIR/server.key`` + ``DIR/server.key_secret``: the publisher's pair (give
+    ``--curve-keys DIR`` to ``streamsnn run``); ``DIR/authorized/NAME.key``: the
+    public keys the publisher accepts; ``DIR/clients/NAME/``: one folder to
+    hand to each subscriber (its own secret key and the server's public key;
+    ``streamsnn subscribe --curve-keys DIR/clients/NAME``). Existing server keys
+    are kept, so clients can be added later; an existing client is refused.
+    """
+    import shutil
+
+    import zmq.auth
+
+    root = Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    server_public = root / f"{SERVER_KEY_NAME}.key"
+    server_secret = root / f"{SERVER_KEY_NAME}.key_secret"
+    if not server_secret.exists():
+        zmq.auth.create_certificates(root, SERVER_KEY_NAME)
+    authorized = root / AUTHORIZED_DIR
+    authorized.mkdir(exist_ok=True)
+    written = {"server_public": str(server_public), "server_secret": str(server_secret), "clients": {}}
+    for name in client_names:
+        if not name or "/" in name or name == SERVER_KEY_NAME:
+            raise ConfigError(f"client key name {name!r} is not allowed")
+        folder = root / CLIENTS_DIR / name
+        if folder.exists():
+            raise ConfigError(f"{folder}: a client key pair named {name!r} exists already")
+        folder.mkdir(parents=True)
+        public, secret = zmq.auth.create_certificates(folder, name)
+        shutil.copy(public, authorized / f"{name}.key")
+        shutil.copy(server_public, folder / f"{SERVER_KEY_NAME}.key")
+        os.chmod(secret, 0o600)
+        written["clients"][name] = str(folder)
+    os.chmod(server_secret, 0o600)
+    return written
+
+
+def _load_server_keys(directory: Path) -> tuple[bytes, bytes]:
+    import zmq.auth
+
+    secret = directory / f"{SERVER_KEY_NAME}.key_secret"
+    if not secret.is_file():
+        raise ConfigError(f"--curve-keys {directory}: no {secret.name} (run `streamsnn keys {directory}` first)")
+    public, private = zmq.auth.load_certificate(secret)
+    if private is None:
+        raise ConfigError(f"{secret}: holds no secret key")
+    if not (directory / AUTHORIZED_DIR).is_dir():
+        raise ConfigError(f"--curve-keys {directory}: no {AUTHORIZED_DIR}/ folder of allowed client keys")
+    return public, private
+
+
+def _load_client_keys(directory: Path) -> tuple[bytes, bytes, bytes]:
+    """Client pair + server public key from a folder written by generate_keys (DIR/clients/NAME,
+    or the root DIR itself when it holds exactly one client)."""
+    import zmq.auth
+
+    directory = Path(directory)
+    candidates = [directory]
+    clients = directory / CLIENTS_DIR
+    if clients.is_dir():
+        candidates += sorted(p for p in clients.iterdir() if p.is_dir())
+    found = []
+    for folder in candidates:
+        secrets = [p for p in folder.glob("*.key_secret") if p.stem != SERVER_KEY_NAME]
+        if secrets and (folder / f"{SERVER_KEY_NAME}.key").is_file():
+            found.append((folder, secrets[0]))
+    if not found:
+        raise ConfigError(f"--curve-keys {directory}: no client key pair (NAME.key_secret) with "
+                          f"{SERVER_KEY_NAME}.key beside it; run `streamsnn keys DIR --name NAME` and "
+                          f"use DIR/{CLIENTS_DIR}/NAME")
+    if len(found) > 1 and found[0][0] != directory:
+        names = ", ".join(str(f) for f, _ in found)
+        raise ConfigError(f"--curve-keys {directory}: several client key pairs ({names}); name one folder")
+    folder, secret = found[0]
+    public, private = zmq.auth.load_certificate(secret)
+    server_public, _ = zmq.auth.load_certificate(folder / f"{SERVER_KEY_NAME}.key")
+    return public, private, server_public
+
+
+def keys_main(args) -> int:
+    names = args.name or ["client"]
+    written = generate_keys(args.directory, names)
+    print(f"server key pair: {written['server_secret']} (publisher: streamsnn run --curve-keys {args.directory})")
+    for name, folder in written["clients"].items():
+        print(f"client {name!r}: {folder} (subscriber: streamsnn subscribe ENDPOINT --curve-keys {folder})")
+    return 0
+
+
+# --------------------------------------------------------------------------- publisher
+
+class Publisher:
+    """XPUB publisher: non-blocking sends, deliberate high-water mark, optional CurveZMQ.
+
+    Not thread-safe: one thread (the pipeline's publish stage) owns it.
+    """
+
+    def __init__(self, endpoint: str | None = None, *, curve_keys: str | os.PathLike | None = None,
+                 sndhwm: int = 10_000, linger_ms: int = 500, context: zmq.Context | None = None):
+        self.endpoint = normalize_endpoint(endpoint)
+        self.context = context or zmq.Context.instance()
+        self.authenticator = None
+        self.subscriptions: dict[bytes, int] = {}
+        self.sent = 0
+        self.send_failures = 0
+        socket = self.context.socket(zmq.XPUB)
+        socket.setsockopt(zmq.SNDHWM, int(sndhwm))
+        socket.setsockopt(zmq.LINGER, int(linger_ms))
+        socket.setsockopt(zmq.XPUB_VERBOSE, 1)   # see every subscription, also repeated ones
+        if curve_keys is not None:
+            from zmq.auth.thread import ThreadAuthenticator
+
+            keys = Path(curve_keys)
+            public, secret = _load_server_keys(keys)
+            self.authenticator = ThreadAuthenticator(self.context)
+            self.authenticator.start()
+            self.authenticator.configure_curve(domain="*", location=str(keys / AUTHORIZED_DIR))
+            socket.curve_secretkey = secret
+            socket.curve_publickey = public
+            socket.curve_server = True
+        elif not is_loopback(self.endpoint):
+            warnings.warn(f"publishing on {self.endpoint} beyond loopback without --curve-keys: "
+                          "anyone who can reach this port receives the decisions", stacklevel=2)
+        try:
+            socket.bind(self.endpoint)
+        except zmq.ZMQError as exc:
+            socket.close(0)
+            self._stop_auth()
+            raise ConfigError(f"cannot bind the publisher to {self.endpoint}: {exc}") from exc
+        self.socket = socket
+        self.endpoint = socket.getsockopt_string(zmq.LAST_ENDPOINT)   # resolves tcp://127.0.0.1:*
+
+    # subscriptions -----------------------------------------------------------------
+    def poll_subscriptions(self, timeout_ms: int = 0) -> int:
+        """Read pending (un)subscription messages; return the number of live subscriptions."""
+        while self.socket.poll(timeout_ms, zmq.POLLIN):
+            timeout_ms = 0
+            message = self.socket.recv()
+            if not message:
+                continue
+            topic = message[1:]
+            if message[0] == 1:
+                self.subscriptions[topic] = self.subscriptions.get(topic, 0) + 1
+            elif message[0] == 0 and topic in self.subscriptions:
+                self.subscriptions[topic] -= 1
+                if self.subscriptions[topic] <= 0:
+                    del self.subscriptions[topic]
+        return sum(self.subscriptions.values())
+
+    @property
+    def decision_subscriptions(self) -> int:
+        """Live subscriptions that receive decisions (prefix "", "decision." or "decision.<stream>")."""
+        self.poll_subscriptions(0)
+        return sum(n for topic, n in self.subscriptions.items()
+                   if b"decision.".startswith(topic) or topic.startswith(b"decision."))
+
+    def wait_for_subscribers(self, count: int = 0, timeout_s: float = 5.0, settle_s: float = 0.3) -> int:
+        """Close the slow-joiner gap before the first message.
+
+        Waits ``settle_s`` in any case (subscribers already retrying a connection
+        join in that time), then until ``count`` subscriptions that receive
+        decisions (one per subscriber for ``streamsnn subscribe``) have arrived
+        or ``timeout_s`` has passed. Returns the number of such subscriptions.
+        """
+        start = time.monotonic()
+        settle_end = start + max(0.0, settle_s)
+        deadline = start + max(settle_s, timeout_s)
+        while True:
+            now = time.monotonic()
+            seen = self.decision_subscriptions
+            if now >= settle_end and (seen >= count or now >= deadline):
+                return seen
+            self.poll_subscriptions(20)
+
+    # sending --------------------------------------------------------------------------
+    def send(self, topic: str, message: dict) -> bool:
+        """Send without blocking; False when ZeroMQ refused (never raises for a full queue)."""
+        try:
+            self.socket.send_multipart(encode(topic, message), flags=zmq.NOBLOCK)
+        except zmq.Again:
+            self.send_failures += 1
+            return False
+        self.sent += 1
+        return True
+
+    def close(self, linger_ms: int | None = None) -> None:
+        if self.socket is not None and not self.socket.closed:
+            self.socket.close(linger=linger_ms)
+        self._stop_auth()
+
+    def _stop_auth(self) -> None:
+        if self.authenticator is not None:
+            self.authenticator.stop()
+            self.authenticator = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# --------------------------------------------------------------------------- subscriber
+
+class Subscriber:
+    """SUB socket for decisions and status messages, optionally a CurveZMQ client."""
+
+    def __init__(self, endpoint: str, *, streams: Iterable[str] | None = None, topic: str = "all",
+                 curve_keys: str | os.PathLike | None = None, rcvhwm: int = 100_000,
+                 context: zmq.Context | None = None):
+        self.endpoint = normalize_endpoint(endpoint)
+        self.context = context or zmq.Context.instance()
+        socket = self.context.socket(zmq.SUB)
+        socket.setsockopt(zmq.RCVHWM, int(rcvhwm))
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.setsockopt(zmq.RECONNECT_IVL, 50)
+        if curve_keys is not None:
+            public, secret, server_public = _load_client_keys(Path(curve_keys))
+            socket.curve_publickey = public
+            socket.curve_secretkey = secret
+            socket.curve_serverkey = server_public
+        kinds = ("decision", "status") if topic in (None, "all") else (topic,)
+        streams = list(streams) if streams else [None]
+        for kind in kinds:
+            for stream in streams:
+                # "decision.S" also prefixes "decision.S2": the exact stream is checked in recv().
+                socket.setsockopt_string(zmq.SUBSCRIBE, f"{kind}." + (stream or ""))
+        self._streams = None if streams == [None] else set(streams)
+        socket.connect(self.endpoint)
+        self.socket = socket
+
+    def recv(self, timeout_s: float | None = None) -> tuple[str, dict] | None:
+        """The next message (topic, object), or None when timeout_s passes first."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            if deadline is not None:
+                remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
+                if not self.socket.poll(remaining_ms, zmq.POLLIN):
+                    return None
+            topic, message = decode(self.socket.recv_multipart())
+            if self._streams is not None and topic.split(".", 1)[1] not in self._streams:
+                continue
+            return topic, message
+
+    def close(self) -> None:
+        if not self.socket.closed:
+            self.socket.close(0)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def subscribe_main(args) -> int:
+    """``streamsnn subscribe ENDPOINT``: one JSON line per message (topic added as ``topic``)."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    subscriber = Subscriber(args.endpoint, streams=[args.stream] if args.stream else None,
+                            topic=args.topic, curve_keys=args.curve_keys)
+    received = 0
+    try:
+        while args.count is None or received < args.count:
+            item = subscriber.recv(timeout_s=0.5)
+            if item is None:
+                continue
+            topic, message = item
+            line = json.dumps({"topic": topic, **message}, separators=(",", ":"))
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+            received += 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        subscriber.close()
+    return 0

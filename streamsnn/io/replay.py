@@ -1,0 +1,355 @@
+"""Event sources for the streaming job: what they yield, pacing by event time, file and folder replay.
+
+A source yields, in order, items of four kinds:
+
+* :class:`WindowStart` — a new inference window begins (a sample of a
+  dataset folder, or the start of a continuous stream); carries the binning
+  origin ``start_us`` and, when known, the true class ``target``.
+* :class:`Chunk` — events (EVENT_DTYPE, sorted by t) with the source's clock:
+  every event with ``t < clock_us`` has been delivered, so frames ending at or
+  before ``clock_us`` are complete. ``available_ns`` (``time.time_ns()``) is
+  when the chunk was handed to the pipeline.
+* :class:`WindowEnd` — the window of a sample is over (no more events); its
+  frames are those of ``to_frame(sample, time_window=W, include_incomplete=True)``.
+* the iterator simply ends at the end of the source; a failure raises
+  :class:`~streamsnn.errors.SourceError`.
+
+Replay is paced by event time: at ``speed`` S, the chunk holding events up to
+event time t is handed over at ``wall_start + (t - t_start) / S``; speed 0 is
+as fast as possible. The pacer schedules every chunk against the absolute
+start (no accumulated error) and records how late each hand-over was, so the
+pacing drift over a run is measured, not assumed.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from ..errors import SourceError, StreamsnnError
+from ..events import EVENT_DTYPE, SensorSize
+
+
+@dataclass
+class Chunk:
+    events: np.ndarray
+    clock_us: int
+    available_ns: int = 0
+
+
+@dataclass
+class WindowStart:
+    start_us: int
+    target: int | None = None
+    sample: str | None = None
+
+
+@dataclass
+class WindowEnd:
+    end_us: int             # last event + 1
+    last_us: int            # the sample's last event
+    available_ns: int = 0
+
+
+class Pacer:
+    """Hands chunks over at their event time divided by speed; measures its own lateness.
+
+    ``wait_until(t_us)`` sleeps until the wall time of event time ``t_us``.
+    ``rebase(t_us)`` maps event time ``t_us`` onto the end of the schedule so
+    far (the next sample of a folder, the next pass of a loop).
+    """
+
+    def __init__(self, speed: float, stop: threading.Event | None = None):
+        self.speed = float(speed)
+        self.stop = stop or threading.Event()
+        self.wall_origin: float | None = None   # perf_counter seconds
+        self.t_origin = 0                       # event time at wall_origin
+        self.scheduled_s = 0.0                  # event time scheduled so far / speed
+        self._last_target: float | None = None
+        self.lags: list[float] = []             # seconds late, per hand-over
+        self.first_wall: float | None = None
+
+    def rebase(self, t_us: int) -> None:
+        if self.wall_origin is None:
+            return
+        self.wall_origin = self._last_target if self._last_target is not None else time.perf_counter()
+        self.t_origin = int(t_us)
+
+    def wait_until(self, t_us: int) -> bool:
+        """False when stopped while waiting."""
+        if self.speed <= 0:
+            return not self.stop.is_set()
+        now = time.perf_counter()
+        if self.wall_origin is None:
+            self.wall_origin = self.first_wall = now
+            self.t_origin = int(t_us)
+        target = self.wall_origin + (int(t_us) - self.t_origin) / 1e6 / self.speed
+        if self._last_target is not None and target > self._last_target:
+            self.scheduled_s += target - self._last_target
+        self._last_target = target
+        delay = target - now
+        if delay > 0.002:
+            if self.stop.wait(delay - 0.0015):
+                return False
+        while True:   # the last 1.5 ms: short sleeps, finer than one Event.wait
+            now = time.perf_counter()
+            if now >= target:
+                break
+            time.sleep(min(target - now, 0.0002))
+        self.lags.append(time.perf_counter() - target)
+        return not self.stop.is_set()
+
+    def stats(self) -> dict:
+        if self.speed <= 0 or not self.lags or self.first_wall is None or self._last_target is None:
+            return {"speed": self.speed}
+        lags_ms = np.asarray(self.lags) * 1000.0
+        elapsed = (self._last_target + self.lags[-1]) - self.first_wall
+        ideal = self._last_target - self.first_wall
+        return {
+            "speed": self.speed,
+            "pacing_lag_p50_ms": float(np.percentile(lags_ms, 50)),
+            "pacing_lag_p99_ms": float(np.percentile(lags_ms, 99)),
+            "pacing_lag_max_ms": float(lags_ms.max()),
+            "pacing_elapsed_s": float(elapsed),
+            "pacing_ideal_s": float(ideal),
+            "pacing_drift_pct": float(100.0 * (elapsed - ideal) / ideal) if ideal > 0 else 0.0,
+        }
+
+
+class Source:
+    """Base of every source. Subclasses set ``sensor_size`` in ``open()`` and implement ``items()``."""
+
+    kind = "source"
+    live = False           # a live source cannot be slowed down: the default queue policy is "drop"
+
+    def __init__(self, uri: str, stream: str):
+        self.uri = uri
+        self.stream = stream
+        self.sensor_size: SensorSize | None = None
+        self.events_read = 0
+        self.pacer: Pacer | None = None
+
+    def open(self, default_sensor_size=None) -> None:
+        """Connect / check the source and set ``sensor_size``. ``default_sensor_size`` is used for
+        recordings that do not say theirs (ATIS .bin, headerless DAT) when none was given."""
+
+    def items(self, stop: threading.Event, slice_us: float) -> Iterator:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def stats(self) -> dict:
+        out = {"source": self.kind, "events_read": self.events_read}
+        if self.pacer is not None:
+            out.update(self.pacer.stats())
+        return out
+
+
+def _now_ns() -> int:
+    return time.time_ns()
+
+
+class FileReplaySource(Source):
+    """A recording of any readable format, paced by event time, optionally looped.
+
+    One continuous stream: one WindowStart at the first event, then chunks of
+    ``slice_us`` event time (aligned on the first event, so they align with
+    frames of a multiple of that length). With ``loop``, every pass is shifted
+    to follow the previous one in event time, so the stream's clock keeps
+    increasing.
+    """
+
+    kind = "file"
+
+    def __init__(self, path, stream: str, *, speed: float = 1.0, loop: bool = False, sensor_size=None):
+        super().__init__(str(path), stream)
+        self.path = Path(path)
+        self.speed = float(speed)
+        self.loop = bool(loop)
+        self._sensor_size_arg = sensor_size
+        self.passes = 0
+
+    def open(self, default_sensor_size=None) -> None:
+        from . import open_recording
+
+        if not self.path.is_file():
+            raise SourceError(f"{self.path}: no such file")
+        with open_recording(self.path, sensor_size=self._sensor_size_arg) as recording:
+            self.format = recording.format
+            if recording.sensor_size is None and default_sensor_size is not None:
+                self.sensor_size = SensorSize.coerce(default_sensor_size)
+            else:
+                self.sensor_size = recording.require_sensor_size()
+
+    def items(self, stop: threading.Event, slice_us: float) -> Iterator:
+        from . import open_recording
+
+        self.pacer = pacer = Pacer(self.speed, stop)
+        offset = 0            # added to every timestamp of the current pass
+        started = False
+        while not stop.is_set():
+            t_first = None
+            clock = None
+            try:
+                with open_recording(self.path, sensor_size=self.sensor_size) as recording:
+                    # chunk k holds t_first + k*W <= t < t_first + (k+1)*W (empty windows included)
+                    for k, events in enumerate(recording.chunks(time_window=slice_us)):
+                        if t_first is None:
+                            t_first = int(events["t"][0])
+                            if not started:
+                                yield WindowStart(start_us=t_first + offset)
+                                started = True
+                            else:
+                                pacer.rebase(t_first + offset)
+                        if offset:
+                            events = events.copy()
+                            events["t"] += offset
+                        clock = int(t_first + offset + (k + 1) * slice_us)
+                        if not pacer.wait_until(clock):
+                            return
+                        self.events_read += events.size
+                        yield Chunk(events, clock, _now_ns())
+            except StreamsnnError as exc:
+                raise SourceError(f"{self.path}: reading failed mid-stream after {self.events_read} events: "
+                                  f"{exc}") from exc
+            except OSError as exc:
+                raise SourceError(f"{self.path}: reading failed mid-stream: {exc}") from exc
+            self.passes += 1
+            if not self.loop or clock is None:
+                return
+            # the next pass starts where this one's last slice ended, on the same slice grid
+            offset = clock - t_first
+
+
+class FolderSource(Source):
+    """A dataset folder in the N-MNIST archive layout: one inference window per sample.
+
+    Samples are replayed one after the other (class, then file name, as
+    :class:`~streamsnn.io.folder.SampleFolder` orders them), each paced by its
+    own event time and following the previous one without a gap; each gives
+    WindowStart(target=label), its chunks, WindowEnd.
+    """
+
+    kind = "folder"
+
+    def __init__(self, root, stream: str, *, split: str = "Test", speed: float = 0.0, loop: bool = False,
+                 sensor_size=None, limit: int | None = None):
+        super().__init__(str(root), stream)
+        self.root = Path(root)
+        self.split = split
+        self.speed = float(speed)
+        self.loop = bool(loop)
+        self.limit = limit
+        self._sensor_size_arg = sensor_size
+        self.samples_done = 0
+
+    def open(self, default_sensor_size=None) -> None:
+        from . import open_recording
+        from .folder import SampleFolder
+
+        root, split = self.root, self.split
+        if not (root / split).is_dir() and root.name in ("Train", "Test") and root.parent.is_dir():
+            root, split = root.parent, root.name   # the split folder itself was given
+        try:
+            self.folder = SampleFolder(root, split)
+        except StreamsnnError as exc:
+            raise SourceError(str(exc)) from exc
+        self.classes = self.folder.classes
+        self.samples = list(self.folder.samples)
+        if self.limit is not None:
+            self.samples = self.samples[: self.limit]
+        if not self.samples:
+            raise SourceError(f"{self.root}: no samples to replay")
+        with open_recording(self.samples[0].path, sensor_size=self._sensor_size_arg) as recording:
+            self.format = recording.format
+            if recording.sensor_size is None and default_sensor_size is not None:
+                self.sensor_size = SensorSize.coerce(default_sensor_size)
+            else:
+                self.sensor_size = recording.require_sensor_size()
+
+    def items(self, stop: threading.Event, slice_us: float) -> Iterator:
+        from . import open_recording
+
+        self.pacer = pacer = Pacer(self.speed, stop)
+        while not stop.is_set():
+            for sample in self.samples:
+                if stop.is_set():
+                    return
+                try:
+                    with open_recording(sample.path, sensor_size=self.sensor_size) as recording:
+                        events = recording.read()
+                except StreamsnnError as exc:
+                    raise SourceError(f"{sample.path}: {exc}") from exc
+                except OSError as exc:
+                    raise SourceError(f"{sample.path}: {exc}") from exc
+                name = f"{sample.class_name}/{sample.path.name}"
+                if events.size == 0:
+                    continue
+                t0 = int(events["t"][0])
+                pacer.rebase(t0)
+                yield WindowStart(start_us=t0, target=sample.label, sample=name)
+                t = events["t"]
+                if self.speed <= 0:
+                    self.events_read += events.size
+                    yield Chunk(events, int(t[-1]) + 1, _now_ns())
+                else:
+                    n_slices = int((int(t[-1]) - t0) // slice_us) + 1
+                    bounds = np.searchsorted(t, t0 + np.arange(1, n_slices + 1) * slice_us, side="left")
+                    start = 0
+                    for k, end in enumerate(bounds):
+                        # capped at the last event + 1: the sample's frames end where to_frame's do
+                        clock = min(int(t0 + (k + 1) * slice_us), int(t[-1]) + 1)
+                        if not pacer.wait_until(clock):
+                            return
+                        part = events[start:end]
+                        start = end
+                        self.events_read += part.size
+                        yield Chunk(part, clock, _now_ns())
+                yield WindowEnd(end_us=int(t[-1]) + 1, last_us=int(t[-1]), available_ns=_now_ns())
+                self.samples_done += 1
+            if not self.loop:
+                return
+
+
+def make_source(uri: str, stream: str | None = None, *, speed: float = 1.0, loop: bool = False,
+                sensor_size=None, split: str = "Test", limit: int | None = None) -> Source:
+    """A source from its text: ``dv://HOST:PORT``, ``camera[:SERIAL]``, a folder of samples or a file."""
+    from .folder import is_sample_folder
+
+    text = str(uri)
+    if text.startswith("dv://"):
+        from .live import DvNetworkSource, parse_dv_uri
+
+        host, port = parse_dv_uri(text)
+        return DvNetworkSource(host, port, stream or f"dv-{port}")
+    if text == "camera" or text.startswith("camera:"):
+        from .live import CameraSource
+
+        serial = text.split(":", 1)[1] if ":" in text else None
+        return CameraSource(serial, stream or (f"camera-{serial}" if serial else "camera"))
+    path = Path(os.path.expanduser(text))
+    name = stream or _stream_name(path)
+    if path.is_dir():
+        if is_sample_folder(path) or (path.name in ("Train", "Test") and is_sample_folder(path.parent)):
+            return FolderSource(path, name, split=split, speed=speed, loop=loop, sensor_size=sensor_size,
+                                limit=limit)
+        raise SourceError(f"{path}: a folder, but not a dataset in the N-MNIST archive layout "
+                          "(ROOT/Test/<class>/<sample>); give a recording file, a dataset folder, "
+                          "dv://HOST:PORT or camera[:SERIAL]")
+    if not path.exists():
+        raise SourceError(f"source {text!r}: no such file or folder (sources are a recording file, a dataset "
+                          "folder, dv://HOST:PORT or camera[:SERIAL])")
+    return FileReplaySource(path, name, speed=speed, loop=loop, sensor_size=sensor_size)
+
+
+def _stream_name(path: Path) -> str:
+    name = path.stem if path.is_file() else path.name
+    if name in ("Test", "Train") and path.parent.name:
+        name = path.parent.name
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in name) or "stream"

@@ -1,0 +1,332 @@
+"""Pipeline definitions: TOML files (``pipelines/*.toml``) and command-line options, validated on load.
+
+A definition has these tables (every key optional unless marked)::
+
+    [pipeline]   name = "nmnist-replay"
+    [[source]]   uri = "..." (required: file, dataset folder, dv://HOST:PORT, camera[:SERIAL])
+                 stream = "name"            # default: from the uri
+                 speed = 1.0                # replay: 1 real time, 0 as fast as possible
+                 loop = false
+                 split = "Test"             # dataset folders
+                 limit = 100                # dataset folders: at most this many samples
+                 sensor_size = [w, h, p]    # for files that do not say theirs
+                 queue_policy = "block" | "drop"   # default: block for replay, drop for live
+    [model]      checkpoint = "path.pt" (required), device = "cpu", torch_threads = 1
+    [binning]    time_window = 30000        # us; default: the checkpoint's
+                 crop = [x0, y0, width, height]
+                 downsample = 4 | [fx, fy]  # integer factors, after the crop
+                 merge_polarity = false
+                 denoise_us = 0             # drop events with no neighbour within this time (0: off)
+    [cutoff]     epsilon = 0.1              # default: the checkpoint's
+                 max_timesteps = 10         # default: the checkpoint's timesteps
+    [queue]      policy = "block" | "drop", max_events = 1000000, max_chunks = 256
+    [publish]    endpoint = "tcp://127.0.0.1:5556", curve_keys = "DIR", sndhwm = 10000,
+                 settle_s = 0.3, wait_subscribers = 0, wait_timeout_s = 5.0, status_interval_s = 1.0
+    [log]        path = "decisions.h5"
+
+Relative paths in a file are relative to the file's folder; ``${VAR}`` and
+``~`` are expanded. Errors name the file, the key and the expected type.
+"""
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+
+@dataclass
+class SourceConfig:
+    uri: str
+    stream: str | None = None
+    speed: float = 1.0
+    loop: bool = False
+    split: str = "Test"
+    limit: int | None = None
+    sensor_size: tuple | None = None
+    queue_policy: str | None = None
+
+
+@dataclass
+class PipelineConfig:
+    name: str = "pipeline"
+    sources: list[SourceConfig] = field(default_factory=list)
+    checkpoint: str | None = None
+    device: str = "cpu"
+    torch_threads: int = 1
+    time_window: int | None = None
+    crop: tuple | None = None
+    downsample: tuple | None = None
+    merge_polarity: bool = False
+    denoise_us: int = 0
+    cutoff_epsilon: float | None = None
+    max_timesteps: int | None = None
+    queue_policy: str | None = None
+    queue_max_events: int = 1_000_000
+    queue_max_chunks: int = 256
+    endpoint: str = "tcp://127.0.0.1:5556"
+    curve_keys: str | None = None
+    sndhwm: int = 10_000
+    settle_s: float = 0.3
+    wait_subscribers: int = 0
+    wait_timeout_s: float = 5.0
+    status_interval_s: float = 1.0
+    log: str | None = None
+    origin: str = "<command line>"
+
+
+# key -> (type name for messages, checker/converter)
+def _number(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError
+    return float(value)
+
+
+def _integer(value):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError
+    return int(value)
+
+
+def _boolean(value):
+    if not isinstance(value, bool):
+        raise TypeError
+    return value
+
+
+def _string(value):
+    if not isinstance(value, str):
+        raise TypeError
+    return value
+
+
+def _int_list(n):
+    def check(value):
+        if not isinstance(value, list) or len(value) not in n or not all(
+                isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise TypeError
+        return tuple(value)
+    return check
+
+
+def _factor(value):
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value, value)
+    return _int_list((2,))(value)
+
+
+def _policy(value):
+    if value not in ("block", "drop"):
+        raise TypeError
+    return value
+
+
+_SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
+    "pipeline": {"name": ("a string", _string)},
+    "source": {
+        "uri": ("a string (file, dataset folder, dv://HOST:PORT or camera[:SERIAL])", _string),
+        "stream": ("a string", _string),
+        "speed": ("a number >= 0", _number),
+        "loop": ("true or false", _boolean),
+        "split": ("a string (Train or Test)", _string),
+        "limit": ("an integer", _integer),
+        "sensor_size": ("a list [width, height] or [width, height, polarities] of integers", _int_list((2, 3))),
+        "queue_policy": ('"block" or "drop"', _policy),
+    },
+    "model": {
+        "checkpoint": ("a string (path to a .pt checkpoint)", _string),
+        "device": ("a string (cpu or cuda)", _string),
+        "torch_threads": ("an integer", _integer),
+    },
+    "binning": {
+        "time_window": ("an integer number of microseconds", _integer),
+        "crop": ("a list [x0, y0, width, height] of integers", _int_list((4,))),
+        "downsample": ("an integer factor or a list [fx, fy] of integers", _factor),
+        "merge_polarity": ("true or false", _boolean),
+        "denoise_us": ("an integer number of microseconds", _integer),
+    },
+    "cutoff": {
+        "epsilon": ("a number in [0, 1]", _number),
+        "max_timesteps": ("an integer", _integer),
+    },
+    "queue": {
+        "policy": ('"block" or "drop"', _policy),
+        "max_events": ("an integer", _integer),
+        "max_chunks": ("an integer", _integer),
+    },
+    "publish": {
+        "endpoint": ("a string (tcp://HOST:PORT)", _string),
+        "curve_keys": ("a string (folder written by `streamsnn keys`)", _string),
+        "sndhwm": ("an integer", _integer),
+        "settle_s": ("a number of seconds", _number),
+        "wait_subscribers": ("an integer", _integer),
+        "wait_timeout_s": ("a number of seconds", _number),
+        "status_interval_s": ("a number of seconds", _number),
+    },
+    "log": {"path": ("a string (HDF5 file)", _string)},
+}
+
+# table.key -> PipelineConfig attribute
+_ATTR = {
+    ("pipeline", "name"): "name",
+    ("model", "checkpoint"): "checkpoint", ("model", "device"): "device",
+    ("model", "torch_threads"): "torch_threads",
+    ("binning", "time_window"): "time_window", ("binning", "crop"): "crop",
+    ("binning", "downsample"): "downsample", ("binning", "merge_polarity"): "merge_polarity",
+    ("binning", "denoise_us"): "denoise_us",
+    ("cutoff", "epsilon"): "cutoff_epsilon", ("cutoff", "max_timesteps"): "max_timesteps",
+    ("queue", "policy"): "queue_policy", ("queue", "max_events"): "queue_max_events",
+    ("queue", "max_chunks"): "queue_max_chunks",
+    ("publish", "endpoint"): "endpoint", ("publish", "curve_keys"): "curve_keys",
+    ("publish", "sndhwm"): "sndhwm", ("publish", "settle_s"): "settle_s",
+    ("publish", "wait_subscribers"): "wait_subscribers", ("publish", "wait_timeout_s"): "wait_timeout_s",
+    ("publish", "status_interval_s"): "status_interval_s",
+    ("log", "path"): "log",
+}
+_PATH_KEYS = {("model", "checkpoint"), ("publish", "curve_keys"), ("log", "path")}
+
+
+def _describe(value) -> str:
+    kind = {str: "string", int: "integer", float: "number", bool: "boolean", list: "list",
+            dict: "table"}.get(type(value), type(value).__name__)
+    text = repr(value)
+    return f"{kind} {text if len(text) < 60 else text[:57] + '...'}"
+
+
+def _expand(text: str, base: Path | None, where: str) -> str:
+    expanded = os.path.expanduser(os.path.expandvars(text))
+    if "$" in expanded:
+        raise ConfigError(f"{where}: {text!r} names an environment variable that is not set")
+    if base is not None and "://" not in expanded and not expanded.startswith("camera") \
+            and not os.path.isabs(expanded):
+        expanded = str((base / expanded).resolve())
+    return expanded
+
+
+def _check(table: str, key: str, value, origin: str, where: str):
+    spec = _SCHEMA[table].get(key)
+    if spec is None:
+        raise ConfigError(f"{origin}: unknown key {where}; {table!r} takes "
+                          f"{', '.join(sorted(_SCHEMA[table]))}")
+    expected, convert = spec
+    try:
+        return convert(value)
+    except TypeError:
+        raise ConfigError(f"{origin}: {where} must be {expected}, got {_describe(value)}") from None
+
+
+def parse_config(data: dict, origin: str = "<pipeline>", base: Path | None = None) -> PipelineConfig:
+    """A PipelineConfig from a parsed TOML document (dict), every key and type checked."""
+    config = PipelineConfig(origin=origin)
+    for table, body in data.items():
+        if table not in _SCHEMA:
+            raise ConfigError(f"{origin}: unknown table [{table}]; a pipeline definition has "
+                              f"{', '.join('[' + t + ']' for t in _SCHEMA)}")
+        if table == "source":
+            entries = body if isinstance(body, list) else [body]
+            for i, entry in enumerate(entries):
+                where = f"[[source]] #{i + 1}" if isinstance(body, list) else "[source]"
+                if not isinstance(entry, dict):
+                    raise ConfigError(f"{origin}: {where} must be a table, got {_describe(entry)}")
+                values = {k: _check("source", k, v, origin, f"{where}.{k}") for k, v in entry.items()}
+                if "uri" not in values:
+                    raise ConfigError(f"{origin}: {where}.uri is missing (a string: file, dataset folder, "
+                                      "dv://HOST:PORT or camera[:SERIAL])")
+                values["uri"] = _expand(values["uri"], base, f"{origin}: {where}.uri")
+                config.sources.append(SourceConfig(**values))
+            continue
+        if not isinstance(body, dict):
+            raise ConfigError(f"{origin}: [{table}] must be a table, got {_describe(body)}")
+        for key, value in body.items():
+            value = _check(table, key, value, origin, f"[{table}].{key}")
+            if (table, key) in _PATH_KEYS:
+                value = _expand(value, base, f"{origin}: [{table}].{key}")
+            setattr(config, _ATTR[(table, key)], value)
+    validate(config)
+    return config
+
+
+def load_config(path: str | os.PathLike) -> PipelineConfig:
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: pipeline definition not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    return parse_config(data, origin=str(path), base=path.resolve().parent)
+
+
+def validate(config: PipelineConfig) -> PipelineConfig:
+    """Range checks shared by TOML files and command-line options."""
+    o = config.origin
+
+    def fail(where, expected, value):
+        raise ConfigError(f"{o}: {where} must be {expected}, got {value!r}")
+
+    for i, source in enumerate(config.sources):
+        if source.speed < 0:
+            fail(f"source #{i + 1} speed", "a number >= 0", source.speed)
+        if source.limit is not None and source.limit < 1:
+            fail(f"source #{i + 1} limit", "a positive integer", source.limit)
+    streams = [s.stream for s in config.sources if s.stream]
+    if len(set(streams)) != len(streams):
+        raise ConfigError(f"{o}: two sources have the same stream name; give each a distinct `stream`")
+    if config.time_window is not None and config.time_window <= 0:
+        fail("[binning].time_window", "a positive integer number of microseconds", config.time_window)
+    if config.crop is not None and (config.crop[0] < 0 or config.crop[1] < 0 or config.crop[2] <= 0
+                                    or config.crop[3] <= 0):
+        fail("[binning].crop", "[x0 >= 0, y0 >= 0, width > 0, height > 0]", list(config.crop))
+    if config.downsample is not None and min(config.downsample) < 1:
+        fail("[binning].downsample", "factors >= 1", list(config.downsample))
+    if config.denoise_us < 0:
+        fail("[binning].denoise_us", "an integer >= 0", config.denoise_us)
+    if config.cutoff_epsilon is not None and not 0 <= config.cutoff_epsilon <= 1:
+        fail("[cutoff].epsilon", "a number in [0, 1]", config.cutoff_epsilon)
+    if config.max_timesteps is not None and config.max_timesteps < 1:
+        fail("[cutoff].max_timesteps", "a positive integer", config.max_timesteps)
+    if config.queue_max_events < 1:
+        fail("[queue].max_events", "a positive integer", config.queue_max_events)
+    if config.queue_max_chunks < 1:
+        fail("[queue].max_chunks", "a positive integer", config.queue_max_chunks)
+    if config.sndhwm < 1:
+        fail("[publish].sndhwm", "a positive integer", config.sndhwm)
+    if config.status_interval_s <= 0:
+        fail("[publish].status_interval_s", "a positive number", config.status_interval_s)
+    if config.torch_threads < 1:
+        fail("[model].torch_threads", "a positive integer", config.torch_threads)
+    return config
+
+
+def config_from_args(args) -> PipelineConfig:
+    """``streamsnn run [PIPELINE.toml] --source ... --checkpoint ...``: the file, then the options over it."""
+    config = load_config(args.pipeline) if getattr(args, "pipeline", None) else PipelineConfig()
+    if getattr(args, "pipeline", None) is None:
+        config.origin = "command line"
+    speed = getattr(args, "speed", None)
+    loop = getattr(args, "loop", None)
+    if args.source:
+        config.sources = [SourceConfig(uri=uri, speed=1.0 if speed is None else speed, loop=bool(loop))
+                          for uri in args.source]
+    else:
+        for source in config.sources:
+            if speed is not None:
+                source.speed = speed
+            if loop is not None:
+                source.loop = loop
+    for attr, option in (("checkpoint", "checkpoint"), ("endpoint", "publish"), ("log", "log"),
+                         ("cutoff_epsilon", "cutoff_epsilon"), ("max_timesteps", "max_timesteps"),
+                         ("queue_policy", "queue_policy"), ("curve_keys", "curve_keys"), ("device", "device")):
+        value = getattr(args, option, None)
+        if value is not None:
+            setattr(config, attr, value)
+    if not config.sources:
+        raise ConfigError(f"{config.origin}: no source; give --source SRC (file, dataset folder, "
+                          "dv://HOST:PORT or camera[:SERIAL]) or a [[source]] table")
+    if not config.checkpoint:
+        raise ConfigError(f"{config.origin}: no checkpoint; give --checkpoint CKPT or [model].checkpoint")
+    return validate(config)

@@ -190,7 +190,8 @@ def concat_or_empty(parts: list[np.ndarray]) -> np.ndarray:
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
-def check_coordinates(events: np.ndarray, sensor_size: SensorSize | None, path, what: str = "event") -> None:
+def check_coordinates(events: np.ndarray, sensor_size: SensorSize | None, path, what: str = "event",
+                      offset: int | None = None, first_index: int = 0) -> None:
     """Reject events outside the sensor: they would index past the end of every frame downstream."""
     from ..errors import EventFormatError
 
@@ -202,9 +203,9 @@ def check_coordinates(events: np.ndarray, sensor_size: SensorSize | None, path, 
         if bad.size:
             i = int(bad[0])
             raise EventFormatError(
-                path, f"{what} {i}: {name} = {int(column[i])} is outside the sensor "
+                path, f"{what} {first_index + i}: {name} = {int(column[i])} is outside the sensor "
                 f"{sensor_size.width}x{sensor_size.height} (0 <= {name} < {limit}); "
-                "the file is corrupt or the sensor size is wrong")
+                "the file is corrupt or the sensor size is wrong", offset=offset)
 
 
 assert EVENT_DTYPE.itemsize == 16

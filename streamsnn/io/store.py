@@ -1,0 +1,284 @@
+"""The project's HDF5 event store.
+
+Layout (format version 1):
+
+    /events/t  int64   µs        one 1-D dataset per field, all the same length,
+    /events/x  int16             chunked (CHUNK_EVENTS per chunk), compressed
+    /events/y  int16             with shuffle + LZF (built into h5py, fast to
+    /events/p  int8              decompress)
+    /index/t_min, /index/t_max   int64, one entry per block of INDEX_STRIDE
+                                 events: the smallest and largest timestamp in it
+    root attributes: streamsnn_format = "events", format_version = 1,
+        sensor_size = (w, h, p) or absent, source_format, source_name
+
+A time-window read looks only at the index (a few kB for a billion events)
+to find the blocks that can hold the window, and reads just those; min/max
+per block keeps it exact even where timestamps step back a little (EVT 3.0).
+
+The writer opens the file in HDF5's single-writer/multiple-reader (SWMR)
+mode, which keeps the file consistent on disk after every flush: a writer
+killed mid-recording leaves a readable file with everything it flushed. The
+field datasets are grown one after the other, so a reader takes the shortest
+as the event count.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import EventFormatError, SensorSizeError
+from ..events import EVENT_DTYPE, SensorSize, as_events, empty_events
+from .base import Recording
+
+STORE_FORMAT = "events"
+STORE_VERSION = 1
+CHUNK_EVENTS = 1 << 16
+INDEX_STRIDE = CHUNK_EVENTS
+FIELDS = ("t", "x", "y", "p")
+# Events per block when reading sequentially (a multiple of the index stride).
+READ_BLOCK_EVENTS = 1 << 22
+
+
+def _h5py():
+    import h5py
+
+    return h5py
+
+
+class EventStoreWriter:
+    """Append events to a new HDF5 event store; every ``flush()`` leaves a readable file.
+
+    Events are stored in the order given, so round trips are exact even for
+    sources whose timestamps step back a little (EVT 3.0); they must have
+    p in {0, 1} and lie inside ``sensor_size`` when one is given.
+    """
+
+    def __init__(self, path, sensor_size=None, *, source_format: str | None = None,
+                 source_name: str | None = None, overwrite: bool = False, compression: str = "lzf"):
+        h5py = _h5py()
+        self.path = Path(path)
+        if self.path.exists() and not overwrite:
+            raise EventFormatError(self.path, "already exists (pass overwrite=True / --force to replace it)")
+        if self.path.is_dir():
+            raise EventFormatError(self.path, "is a folder")
+        self.sensor_size = None if sensor_size is None else SensorSize.coerce(sensor_size)
+        self._file = h5py.File(self.path, "w", libver="latest")
+        try:
+            f = self._file
+            f.attrs["streamsnn_format"] = STORE_FORMAT
+            f.attrs["format_version"] = STORE_VERSION
+            if self.sensor_size is not None:
+                f.attrs["sensor_size"] = np.array(self.sensor_size, dtype=np.int64)
+            f.attrs["source_format"] = source_format or ""
+            f.attrs["source_name"] = source_name or ""
+            events = f.create_group("events")
+            for name in FIELDS:
+                events.create_dataset(name, shape=(0,), maxshape=(None,), dtype=EVENT_DTYPE[name],
+                                      chunks=(CHUNK_EVENTS,), compression=compression, shuffle=True)
+            index = f.create_group("index")
+            for name in ("t_min", "t_max"):
+                index.create_dataset(name, shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(4096,))
+            f.swmr_mode = True
+        except Exception:
+            self._file.close()
+            raise
+        self.count = 0
+
+    def append(self, events) -> None:
+        events = as_events(events, source=str(self.path))
+        if events.size == 0:
+            return
+        t = events["t"]
+        p = events["p"]
+        if np.any((p != 0) & (p != 1)):
+            raise EventFormatError(self.path, "appended events have a polarity other than 0 or 1")
+        if self.sensor_size is not None:
+            from .base import check_coordinates
+
+            check_coordinates(events, self.sensor_size, self.path, what="appended event")
+        f = self._file
+        start, end = self.count, self.count + events.size
+        for name in FIELDS:
+            dataset = f["events"][name]
+            dataset.resize((end,))
+            dataset[start:end] = events[name]
+        self._update_index(start, end, t)
+        self.count = end
+
+    def _update_index(self, start: int, end: int, t: np.ndarray) -> None:
+        t_min_ds, t_max_ds = self._file["index"]["t_min"], self._file["index"]["t_max"]
+        first_block, last_block = start // INDEX_STRIDE, (end - 1) // INDEX_STRIDE
+        boundaries = np.arange(first_block, last_block + 2) * INDEX_STRIDE
+        boundaries[0], boundaries[-1] = start, end
+        offsets = boundaries - start
+        t_min = np.minimum.reduceat(t, offsets[:-1])
+        t_max = np.maximum.reduceat(t, offsets[:-1])
+        old = t_min_ds.shape[0]
+        if old > first_block:  # the last block was partly filled: merge with its entry
+            t_min[0] = min(t_min[0], int(t_min_ds[first_block]))
+            t_max[0] = max(t_max[0], int(t_max_ds[first_block]))
+        for ds, values in ((t_min_ds, t_min), (t_max_ds, t_max)):
+            ds.resize((last_block + 1,))
+            ds[first_block:last_block + 1] = values
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file.id.valid:
+            self._file.flush()
+            self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+class StoreRecording(Recording):
+    format = "hdf5"
+
+    def __init__(self, path, sensor_size=None):
+        super().__init__(path, None)
+        h5py = _h5py()
+        try:
+            # SWMR read: sees what a live writer has flushed, never a half-written state.
+            self._file = h5py.File(self.path, "r", libver="latest", swmr=True)
+        except OSError:
+            try:
+                self._file = h5py.File(self.path, "r")
+            except OSError as exc:
+                raise EventFormatError(self.path, f"not a readable HDF5 file: {exc}", offset=0) from None
+        try:
+            self._open(sensor_size)
+        except BaseException:
+            self._file.close()
+            raise
+
+    def _open(self, sensor_size):
+        f = self._file
+        if f.attrs.get("streamsnn_format") != STORE_FORMAT or "events" not in f:
+            raise EventFormatError(self.path, "HDF5 file is not a streamsnn event store "
+                                              "(no 'streamsnn_format' attribute or /events group)")
+        version = int(f.attrs.get("format_version", -1))
+        if version != STORE_VERSION:
+            raise EventFormatError(self.path, f"event store format version {version}; this reader knows "
+                                              f"version {STORE_VERSION}")
+        missing = [name for name in FIELDS if name not in f["events"]]
+        if missing:
+            raise EventFormatError(self.path, f"event store lacks /events/{missing[0]}")
+        self._datasets = [f["events"][name] for name in FIELDS]
+        self.source_format = str(f.attrs.get("source_format", ""))
+        self.source_name = str(f.attrs.get("source_name", ""))
+        stored = f.attrs.get("sensor_size")
+        if stored is not None:
+            try:
+                self.sensor_size, self.sensor_size_source = SensorSize.coerce(stored), "header"
+            except SensorSizeError as exc:
+                raise EventFormatError(self.path, f"sensor_size attribute: {exc}") from None
+        elif sensor_size is not None:
+            self.sensor_size, self.sensor_size_source = SensorSize.coerce(sensor_size), "argument"
+
+    def refresh(self) -> None:
+        """See events a live writer flushed since this file was opened."""
+        for ds in self._datasets:
+            ds.refresh()
+        for name in ("t_min", "t_max"):
+            self._file["index"][name].refresh()
+
+    def __len__(self) -> int:
+        return min(ds.shape[0] for ds in self._datasets)
+
+    def close(self) -> None:
+        if self._file.id.valid:
+            self._file.close()
+
+    def read_range(self, start: int, stop: int) -> np.ndarray:
+        """Events start..stop-1 (by position)."""
+        n = len(self)
+        start, stop = max(0, start), min(stop, n)
+        if stop <= start:
+            return empty_events(0)
+        out = np.empty(stop - start, dtype=EVENT_DTYPE)
+        for name, ds in zip(FIELDS, self._datasets):
+            out[name] = ds[start:stop]
+        return out
+
+    def _blocks(self):
+        n = len(self)
+        for start in range(0, n, READ_BLOCK_EVENTS):
+            yield self.read_range(start, min(n, start + READ_BLOCK_EVENTS))
+
+    def read(self) -> np.ndarray:
+        return self.read_range(0, len(self))
+
+    def read_window(self, t_start: int, t_end: int) -> np.ndarray:
+        """Events with t_start <= t < t_end, reading only the blocks the index points to."""
+        n = len(self)
+        blocks = (n + INDEX_STRIDE - 1) // INDEX_STRIDE
+        t_min = self._file["index"]["t_min"][:blocks]
+        t_max = self._file["index"]["t_max"][:blocks]
+        hits = np.flatnonzero((t_max >= t_start) & (t_min < t_end))
+        if hits.size == 0:
+            return empty_events(0)
+        events = self.read_range(int(hits[0]) * INDEX_STRIDE, (int(hits[-1]) + 1) * INDEX_STRIDE)
+        t = events["t"]
+        return events[(t >= t_start) & (t < t_end)]
+
+
+def convert_to_store(input, output, sensor_size=None, overwrite=False, *, chunk_events: int = 1 << 22) -> dict:
+    """Write every event of ``input`` (any readable format) to a new event store at ``output``."""
+    from . import open_recording
+
+    started = time.perf_counter()
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise EventFormatError(output, "already exists (use --force to overwrite)")
+    if Path(input).resolve() == output.resolve():
+        raise EventFormatError(output, "input and output are the same file")
+    temporary = output.with_name(output.name + ".partial")
+    with open_recording(input, sensor_size=sensor_size) as rec:
+        t_first = t_last = None
+        try:
+            with EventStoreWriter(temporary, rec.sensor_size, source_format=rec.format,
+                                  source_name=Path(input).name, overwrite=True) as writer:
+                for chunk in rec.chunks(n_events=chunk_events):
+                    if chunk.size == 0:
+                        continue
+                    if t_first is None:
+                        t_first = int(chunk["t"][0])
+                    t_last = int(chunk["t"][-1])
+                    writer.append(chunk)
+                count = writer.count
+            os.replace(temporary, output)
+        finally:
+            if temporary.exists():
+                temporary.unlink()
+        fmt, size = rec.format, rec.sensor_size
+    return {
+        "input": os.fspath(input),
+        "output": os.fspath(output),
+        "source_format": fmt,
+        "sensor_size": None if size is None else list(size),
+        "events": count,
+        "t_first_us": t_first,
+        "t_last_us": t_last,
+        "input_bytes": os.path.getsize(input),
+        "output_bytes": os.path.getsize(output),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def write_store(path, events, sensor_size=None, *, source_format: str | None = None, overwrite: bool = False):
+    """Write an event array to a new store in one go."""
+    with EventStoreWriter(path, sensor_size, source_format=source_format, overwrite=overwrite) as writer:
+        writer.append(events)
+    return Path(path)
+
+
+__all__ = ["EventStoreWriter", "StoreRecording", "convert_to_store", "write_store"]

@@ -1,0 +1,164 @@
+"""The decision bus over real ZeroMQ sockets: slow joiners, high-water marks, CurveZMQ, the subscribe CLI."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import zmq
+
+from streamsnn.bus import (Publisher, Subscriber, decision_topic, generate_keys, is_loopback, normalize_endpoint,
+                           status_topic)
+from streamsnn.errors import ConfigError
+
+PY = sys.executable
+
+
+def _message(seq, stream="s"):
+    return {"schema": 1, "stream": stream, "seq": seq, "label": 1, "confidence": 0.9, "timesteps": 3,
+            "max_timesteps": 10, "window_start_us": 0, "window_end_us": 1000, "published_ns": time.time_ns(),
+            "latency_ms": 0.1}
+
+
+def test_endpoints_default_to_loopback():
+    assert normalize_endpoint(None) == "tcp://127.0.0.1:5556"
+    assert normalize_endpoint("6000") == "tcp://127.0.0.1:6000"
+    assert normalize_endpoint("tcp://:6000") == "tcp://127.0.0.1:6000"
+    assert normalize_endpoint("tcp://0.0.0.0:6000") == "tcp://0.0.0.0:6000"   # asked for explicitly
+    assert is_loopback("tcp://127.0.0.1:1") and not is_loopback("tcp://0.0.0.0:1")
+    with pytest.raises(ConfigError, match="tcp://HOST:PORT"):
+        normalize_endpoint("localhost")
+
+
+@pytest.mark.timeout(30)
+def test_publisher_binds_loopback_and_warns_beyond():
+    with Publisher("tcp://127.0.0.1:*") as pub:
+        assert pub.endpoint.startswith("tcp://127.0.0.1:")
+    with pytest.warns(UserWarning, match="beyond loopback"):
+        Publisher("tcp://0.0.0.0:*").close()
+
+
+@pytest.mark.timeout(30)
+def test_bind_conflict_is_a_clear_error():
+    with Publisher("tcp://127.0.0.1:*") as pub:
+        with pytest.raises(ConfigError, match="cannot bind"):
+            Publisher(pub.endpoint)
+
+
+@pytest.mark.timeout(30)
+def test_subscriber_connected_before_start_receives_every_message():
+    """The slow-joiner gap: wait_for_subscribers holds the first message until the subscription arrives."""
+    with Publisher("tcp://127.0.0.1:*") as pub:
+        sub = Subscriber(pub.endpoint, topic="decision")
+        assert pub.wait_for_subscribers(1, timeout_s=5, settle_s=0) == 1
+        for i in range(500):
+            pub.send(decision_topic("s"), _message(i))
+        got = []
+        while len(got) < 500:
+            item = sub.recv(timeout_s=5)
+            assert item is not None, f"only {len(got)} of 500 messages arrived"
+            got.append(item)
+        sub.close()
+    assert [m["seq"] for _, m in got] == list(range(500))
+    assert got[0][0] == "decision.s"
+
+
+@pytest.mark.timeout(30)
+def test_stream_filter_is_exact():
+    with Publisher("tcp://127.0.0.1:*") as pub:
+        sub = Subscriber(pub.endpoint, streams=["cam"])
+        pub.wait_for_subscribers(2, timeout_s=5, settle_s=0)
+        pub.send(decision_topic("cam2"), _message(0, "cam2"))
+        pub.send(status_topic("cam"), {"stream": "cam", "state": "running"})
+        pub.send(decision_topic("cam"), _message(1, "cam"))
+        topics = [sub.recv(timeout_s=5)[0] for _ in range(2)]
+        assert sub.recv(timeout_s=0.2) is None
+        sub.close()
+    assert topics == ["status.cam", "decision.cam"]
+
+
+@pytest.mark.timeout(30)
+def test_a_subscriber_that_never_reads_does_not_block_the_publisher():
+    ctx = zmq.Context.instance()
+    with Publisher("tcp://127.0.0.1:*", sndhwm=100) as pub:
+        lazy = ctx.socket(zmq.SUB)
+        lazy.setsockopt(zmq.RCVHWM, 100)
+        lazy.setsockopt(zmq.SUBSCRIBE, b"")
+        lazy.connect(pub.endpoint)
+        pub.wait_for_subscribers(1, timeout_s=5, settle_s=0)
+        payload = "x" * 10_000
+        start = time.monotonic()
+        for i in range(20_000):                     # 200 MB offered to a reader that reads nothing
+            message = _message(i)
+            message["pad"] = payload
+            pub.send(decision_topic("s"), message)
+        elapsed = time.monotonic() - start
+        lazy.close(0)
+    assert elapsed < 10
+    assert pub.sent + pub.send_failures == 20_000
+
+
+@pytest.mark.timeout(60)
+def test_curve_refuses_unknown_clients_and_accepts_allowed_ones(tmp_path):
+    keys = tmp_path / "keys"
+    written = generate_keys(keys, ["alice"])
+    stranger = generate_keys(tmp_path / "other", ["mallory"])     # a key pair the publisher does not know
+    assert (keys / "authorized" / "alice.key").is_file()
+    with Publisher("tcp://127.0.0.1:*", curve_keys=keys) as pub:
+        alice = Subscriber(pub.endpoint, topic="decision", curve_keys=written["clients"]["alice"])
+        # mallory has a valid client pair, and even the right server key, but is not authorised
+        import shutil
+
+        shutil.copy(keys / "server.key", tmp_path / "other" / "clients" / "mallory" / "server.key")
+        mallory = Subscriber(pub.endpoint, topic="decision", curve_keys=stranger["clients"]["mallory"])
+        plain = Subscriber(pub.endpoint, topic="decision")                     # no CURVE at all
+        assert pub.wait_for_subscribers(1, timeout_s=10, settle_s=0.5) == 1   # only alice got through
+        for i in range(50):
+            pub.send(decision_topic("s"), _message(i))
+        got = [alice.recv(timeout_s=5) for _ in range(50)]
+        assert all(item is not None for item in got)
+        assert mallory.recv(timeout_s=1.0) is None
+        assert plain.recv(timeout_s=0.2) is None
+        for s in (alice, mallory, plain):
+            s.close()
+
+
+def test_keys_layout_and_errors(tmp_path):
+    written = generate_keys(tmp_path, ["a", "b"])
+    assert sorted(p.name for p in (tmp_path / "authorized").iterdir()) == ["a.key", "b.key"]
+    assert oct(os.stat(tmp_path / "server.key_secret").st_mode & 0o777) == "0o600"
+    assert (tmp_path / "clients" / "a" / "server.key").is_file()
+    with pytest.raises(ConfigError, match="exists already"):
+        generate_keys(tmp_path, ["a"])
+    with pytest.raises(ConfigError, match="several client key pairs"):
+        Subscriber("tcp://127.0.0.1:1", curve_keys=tmp_path)
+    with pytest.raises(ConfigError, match="no server.key_secret"):
+        Publisher("tcp://127.0.0.1:*", curve_keys=tmp_path / "clients")
+    assert set(written["clients"]) == {"a", "b"}
+
+
+@pytest.mark.timeout(60)
+def test_keys_and_subscribe_commands(tmp_path):
+    keys = tmp_path / "k"
+    out = subprocess.run([PY, "-m", "streamsnn.cli", "keys", str(keys), "--name", "viewer"], capture_output=True,
+                         text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    with Publisher("tcp://127.0.0.1:*", curve_keys=keys) as pub:
+        proc = subprocess.Popen([PY, "-m", "streamsnn.cli", "subscribe", pub.endpoint, "--stream", "a",
+                                 "--count", "3", "--curve-keys", str(keys / "clients" / "viewer")],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert pub.wait_for_subscribers(1, timeout_s=20, settle_s=0) == 1
+            pub.send(decision_topic("b"), _message(0, "b"))
+            for i in range(3):
+                pub.send(decision_topic("a"), _message(i, "a"))
+            stdout, stderr = proc.communicate(timeout=20)
+        finally:
+            proc.kill()
+    assert proc.returncode == 0, stderr
+    lines = [json.loads(line) for line in stdout.splitlines()]
+    assert [(m["topic"], m["seq"]) for m in lines] == [("decision.a", 0), ("decision.a", 1), ("decision.a", 2)]

@@ -1,0 +1,268 @@
+"""to_frame against tonic 1.7.0's ToFrame, value for value, and where streamsnn deliberately differs.
+
+The differential test reads every real recording through streamsnn.io and
+compares every mode over a grid of parameters scaled to each recording.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tonic
+
+from streamsnn import to_frame
+from streamsnn.errors import ConfigError, EventValidationError
+from streamsnn.events import EVENT_DTYPE, make_events
+from streamsnn.io import read_events
+
+# Recordings and their sensor size (None: the file does not say; tonic and
+# to_frame then infer it from the events, which the test also exercises).
+RECORDINGS = {
+    "nmnist_sample.bin": (34, 34, 2),
+    "atis40_dvs128_clip1.bin": (128, 128, 2),
+    "atis40_dvs128_clip4.bin": (128, 128, 2),
+    "aedat2_dvs128_walking.aedat": (128, 128, 2),
+    "aedat2_dvs128_walking2.aedat": (128, 128, 2),
+    "aedat4_dvxplorer_sample.aedat4": (320, 240, 2),
+    "evt2_gen3_sample.raw": (640, 480, 2),
+    "evt2_gen3_sparklers.raw": (640, 480, 2),
+    "evt3_gen41_sample.raw": (1280, 720, 2),
+    "evt3_gen41_pedestrians.raw": (1280, 720, 2),
+    "dat_ncars_car.dat": None,
+    "dat_ncars_sample.dat": None,
+}
+
+
+def tonic_frames(events, sensor_size, **kwargs):
+    # tonic writes p = 0 into its input for a one-polarity sensor: give it a copy.
+    return tonic.transforms.ToFrame(sensor_size=sensor_size, **kwargs)(events.copy())
+
+
+def parameter_grid(events):
+    """Parameters for every mode, scaled to the recording so that each gives a handful of frames."""
+    t = events["t"]
+    span = int(t[-1] - t[0])
+    n = len(events)
+    window = max(span // 7, 1)
+    odd_window = span / 11.3  # a float window, as tonic allows
+    grid = [
+        dict(time_window=window),
+        dict(time_window=window, include_incomplete=True),
+        dict(time_window=window, overlap=window // 3),
+        dict(time_window=window, overlap=window // 3, include_incomplete=True),
+        dict(time_window=odd_window),
+        dict(time_window=odd_window, overlap=odd_window / 4, include_incomplete=True),
+        dict(time_window=window, start_time=int(t[0]) - window // 2, end_time=int(t[-1]) + window),
+        dict(time_window=window, start_time=int(t[0]) + span // 3, include_incomplete=True),
+        dict(time_window=window, end_time=int(t[0]) + span // 2),
+        dict(time_window=2 * span),  # longer than the recording: one incomplete frame
+        dict(event_count=max(n // 6, 1)),
+        dict(event_count=max(n // 6, 1), include_incomplete=True),
+        dict(event_count=max(n // 6, 1), overlap=n // 20),
+        dict(event_count=max(n // 6, 1), overlap=n // 20, include_incomplete=True),
+        dict(event_count=n + 5),  # more than the recording holds
+        dict(n_time_bins=1),
+        dict(n_time_bins=6),
+        dict(n_time_bins=6, overlap=0.25),
+        dict(n_time_bins=9, overlap=0.5),
+        dict(n_event_bins=1),
+        dict(n_event_bins=7),
+        dict(n_event_bins=7, overlap=0.1),
+        dict(n_event_bins=4, overlap=0.5),
+    ]
+    return grid
+
+
+@pytest.fixture(scope="module")
+def real_events(recordings):
+    return {name: read_events(recordings / name) for name in RECORDINGS}
+
+
+@pytest.mark.parametrize("name", list(RECORDINGS))
+def test_to_frame_equals_tonic_on_real_recordings(real_events, name):
+    events = real_events[name]
+    sensor_size = RECORDINGS[name]
+    before = events.copy()
+    for kwargs in parameter_grid(events):
+        expected = tonic_frames(events, sensor_size, **kwargs)
+        got = to_frame(events, sensor_size, **kwargs)
+        assert got.dtype == expected.dtype == np.int16, kwargs
+        assert got.shape == expected.shape, kwargs
+        assert np.array_equal(got, expected), kwargs
+    assert np.array_equal(events, before), "to_frame modified its input"
+
+
+@pytest.mark.parametrize("name", ["nmnist_sample.bin", "evt3_gen41_pedestrians.raw", "dat_ncars_car.dat"])
+def test_inferred_sensor_size_equals_tonic(real_events, name):
+    events = real_events[name]
+    for kwargs in (dict(time_window=20000), dict(n_event_bins=3)):
+        assert np.array_equal(to_frame(events, None, **kwargs), tonic_frames(events, None, **kwargs))
+
+
+def test_one_polarity_sensor_equals_tonic_and_leaves_input_alone(real_events):
+    events = real_events["atis40_dvs128_clip1.bin"]
+    on_only = events[events["p"] == 1]
+    before = on_only.copy()
+    for kwargs in (dict(time_window=100000), dict(event_count=5000, overlap=100)):
+        expected = tonic_frames(on_only, (128, 128, 1), **kwargs)
+        got = to_frame(on_only, (128, 128, 1), **kwargs)
+        assert got.shape[1] == 1 and np.array_equal(got, expected)
+    assert np.array_equal(on_only, before)
+
+
+def test_tonic_field_order_and_types_are_accepted(real_events):
+    events = real_events["nmnist_sample.bin"]
+    tonic_style = np.zeros(len(events), dtype=[("x", "<i8"), ("y", "<i8"), ("t", "<i8"), ("p", "<i8")])
+    for field in "xytp":
+        tonic_style[field] = events[field]
+    expected = tonic_frames(tonic_style, (34, 34, 2), time_window=10000)
+    assert np.array_equal(to_frame(tonic_style, (34, 34, 2), time_window=10000), expected)
+    strided = events[::3]
+    assert np.array_equal(to_frame(strided, (34, 34, 2), n_time_bins=4),
+                          tonic_frames(strided, (34, 34, 2), n_time_bins=4))
+
+
+def test_dtype_option_gives_the_same_counts(real_events):
+    events = real_events["aedat4_dvxplorer_sample.aedat4"]
+    reference = to_frame(events, (320, 240, 2), n_event_bins=5)
+    for dtype in (np.int32, np.float32):
+        got = to_frame(events, (320, 240, 2), n_event_bins=5, dtype=dtype)
+        assert got.dtype == dtype and np.array_equal(got, reference)
+    with pytest.raises(ConfigError, match="dtype"):
+        to_frame(events, (320, 240, 2), n_event_bins=5, dtype=np.uint8)
+
+
+# --- tonic's slicing rules, pinned on small hand-made streams --------------
+
+def small_stream(ts, xs=None):
+    n = len(ts)
+    xs = list(range(n)) if xs is None else xs
+    return make_events(xs, [0] * n, ts, [1] * n)
+
+
+@pytest.mark.parametrize("kwargs, expected_counts", [
+    # Without include_incomplete only windows ending at or before t[-1] = 45: 40 and 45 are dropped.
+    (dict(time_window=10), [2, 1, 1, 1]),
+    # With it, ceil() opens no window for an event exactly on the last boundary.
+    (dict(time_window=10, include_incomplete=True), [2, 1, 1, 2]),
+    # A stream shorter than one window still gives one frame.
+    (dict(time_window=1000), [7]),
+    (dict(event_count=3), [3, 3]),
+    (dict(event_count=3, include_incomplete=True), [3, 3, 1]),
+    (dict(event_count=100), [7]),  # more than there are: one frame of all, even without include_incomplete
+    # n_time_bins floor-divides the span first; the last event is never in a bin.
+    (dict(n_time_bins=4), [3, 1, 1, 1]),
+    (dict(n_event_bins=2), [3, 3]),  # the 7th event is dropped
+    (dict(n_event_bins=10), [0] * 10),  # fewer events than bins: nothing counted
+])
+def test_slicing_rules(kwargs, expected_counts):
+    events = small_stream([0, 5, 10, 20, 30, 40, 45])
+    if kwargs.get("include_incomplete") and "time_window" in kwargs:
+        events = small_stream([0, 5, 10, 20, 30, 35, 40])
+    got = to_frame(events, (10, 1, 2), **kwargs)
+    assert np.array_equal(got, tonic_frames(events, (10, 1, 2), **kwargs))
+    assert got.sum(axis=(1, 2, 3)).tolist() == expected_counts
+
+
+def test_time_bins_shorter_than_bin_count_are_empty():
+    events = small_stream([100, 101, 102])
+    got = to_frame(events, (10, 1, 2), n_time_bins=5)
+    assert np.array_equal(got, tonic_frames(events, (10, 1, 2), n_time_bins=5))
+    assert got.sum() == 0
+
+
+# --- where tonic is wrong, streamsnn is right --------------------------------
+
+@pytest.mark.parametrize("kwargs, frames", [
+    (dict(time_window=1000), 1), (dict(event_count=10), 1), (dict(n_time_bins=3), 3), (dict(n_event_bins=4), 4),
+    (dict(time_window=1000, start_time=0, end_time=5000), 5),
+])
+def test_empty_input_gives_int16_frames_in_t_p_h_w(kwargs, frames):
+    got = to_frame(np.zeros(0, EVENT_DTYPE), (40, 30, 2), **kwargs)
+    assert got.dtype == np.int16 and got.shape == (frames, 2, 30, 40) and not got.any()
+    # tonic: float64, width and height swapped.
+    assert tonic_frames(np.zeros(0, EVENT_DTYPE), (40, 30, 2), **kwargs).shape[2:] == (40, 30)
+
+
+def test_counts_saturate_instead_of_wrapping():
+    n = 40000
+    events = make_events(np.full(n, 3), np.full(n, 2), np.arange(n), np.ones(n, int))
+    assert tonic_frames(events, (5, 5, 2), n_time_bins=1)[0, 1, 2, 3] < 0  # tonic wraps int16 around
+    # n_time_bins drops the last event (tonic's rule), hence n - 1.
+    assert to_frame(events, (5, 5, 2), n_time_bins=1)[0, 1, 2, 3] == 32767
+    assert to_frame(events, (5, 5, 2), n_time_bins=1, dtype=np.int32)[0, 1, 2, 3] == n - 1
+    assert to_frame(events, (5, 5, 2), n_time_bins=1, dtype=np.float32)[0, 1, 2, 3] == n - 1
+
+
+def test_polarity_outside_0_1_is_an_error_naming_event_and_field():
+    events = make_events([1, 2, 3], [0, 0, 0], [0, 1, 2], [1, -1, 0])
+    # tonic counts p = -1 in the last channel without a word.
+    assert tonic_frames(events, (5, 1, 2), time_window=10)[0, 1, 0, 2] == 1
+    with pytest.raises(EventValidationError, match="event 1: polarity p = -1") as info:
+        to_frame(events, (5, 1, 2), time_window=10)
+    assert info.value.index == 1 and info.value.field == "p"
+
+
+def test_unsorted_timestamps_are_an_error():
+    events = make_events([1, 2, 3, 4], [0] * 4, [0, 50, 20, 60], [1] * 4)
+    for kwargs in (dict(time_window=10), dict(event_count=2), dict(n_time_bins=2), dict(n_event_bins=2)):
+        with pytest.raises(EventValidationError, match="not sorted: event 2 has t = 20") as info:
+            to_frame(events, (5, 1, 2), **kwargs)
+        assert info.value.index == 2 and info.value.field == "t"
+
+
+def test_unsorted_events_outside_every_frame_are_still_an_error():
+    events = make_events([1, 2, 3, 4, 4], [0] * 5, [0, 5, 100, 200, 150], [1] * 5)
+    with pytest.raises(EventValidationError, match="event 4"):
+        to_frame(events, (5, 1, 2), time_window=10)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("x", 64, "x = 64 is outside the sensor"), ("x", -1, "x = -1 is outside"),
+    ("y", 48, "y = 48 is outside"), ("y", -3, "y = -3 is outside"),
+])
+def test_coordinates_outside_the_sensor_are_an_error(field, value, message):
+    events = make_events([1] * 6, [1] * 6, np.arange(6) * 10, [0] * 6)
+    events[field][4] = value
+    with pytest.raises(EventValidationError, match=f"event 4: {message}") as info:
+        to_frame(events, (64, 48, 2), event_count=2)
+    assert info.value.index == 4 and info.value.field == field
+
+
+def test_both_polarities_on_a_one_polarity_sensor_is_an_error():
+    events = make_events([1, 2, 3], [0, 0, 0], [0, 1, 2], [0, 0, 1])
+    with pytest.raises(EventValidationError, match="event 2: polarity p = 1 on a one-polarity sensor"):
+        to_frame(events, (5, 1, 1), time_window=10)
+
+
+def test_input_is_never_modified():
+    events = make_events([1, 2], [0, 0], [0, 1], [1, 1])
+    before = events.copy()
+    to_frame(events, (5, 1, 1), time_window=10)
+    assert np.array_equal(events, before)
+    tonic_frames(before, (5, 1, 1), time_window=10)
+    tonic.transforms.ToFrame(sensor_size=(5, 1, 1), time_window=10)(before)
+    assert (before["p"] == 0).all()  # tonic's mutation, for the record
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(), "exactly one of"),
+    (dict(time_window=10, event_count=3), "exactly one of"),
+    (dict(time_window=0), "time_window must be a positive"),
+    (dict(time_window=-5), "time_window must be a positive"),
+    (dict(time_window=10, overlap=10), "overlap"),
+    (dict(event_count=0), "event_count must be a positive integer"),
+    (dict(event_count=2.5), "event_count must be a positive integer"),
+    (dict(event_count=5, overlap=5), "overlap"),
+    (dict(n_time_bins=0), "n_time_bins"),
+    (dict(n_time_bins=3, overlap=1.0), "overlap"),
+    (dict(n_event_bins=3, overlap=-0.1), "overlap"),
+])
+def test_bad_parameters_are_config_errors(kwargs, message):
+    events = small_stream([0, 5, 10])
+    with pytest.raises(ConfigError, match=message):
+        to_frame(events, (10, 1, 2), **kwargs)
+
+
+def test_empty_input_without_sensor_size_is_a_config_error():
+    with pytest.raises(ConfigError, match="sensor_size"):
+        to_frame(np.zeros(0, EVENT_DTYPE), None, time_window=10)

@@ -1,0 +1,219 @@
+"""Event sources: pacing by event time (measured), loops, dataset folders, a real DV network stream, cameras."""
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from streamsnn.errors import ConfigError, SourceError
+from streamsnn.io import read_events
+from streamsnn.io.replay import Chunk, FileReplaySource, FolderSource, Pacer, WindowEnd, WindowStart, make_source
+
+PY = sys.executable
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _collect(source, slice_us, stop=None, until_events=None):
+    stop = stop or threading.Event()
+    items, stamps = [], []
+    for item in source.items(stop, slice_us):
+        items.append(item)
+        stamps.append(time.perf_counter())
+        if until_events is not None and source.events_read >= until_events:
+            stop.set()
+    return items, stamps
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("speed", [1.0, 4.0])
+def test_replay_is_paced_by_event_time(recordings, speed):
+    path = recordings / "atis40_dvs128_clip1.bin"
+    source = FileReplaySource(path, "clip", speed=speed, sensor_size=(128, 128))
+    source.open()
+    items, stamps = _collect(source, 1000)
+    chunks = [(i, s) for i, s in zip(items, stamps) if isinstance(i, Chunk)]
+    assert isinstance(items[0], WindowStart)
+    events = np.concatenate([c.events for c, _ in chunks])
+    expected = read_events(path)
+    assert np.array_equal(events, expected)
+    # each chunk is handed over at its clock (event time / speed), measured against the first one
+    clock0, wall0 = chunks[0][0].clock_us, chunks[0][1]
+    lateness = np.array([(s - wall0) - (c.clock_us - clock0) / 1e6 / speed for c, s in chunks])
+    span = (chunks[-1][0].clock_us - clock0) / 1e6 / speed
+    assert lateness.min() > -0.001                  # never early
+    assert np.median(lateness) < 0.002              # typically ~0.1 ms late
+    assert np.percentile(lateness, 99) < 0.025      # generous: the 2 test cores are shared
+    assert abs(lateness[-1]) < 0.01 * span + 0.002  # drift over the run under 1 %
+    stats = source.stats()
+    assert abs(stats["pacing_drift_pct"]) < 1.0
+    # chunks are 1 ms of event time each, aligned on the first event
+    t0 = int(expected["t"][0])
+    assert [c.clock_us for c, _ in chunks[:3]] == [t0 + 1000, t0 + 2000, t0 + 3000]
+
+
+@pytest.mark.timeout(60)
+def test_speed_zero_is_as_fast_as_possible_and_loop_keeps_time_increasing(recordings):
+    path = recordings / "nmnist_sample.bin"
+    expected = read_events(path)
+    source = FileReplaySource(path, "n", speed=0, loop=True, sensor_size=(34, 34))
+    source.open()
+    start = time.perf_counter()
+    items, _ = _collect(source, 30_000, until_events=3 * expected.size)
+    assert time.perf_counter() - start < 5
+    assert sum(isinstance(i, WindowStart) for i in items) == 1
+    events = np.concatenate([i.events for i in items if isinstance(i, Chunk)])
+    assert events.size == 3 * expected.size
+    assert np.all(np.diff(events["t"]) >= 0)
+    n = expected.size
+    assert np.array_equal(events[n:2 * n][["x", "y", "p"]], expected[["x", "y", "p"]])
+    shift = int(events["t"][n] - expected["t"][0])
+    assert shift > expected["t"][-1] - expected["t"][0]
+    assert np.array_equal(events["t"][n:2 * n] - shift, expected["t"])
+
+
+@pytest.mark.timeout(60)
+def test_folder_source_gives_one_window_per_sample_with_target(nmnist_root):
+    source = make_source(str(nmnist_root / "Test"), speed=0, limit=12)
+    assert isinstance(source, FolderSource)
+    source.open(default_sensor_size=(34, 34, 2))   # ATIS .bin does not say its size: the model's is used
+    assert tuple(source.sensor_size) == (34, 34, 2)
+    items, _ = _collect(source, 30_000)
+    starts = [i for i in items if isinstance(i, WindowStart)]
+    ends = [i for i in items if isinstance(i, WindowEnd)]
+    assert len(starts) == len(ends) == 12
+    assert [s.target for s in starts] == [source.samples[k].label for k in range(12)]
+    assert starts[0].sample == "0/" + source.samples[0].path.name
+    first = read_events(source.samples[0].path)
+    assert starts[0].start_us == first["t"][0] and ends[0].last_us == first["t"][-1]
+
+
+@pytest.mark.timeout(60)
+def test_folder_source_paced_follows_samples_without_gaps(nmnist_root):
+    source = FolderSource(nmnist_root, "n", split="Test", speed=4.0, limit=3, sensor_size=(34, 34))
+    source.open()
+    start = time.perf_counter()
+    items, _ = _collect(source, 1000)
+    elapsed = time.perf_counter() - start
+    spans = []
+    for s, e in zip([i for i in items if isinstance(i, WindowStart)], [i for i in items if isinstance(i, WindowEnd)]):
+        spans.append((e.last_us - s.start_us) / 1e6)
+    assert abs(elapsed - sum(spans) / 4) < 0.05 * sum(spans) / 4 + 0.01
+    assert abs(source.stats()["pacing_drift_pct"]) < 1.0
+
+
+def test_pacer_stop_interrupts_a_long_wait():
+    stop = threading.Event()
+    pacer = Pacer(1.0, stop)
+    assert pacer.wait_until(0)
+    threading.Timer(0.1, stop.set).start()
+    start = time.perf_counter()
+    assert not pacer.wait_until(60_000_000)   # a minute of event time
+    assert time.perf_counter() - start < 1.0
+
+
+def test_make_source_errors(tmp_path):
+    with pytest.raises(SourceError, match="no such file or folder"):
+        make_source(str(tmp_path / "missing.bin"))
+    with pytest.raises(SourceError, match="N-MNIST archive layout"):
+        make_source(str(tmp_path))
+    with pytest.raises(ConfigError, match="dv://HOST:PORT"):
+        make_source("dv://localhost")
+
+
+def test_camera_without_hardware_is_a_clear_error():
+    import dv_processing as dv
+
+    if dv.io.camera.discover():
+        pytest.skip("a camera is connected")
+    source = make_source("camera")
+    with pytest.raises(SourceError, match="no iniVation camera found"):
+        source.open()
+    with pytest.raises(SourceError, match="no iniVation camera found"):
+        make_source("camera:DVXplorer_123").open()
+
+
+def test_dv_connection_refused_is_a_clear_error():
+    source = make_source(f"dv://127.0.0.1:{_free_port()}")
+    source.connect_timeout_s = 0.3
+    with pytest.raises(SourceError, match="cannot connect"):
+        source.open()
+
+
+DV_SENDER = r"""
+import os, sys, time
+import numpy as np
+import dv_processing as dv
+from streamsnn.io import read_events
+from streamsnn.io.live import array_to_event_store
+
+path, port, speed = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+events = read_events(path)
+width, height = int(events["x"].max()) + 1, int(events["y"].max()) + 1
+stream = dv.io.Stream.EventStream(0, "events", "DVS128", (max(width, 128), max(height, 128)))
+writer = dv.io.NetworkWriter("127.0.0.1", port, stream)
+print("listening", flush=True)
+deadline = time.monotonic() + 20
+while writer.getClientCount() == 0 and time.monotonic() < deadline:
+    time.sleep(0.005)
+t = events["t"]
+edges = np.arange(t[0], t[-1] + 10_000, 10_000)          # 10 ms packets, paced at `speed`
+bounds = np.searchsorted(t, edges)
+start = time.perf_counter()
+for k in range(len(bounds) - 1):
+    part = events[bounds[k]:bounds[k + 1]]
+    target = start + (edges[k + 1] - t[0]) / 1e6 / speed
+    time.sleep(max(0.0, target - time.perf_counter()))
+    if part.size:
+        writer.writeEvents(array_to_event_store(part))
+while writer.getQueuedPacketCount() > 0:
+    time.sleep(0.005)
+time.sleep(0.2)
+print("sent", events.size, flush=True)
+os._exit(0)   # the writer's destructor waits for clients; the stream simply drops, as a dead sender's would
+"""
+
+
+def start_dv_sender(tmp_path, recording, speed=8.0):
+    """A real dv-processing NetworkWriter in another process, streaming a real recording read by streamsnn.io."""
+    script = tmp_path / "dv_sender.py"
+    script.write_text(DV_SENDER)
+    port = _free_port()
+    proc = subprocess.Popen([PY, str(script), str(recording), str(port), str(speed)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    assert line.strip() == "listening", proc.stderr.read()
+    return proc, port
+
+
+@pytest.mark.timeout(90)
+def test_dv_network_stream_end_to_end(tmp_path, recordings):
+    recording = recordings / "aedat2_dvs128_walking2.aedat"
+    expected = read_events(recording)
+    proc, port = start_dv_sender(tmp_path, recording, speed=10.0)
+    try:
+        source = make_source(f"dv://127.0.0.1:{port}")
+        source.open()
+        assert tuple(source.sensor_size) == (128, 128, 2)
+        stop = threading.Event()
+        items = []
+        with pytest.raises(SourceError, match="stream dropped"):
+            for item in source.items(stop, 1000):
+                items.append(item)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    assert isinstance(items[0], WindowStart) and items[0].start_us == expected["t"][0]
+    chunks = [i for i in items if isinstance(i, Chunk)]
+    received = np.concatenate([c.events for c in chunks])
+    assert np.array_equal(received, expected)
+    assert all(c.clock_us == c.events["t"][-1] for c in chunks)

@@ -302,7 +302,7 @@ class Aedat2Recording(Recording):
         with open(self.path, "rb") as f:
             f.seek(offset)
             while offset < complete:
-                raw = f.read(min(self.block_bytes, complete - offset))
+                raw = f.read(min(max(8, self.block_bytes - self.block_bytes % 8), complete - offset))
                 raw = raw[: len(raw) - len(raw) % 8]
                 if not raw:
                     break

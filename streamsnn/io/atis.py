@@ -77,7 +77,7 @@ class AtisBinRecording(Recording):
         complete = self.file_size - self.file_size % RECORD_BYTES
         with open(path, "rb") as f:
             while offset < complete:
-                want = min(self.block_bytes, complete - offset)
+                want = min(max(RECORD_BYTES, self.block_bytes - self.block_bytes % RECORD_BYTES), complete - offset)
                 raw = np.frombuffer(f.read(want), dtype=np.uint8)
                 if raw.size < want:  # the file shrank while we read it
                     raw = raw[: raw.size - raw.size % RECORD_BYTES]

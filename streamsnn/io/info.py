@@ -51,13 +51,15 @@ def recording_info(path, sensor_size=None) -> dict:
         sensor_value = list(size)
     elif count and fmt == "atis_bin":
         inferred, name = infer_sensor_size(x_max, y_max)
-        sensor_value = None
         if inferred is not None:
             sensor_text = (f"{inferred[0]}x{inferred[1]} (inferred: all coordinates fit the {name} sensor; "
                            "the file does not say)")
         else:
             sensor_text = f"unknown (the file does not say; coordinates reach x={x_max}, y={y_max})"
         sensor_value = list(inferred) if inferred is not None else None
+    elif count:
+        sensor_text = f"unknown (the file does not say; coordinates reach x={x_max}, y={y_max})"
+        sensor_value = None
     else:
         sensor_text, sensor_value = "unknown (the file does not say)", None
     duration_us = (t_max - t_min) if count else 0

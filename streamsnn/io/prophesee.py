@@ -394,7 +394,8 @@ class _RawRecording(Recording):
         with open(self.path, "rb") as f:
             f.seek(offset)
             while offset < complete:
-                raw = f.read(min(self.block_bytes, complete - offset))
+                raw = f.read(min(max(self.word_bytes, self.block_bytes - self.block_bytes % self.word_bytes),
+                                 complete - offset))
                 if len(raw) % self.word_bytes:
                     raw = raw[: len(raw) - len(raw) % self.word_bytes]
                 if not raw:
@@ -549,7 +550,8 @@ class DatRecording(Recording):
         with open(self.path, "rb") as f:
             f.seek(offset)
             while offset < complete:
-                raw = f.read(min(self.block_bytes, complete - offset))
+                raw = f.read(min(max(DAT_RECORD_BYTES, self.block_bytes - self.block_bytes % DAT_RECORD_BYTES),
+                                 complete - offset))
                 raw = raw[: len(raw) - len(raw) % DAT_RECORD_BYTES]
                 if not raw:
                     break

@@ -1,0 +1,217 @@
+"""StreamingBinner: any chunking of a real recording gives the frames to_frame gives on the whole."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from streamsnn import StreamingBinner, to_frame
+from streamsnn.binning import Frame
+from streamsnn.errors import ConfigError, EventValidationError
+from streamsnn.events import EVENT_DTYPE, make_events
+from streamsnn.io import read_events
+
+RECORDINGS = {
+    "nmnist_sample.bin": (34, 34, 2),
+    "atis40_dvs128_clip2.bin": (128, 128, 2),
+    "aedat2_dvs128_walking2.aedat": (128, 128, 2),
+    "aedat4_dvxplorer_sample.aedat4": (320, 240, 2),
+    "evt2_gen3_sparklers.raw": (640, 480, 2),
+    "evt3_gen41_sample.raw": (1280, 720, 2),
+}
+# A slice of a recording keeps each example fast; hypothesis chooses where.
+MAX_EVENTS = 4000
+
+PROPERTY_SETTINGS = settings(max_examples=40, deadline=None,
+                             suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                    HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+@pytest.fixture(scope="module")
+def real_events(recordings):
+    return {name: read_events(recordings / name) for name in RECORDINGS}
+
+
+def concat_frames(frames, shape, dtype=np.int16):
+    if not frames:
+        return np.zeros((0,) + shape, dtype)
+    return np.stack([f.data for f in frames])
+
+
+@st.composite
+def stream_plan(draw, real_events):
+    """A slice of a recording, a window, a start, and a split into chunks with clock flushes between them."""
+    name = draw(st.sampled_from(sorted(RECORDINGS)))
+    everything = real_events[name]
+    length = draw(st.integers(0, MAX_EVENTS))
+    first = draw(st.integers(0, len(everything) - length))
+    events = everything[first:first + length]
+    span = int(everything["t"][-1] - everything["t"][0]) * MAX_EVENTS // len(everything) + 1
+    time_window = draw(st.integers(max(span // 25, 1), max(span // 2, 2)))
+    t0 = int(events["t"][0]) if length else int(everything["t"][0])
+    start_time = draw(st.one_of(st.none(), st.integers(t0 - 2 * time_window, t0 + time_window)))
+    cuts = sorted(draw(st.lists(st.integers(0, length), max_size=40)))
+    # Runs of one-event chunks somewhere in the stream.
+    if length and draw(st.booleans()):
+        at = draw(st.integers(0, length - 1))
+        cuts = sorted(cuts + list(range(at, min(at + 30, length))))
+    # After some chunks the source's clock ticks: flush up to a time no later than the next event.
+    flush_after = draw(st.lists(st.booleans(), min_size=len(cuts) + 1, max_size=len(cuts) + 1))
+    return name, events, time_window, start_time, cuts, flush_after, draw(st.randoms(use_true_random=False))
+
+
+@PROPERTY_SETTINGS
+@given(data=st.data())
+def test_any_chunking_equals_to_frame_on_the_whole(real_events, data):
+    name, events, time_window, start_time, cuts, flush_after, rnd = data.draw(stream_plan(real_events))
+    sensor_size = RECORDINGS[name]
+    binner = StreamingBinner(sensor_size, time_window, start_time=start_time)
+    chunks = np.split(events, cuts)
+    frames = []
+    clock = None
+    for i, chunk in enumerate(chunks):
+        frames += binner.push(chunk)
+        if flush_after[i]:
+            pushed_until = sum(len(c) for c in chunks[:i + 1])
+            lowest = int(events["t"][pushed_until - 1]) if pushed_until else (start_time or 0) - time_window
+            highest = int(events["t"][pushed_until]) if pushed_until < len(events) else lowest + 3 * time_window
+            clock = rnd.randint(min(lowest, highest), highest)
+            frames += binner.flush(clock)
+    if not len(events) and start_time is None:
+        assert frames == [] and binner.flush(10**9) == []
+        return
+    start = start_time if start_time is not None else int(events["t"][0])
+    end = max([start + time_window] + ([int(events["t"][-1])] if len(events) else [])
+              + ([clock] if clock is not None else []))
+    frames += binner.flush(end)
+    expected = to_frame(events, sensor_size, time_window=time_window, start_time=start, end_time=end)
+    shape = (sensor_size[2], sensor_size[1], sensor_size[0])
+    assert np.array_equal(concat_frames(frames, shape), expected)
+    assert [f.t_start for f in frames] == [start + k * time_window for k in range(len(expected))]
+    assert all(f.t_end == f.t_start + time_window for f in frames)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_one_event_chunks_and_empty_chunks(real_events, data):
+    events = real_events["nmnist_sample.bin"]
+    first = data.draw(st.integers(0, len(events) - 300))
+    events = events[first:first + 300]
+    window = data.draw(st.integers(200, 20000))
+    binner = StreamingBinner((34, 34, 2), window)
+    frames = []
+    empty = np.zeros(0, EVENT_DTYPE)
+    for i in range(len(events)):
+        frames += binner.push(events[i:i + 1])
+        frames += binner.push(empty)
+    end = max(int(events["t"][-1]), int(events["t"][0]) + window)
+    frames += binner.flush(end)
+    expected = to_frame(events, (34, 34, 2), time_window=window, end_time=end)
+    assert np.array_equal(concat_frames(frames, (2, 34, 34)), expected)
+
+
+def test_push_returns_frames_as_soon_as_an_event_closes_them():
+    binner = StreamingBinner((4, 4, 2), 100, start_time=0)
+    assert binner.push(make_events([0, 1], [0, 0], [10, 99], [1, 0])) == []
+    frames = binner.push(make_events([2], [3], [100], [1]))
+    assert [(f.t_start, f.t_end) for f in frames] == [(0, 100)]
+    assert frames[0].data[1, 0, 0] == 1 and frames[0].data[0, 0, 1] == 1 and frames[0].data.sum() == 2
+    # A jump over empty windows returns them all, empty.
+    frames = binner.push(make_events([0], [0], [450], [0]))
+    assert [(f.t_start, f.t_end) for f in frames] == [(100, 200), (200, 300), (300, 400)]
+    assert frames[0].data.sum() == 1 and frames[1].data.sum() == 0 and frames[2].data.sum() == 0
+    assert binner.open_window == (400, 500)
+
+
+def test_events_before_start_time_are_ignored_like_to_frame():
+    events = make_events([0, 1, 2, 3], [0, 0, 0, 0], [98, 99, 100, 250], [1, 1, 1, 1])
+    binner = StreamingBinner((4, 1, 2), 50, start_time=100)
+    frames = binner.push(events[:2]) + binner.push(events[2:]) + binner.flush(300)
+    expected = to_frame(events, (4, 1, 2), time_window=50, start_time=100, end_time=300)
+    assert np.array_equal(concat_frames(frames, (2, 1, 4)), expected)
+    assert frames[0].data.sum() == 1 and frames[0].data[1, 0, 2] == 1
+
+
+def test_flush_yields_empty_frames_for_a_silent_camera_on_time():
+    binner = StreamingBinner((4, 4, 2), 1000, start_time=5000)
+    assert binner.flush(5999) == []
+    frames = binner.flush(8000)
+    assert [(f.t_start, f.t_end) for f in frames] == [(5000, 6000), (6000, 7000), (7000, 8000)]
+    assert not any(f.data.any() for f in frames)
+    assert binner.flush(7500) == []  # a clock going backwards closes nothing
+
+
+def test_event_before_the_flushed_clock_is_an_error_and_changes_nothing():
+    binner = StreamingBinner((4, 4, 2), 100, start_time=0)
+    binner.push(make_events([1], [1], [50], [1]))
+    binner.flush(120)
+    with pytest.raises(EventValidationError, match="flushed up to t = 120") as info:
+        binner.push(make_events([1, 1], [1, 1], [110, 130], [1, 1]))
+    assert info.value.index == 0 and info.value.field == "t"
+    assert binner.push(make_events([2], [2], [120], [0])) == []
+    frames = binner.flush(200)
+    assert frames[0].data.sum() == 1 and frames[0].data[0, 2, 2] == 1
+
+
+def test_bad_chunks_raise_and_leave_the_binner_as_it_was():
+    binner = StreamingBinner((8, 8, 2), 100)
+    binner.push(make_events([1], [1], [10], [1]))
+    bad_chunks = [
+        (make_events([1, 1], [1, 1], [20, 15], [1, 1]), "chunk event 1 has t = 15", "t"),
+        (make_events([1], [1], [5], [1]), "earlier chunks reached t = 10", "t"),
+        (make_events([1, 8], [1, 1], [20, 30], [1, 1]), "chunk event 1: x = 8 is outside", "x"),
+        (make_events([1, 1], [1, -1], [20, 30], [1, 1]), "chunk event 1: y = -1", "y"),
+        (make_events([1, 1], [1, 1], [20, 300], [1, 2]), "chunk event 1: polarity p = 2", "p"),
+    ]
+    for chunk, message, field in bad_chunks:
+        with pytest.raises(EventValidationError, match=message) as info:
+            binner.push(chunk)
+        assert info.value.field == field
+    frames = binner.push(make_events([2], [2], [250], [0]))
+    assert [f.data.sum() for f in frames] == [1, 0]
+
+
+def test_one_polarity_sensor_and_mixed_polarities():
+    binner = StreamingBinner((4, 4, 1), 10)
+    binner.push(make_events([1], [1], [0], [1]))
+    with pytest.raises(EventValidationError, match="one-polarity sensor"):
+        binner.push(make_events([1], [1], [3], [0]))
+    frames = binner.flush(10)
+    assert frames[0].data.shape == (1, 4, 4) and frames[0].data[0, 1, 1] == 1
+
+
+def test_reset_starts_a_new_stream_with_its_own_clock():
+    binner = StreamingBinner((4, 4, 2), 10)
+    binner.push(make_events([1, 1], [1, 1], [1000, 1015], [1, 1]))
+    binner.reset()
+    assert binner.open_window is None
+    frames = binner.push(make_events([2, 2], [2, 2], [3, 14], [0, 0]))
+    assert [(f.t_start, f.t_end) for f in frames] == [(3, 13)]
+    binner.reset(start_time=0)
+    assert binner.open_window == (0, 10)
+
+
+def test_frames_share_memory_with_torch_tensors_and_keep_their_dtype():
+    torch = pytest.importorskip("torch")
+    binner = StreamingBinner((4, 3, 2), 10, dtype=np.float32)
+    frames = binner.push(make_events([3, 0], [2, 0], [0, 10], [1, 0]))
+    tensor = frames[0].as_tensor()
+    assert tensor.dtype == torch.float32 and tuple(tensor.shape) == (2, 3, 4)
+    assert tensor.data_ptr() == frames[0].data.ctypes.data
+    assert tensor[1, 2, 3] == 1
+    assert isinstance(frames[0], Frame) and "t_start=0" in repr(frames[0])
+
+
+def test_counts_saturate_in_the_stream_too():
+    binner = StreamingBinner((2, 2, 2), 10**9, start_time=0)
+    n = 33000
+    binner.push(make_events(np.zeros(n, int), np.zeros(n, int), np.arange(n), np.ones(n, int)))
+    frame, = binner.flush(10**9)
+    assert frame.data[1, 0, 0] == 32767
+
+
+@pytest.mark.parametrize("kwargs", [dict(time_window=0), dict(time_window=2.5), dict(time_window=10, dtype="u1")])
+def test_bad_parameters_are_config_errors(kwargs):
+    with pytest.raises(ConfigError):
+        StreamingBinner((4, 4, 2), **kwargs)

@@ -23,7 +23,7 @@ RECORDINGS = {
 # A slice of a recording keeps each example fast; hypothesis chooses where.
 MAX_EVENTS = 4000
 
-PROPERTY_SETTINGS = settings(max_examples=40, deadline=None,
+PROPERTY_SETTINGS = settings(max_examples=100, deadline=None,
                              suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                     HealthCheck.too_slow, HealthCheck.data_too_large])
 
@@ -76,8 +76,9 @@ def test_any_chunking_equals_to_frame_on_the_whole(real_events, data):
             pushed_until = sum(len(c) for c in chunks[:i + 1])
             lowest = int(events["t"][pushed_until - 1]) if pushed_until else (start_time or 0) - time_window
             highest = int(events["t"][pushed_until]) if pushed_until < len(events) else lowest + 3 * time_window
-            clock = rnd.randint(min(lowest, highest), highest)
-            frames += binner.flush(clock)
+            tick = rnd.randint(min(lowest, highest), highest)
+            frames += binner.flush(tick)
+            clock = tick if clock is None else max(clock, tick)
     if not len(events) and start_time is None:
         assert frames == [] and binner.flush(10**9) == []
         return

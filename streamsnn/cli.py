@@ -185,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-window", type=float, default=30_000.0, help="frame length in microseconds")
     p.add_argument("--frames", type=int, default=None, help="at most this many frames")
     p.add_argument("--sensor-size", type=_sensor_size, default=None)
+    p.add_argument("--show", action="store_true", help="also open a window (needs a display)")
     p.set_defaults(handler=_cmd_view)
     return parser
 

@@ -85,8 +85,6 @@ def view_main(args) -> int:
         raise ConfigError(f"--time-window must be > 0 microseconds, got {args.time_window}")
     with open_recording(args.source, sensor_size=args.sensor_size) as recording:
         sensor_size = recording.sensor_size
-        if sensor_size is None:
-            raise ConfigError(f"{args.source}: sensor size unknown; pass --sensor-size WIDTHxHEIGHT")
         limit = args.frames or (GIF_FRAME_LIMIT if str(args.out).lower().endswith(".gif") else PNG_GRID_LIMIT)
         # Read only as much of the recording as the frames to be drawn need.
         chunks, start = [], None
@@ -97,8 +95,45 @@ def view_main(args) -> int:
             if len(chunks) >= limit:
                 break
         events = np.concatenate(chunks) if chunks else np.zeros(0)
+    if sensor_size is None:
+        sensor_size = _infer_geometry(args.source, events)
     frames = to_frame(events, sensor_size, time_window=args.time_window, include_incomplete=True)[:limit]
     out = render_frames(frames, args.out, args.time_window,
                         title=f"{Path(args.source).name} ({recording.format}, {sensor_size[0]}x{sensor_size[1]})")
     print(f"wrote {len(frames[:GIF_FRAME_LIMIT])} frame(s) of {args.time_window / 1000:g} ms to {out}")
+    if getattr(args, "show", False):
+        show_frames(frames, args.time_window)
     return 0
+
+
+def show_frames(frames: np.ndarray, time_window_us: float) -> None:
+    """Play the frames in a window at the recording's pace; a headless machine gets a note, not a crash."""
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")) and os.name != "nt":
+        print("no display found (DISPLAY is not set): wrote the file only")
+        return
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    image = ax.imshow(frame_to_rgb(frames[0]), interpolation="nearest")
+    ax.axis("off")
+    for index, frame in enumerate(frames):
+        if not plt.fignum_exists(fig.number):
+            break
+        image.set_data(frame_to_rgb(frame))
+        ax.set_title(f"frame {index}: {index * time_window_us / 1000:.0f} ms")
+        plt.pause(max(time_window_us / 1e6, 0.02))
+    plt.show()
+
+
+def _infer_geometry(source, events: np.ndarray):
+    """Headerless files (ATIS .bin): the smallest well-known sensor that holds every event, said aloud."""
+    from .io.info import infer_sensor_size
+
+    if len(events) == 0:
+        raise ConfigError(f"{source}: no events and no sensor size; pass --sensor-size WIDTHxHEIGHT")
+    size, name = infer_sensor_size(int(events["x"].max()), int(events["y"].max()))
+    if size is None:
+        raise ConfigError(f"{source}: the file does not give its sensor size; pass --sensor-size WIDTHxHEIGHT")
+    print(f"{source}: no sensor size in the file; assuming {size[0]}x{size[1]} ({name}); "
+          f"pass --sensor-size to override")
+    return size

@@ -310,10 +310,8 @@ class StreamWorker:
             for item in self.source.items(stop, self.pipeline.slice_for(self.speed)):
                 if not self.queue.put(item, stop) or stop.is_set():
                     break
-            else:
+            if not stop.is_set():       # the end of the source (not a stop request)
                 self.queue.put(_End())
-                return
-            self.queue.put(_End())
         except BaseException as exc:  # a SourceError, or a bug: reported, never silent
             self.queue.put(_Failure(exc))
         finally:
@@ -344,7 +342,7 @@ class StreamWorker:
                         self._on_window_end(item)
                     elif isinstance(item, _End):
                         self._on_end()
-                        self.state_name = "finished"
+                        self.state_name = "stopped" if stop.is_set() else "finished"
                         break
                     elif isinstance(item, _Failure):
                         self._fail(item.error)

@@ -24,7 +24,8 @@ A definition has these tables (every key optional unless marked)::
                  settle_s = 0.3, wait_subscribers = 0, wait_timeout_s = 5.0, status_interval_s = 1.0
     [log]        path = "decisions.h5"
 
-Relative paths in a file are relative to the file's folder; ``${VAR}`` and
+Relative input paths in a file (sources, checkpoint, keys) are relative to
+the file's folder, the log path to the working directory; ``${VAR}`` and
 ``~`` are expanded. Errors name the file, the key and the expected type.
 """
 from __future__ import annotations
@@ -242,8 +243,8 @@ def parse_config(data: dict, origin: str = "<pipeline>", base: Path | None = Non
             raise ConfigError(f"{origin}: [{table}] must be a table, got {_describe(body)}")
         for key, value in body.items():
             value = _check(table, key, value, origin, f"[{table}].{key}")
-            if (table, key) in _PATH_KEYS:
-                value = _expand(value, base, f"{origin}: [{table}].{key}")
+            if (table, key) in _PATH_KEYS:   # inputs relative to the file, the log to the working directory
+                value = _expand(value, None if table == "log" else base, f"{origin}: [{table}].{key}")
             setattr(config, _ATTR[(table, key)], value)
     validate(config)
     return config

@@ -1,0 +1,434 @@
+"""The streaming job end to end: real processes, real ZeroMQ sockets, real recordings, real dv-processing.
+
+Models here are freshly initialised (plumbing does not need accuracy); the
+online-equals-offline test trains one with ``streamsnn train``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streamsnn.bus import Subscriber
+from streamsnn.decision_log import read_decision_log
+from streamsnn.errors import ConfigError
+from streamsnn.pipeline import EventQueue, Pipeline, sample_frame_count
+from streamsnn.pipeline_config import PipelineConfig, SourceConfig, load_config, parse_config
+
+PY = sys.executable
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _make_checkpoint(path, size=(34, 34), epsilon=0.1, seed=0):
+    import torch
+
+    from streamsnn.snn import build_model
+    from streamsnn.snn.checkpoint import save_checkpoint
+
+    torch.manual_seed(seed)
+    model = build_model("nmnist", (2, size[1], size[0]), 10)
+    save_checkpoint(path, model, {"class_names": [str(i) for i in range(10)], "sensor_size": [size[0], size[1], 2],
+                                  "binning": {"time_window": 30_000}, "timesteps": 10,
+                                  "cutoff": {"policy": "confidence", "epsilon": epsilon}})
+    return path
+
+
+@pytest.fixture(scope="module")
+def ckpt34(tmp_path_factory):
+    return _make_checkpoint(tmp_path_factory.mktemp("ckpt") / "n34.pt")
+
+
+@pytest.fixture(scope="module")
+def ckpt128(tmp_path_factory):
+    return _make_checkpoint(tmp_path_factory.mktemp("ckpt") / "n128.pt", size=(128, 128))
+
+
+class LineReader:
+    """Collect a child process's stdout lines (JSON) in a thread."""
+
+    def __init__(self, proc):
+        self.proc = proc
+        self.lines: list[dict] = []
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            line = line.strip()
+            if line:
+                self.lines.append(json.loads(line))
+
+    def decisions(self):
+        return [m for m in self.lines if m["topic"].startswith("decision.")]
+
+    def wait_for(self, predicate, timeout):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate(self):
+                return True
+            time.sleep(0.02)
+        return False
+
+
+def _subscribe(endpoint, *extra):
+    proc = subprocess.Popen([PY, "-m", "streamsnn.cli", "subscribe", endpoint, *extra], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    return proc, LineReader(proc)
+
+
+def _run(*args, **kwargs):
+    return subprocess.Popen([PY, "-m", "streamsnn.cli", "run", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def _toml(path, text):
+    path.write_text(text)
+    return path
+
+
+# --------------------------------------------------------------------------- the command line job
+
+@pytest.mark.timeout(120)
+def test_run_from_toml_two_streams_connected_subscriber_gets_everything(tmp_path, ckpt34, nmnist_root, recordings):
+    """Two sources share one model with a state each; a subscriber connected before the start gets every
+    decision and status; the HDF5 log holds exactly the published decisions."""
+    port = _free_port()
+    endpoint = f"tcp://127.0.0.1:{port}"
+    sub, reader = _subscribe(endpoint)
+    definition = _toml(tmp_path / "job.toml", f"""
+[pipeline]
+name = "two-streams"
+[[source]]
+uri = "{nmnist_root / 'Test'}"
+stream = "digits"
+speed = 0.0
+limit = 20
+[[source]]
+uri = "{recordings / 'nmnist_sample.bin'}"
+stream = "single"
+speed = 0.0
+[model]
+checkpoint = "{ckpt34}"
+[cutoff]
+epsilon = 0.5
+[publish]
+endpoint = "{endpoint}"
+wait_subscribers = 1
+wait_timeout_s = 30.0
+[log]
+path = "decisions.h5"
+""")
+    try:
+        job = _run(definition, cwd=tmp_path)
+        out, err = job.communicate(timeout=90)
+        assert job.returncode == 0, err
+        assert reader.wait_for(lambda r: sum(1 for m in r.lines if m["topic"].startswith("status.")
+                                             and m.get("final")) == 2, 10), reader.lines[-3:]
+    finally:
+        sub.kill()
+    decisions = reader.decisions()
+    digits = [m for m in decisions if m["stream"] == "digits"]
+    single = [m for m in decisions if m["stream"] == "single"]
+    assert [m["seq"] for m in digits] == list(range(20))
+    assert [m["seq"] for m in single] == list(range(len(single))) and single
+    required = {"schema", "stream", "seq", "label", "confidence", "timesteps", "max_timesteps", "window_start_us",
+                "window_end_us", "published_ns", "latency_ms"}
+    for m in decisions:
+        assert required <= set(m), m
+        assert m["topic"] == f"decision.{m['stream']}"
+        assert 1 <= m["timesteps"] <= m["max_timesteps"] == 10
+        assert m["window_end_us"] - m["window_start_us"] == 30_000 * m["timesteps"]
+        assert m["latency_ms"] >= 0
+    assert all("target" in m for m in digits) and not any("target" in m for m in single)
+    assert [m["target"] for m in digits] == sorted(m["target"] for m in digits)
+    log = read_decision_log(tmp_path / "decisions.h5")
+    assert len(log) == len(decisions)
+    by_key = {(m["stream"], m["seq"]): m for m in decisions}
+    for row in log:
+        m = by_key[(row["stream"], row["seq"])]
+        assert (row["label"], row["timesteps"], row["published_ns"], row["target"]) == \
+               (m["label"], m["timesteps"], m["published_ns"], m.get("target"))
+    final = {m["stream"]: m for m in reader.lines if m["topic"].startswith("status.") and m.get("final")}
+    assert final["digits"]["state"] == "finished" and final["digits"]["decisions"] == 20
+    assert final["digits"]["dropped_events"] == 0
+    assert final["single"]["events_processed"] == 4325
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_stops_within_a_second_with_complete_log(tmp_path, ckpt34, nmnist_root, sig, code):
+    port = _free_port()
+    endpoint = f"tcp://127.0.0.1:{port}"
+    log = tmp_path / "d.h5"
+    job = _run("--source", nmnist_root / "Test", "--checkpoint", ckpt34, "--publish", endpoint, "--speed", 1,
+               "--log", log, "--cutoff-epsilon", 0.5)
+    sub = Subscriber(endpoint)
+    received = []
+    try:
+        deadline = time.monotonic() + 60
+        while sum(t.startswith("decision.") for t, _ in received) < 4 and time.monotonic() < deadline:
+            item = sub.recv(timeout_s=0.5)
+            if item:
+                received.append(item)
+        assert sum(t.startswith("decision.") for t, _ in received) >= 4, job.stderr.read() if job.poll() else ""
+        sent = time.monotonic()
+        job.send_signal(sig)
+        while True:
+            item = sub.recv(timeout_s=3)
+            if item is None:
+                break
+            received.append(item)
+            if item[0].startswith("status.") and item[1].get("final"):
+                stopped = time.monotonic() - sent
+                break
+        job.wait(timeout=10)
+    finally:
+        job.kill()
+        sub.close()
+    assert job.returncode == code, job.stderr.read()
+    assert stopped < 1.0
+    final = received[-1][1]
+    assert final["final"] and final["state"] == "stopped"
+    decisions = [m for t, m in received if t.startswith("decision.")]
+    rows = read_decision_log(log)
+    assert [r["seq"] for r in rows] == list(range(final["decisions"]))
+    assert [(r["seq"], r["label"]) for r in rows] == [(m["seq"], m["label"]) for m in decisions]
+
+
+@pytest.mark.timeout(120)
+def test_subscriber_killed_and_restarted_mid_stream(tmp_path, ckpt34, nmnist_root):
+    port = _free_port()
+    endpoint = f"tcp://127.0.0.1:{port}"
+    definition = _toml(tmp_path / "job.toml", f"""
+[[source]]
+uri = "{nmnist_root / 'Test'}"
+speed = 3.0
+limit = 24
+[model]
+checkpoint = "{ckpt34}"
+[publish]
+endpoint = "{endpoint}"
+wait_subscribers = 1
+wait_timeout_s = 30.0
+[log]
+path = "{tmp_path / 'd.h5'}"
+""")
+    first, first_reader = _subscribe(endpoint, "--topic", "decision")
+    job = _run(definition)
+    second = None
+    try:
+        assert first_reader.wait_for(lambda r: len(r.lines) >= 3, 60), job.stderr.read() if job.poll() else ""
+        first.kill()                     # vanishes without unsubscribing
+        first.wait()
+        killed_at = len(first_reader.lines)
+        second, second_reader = _subscribe(endpoint, "--topic", "decision")
+        out, err = job.communicate(timeout=60)
+        assert job.returncode == 0, err
+        second_reader.wait_for(lambda r: r.lines and r.lines[-1]["seq"] == 23, 5)
+    finally:
+        job.kill()
+        first.kill()
+        if second is not None:
+            second.kill()
+    seqs = [m["seq"] for m in second_reader.lines]
+    assert seqs and seqs[-1] == 23
+    assert seqs == list(range(seqs[0], 24))               # no gaps once reconnected
+    assert seqs[0] >= killed_at
+    rows = read_decision_log(tmp_path / "d.h5")
+    assert [r["seq"] for r in rows] == list(range(24))   # the job published everything regardless
+
+
+@pytest.mark.timeout(120)
+def test_burst_with_drop_policy_bounds_memory_and_counts_drops(ckpt128, recordings):
+    """A recording replayed at 200x real time into a model that needs ~5 ms a frame: the queue stays
+    within its bound, the oldest chunks are dropped and every dropped event is counted."""
+    config = PipelineConfig(
+        sources=[SourceConfig(uri=str(recordings / "aedat2_dvs128_walking.aedat"), stream="burst", speed=200.0)],
+        checkpoint=str(ckpt128), endpoint="tcp://127.0.0.1:*", queue_policy="drop", queue_max_events=4000,
+        queue_max_chunks=64, settle_s=0.0, status_interval_s=0.2)
+    pipeline = Pipeline(config).open()
+    sub = Subscriber(pipeline.endpoint, topic="status")
+    time.sleep(0.2)
+    assert pipeline.run() == 0
+    statuses = []
+    while (item := sub.recv(timeout_s=1)) is not None:
+        statuses.append(item[1])
+    sub.close()
+    final = pipeline.final_status[0]
+    assert final["events_in"] == 125_028
+    assert final["dropped_events"] > 10_000
+    assert final["events_processed"] + final["dropped_events"] == final["events_in"]
+    largest_chunk = 125_028   # a single chunk may exceed the bound only when the queue is otherwise empty
+    assert final["queue_peak_events"] <= 4000 or final["queue_peak_events"] < largest_chunk
+    assert max(s["queue_events"] for s in statuses) <= final["queue_peak_events"]
+    assert any(s["dropped_events"] > 0 and not s["final"] for s in statuses)   # reported while running
+    assert final["decisions"] > 0
+
+
+def test_event_queue_policies():
+    from streamsnn.io.replay import Chunk, WindowStart
+
+    def chunk(n):
+        return Chunk(np.zeros(n, dtype=[("t", "<i8")]), 0, 0)
+
+    q = EventQueue("drop", max_events=100, max_chunks=10)
+    q.put(WindowStart(0))
+    for _ in range(5):
+        q.put(chunk(40))
+    assert q.events == 80 and q.dropped_events == 120 and q.dropped_chunks == 3 and q.peak_events <= 100
+    assert isinstance(q.get(), WindowStart)                 # markers are never dropped
+    q = EventQueue("block", max_events=100, max_chunks=10)
+    q.put(chunk(80))
+    stop = threading.Event()
+    threading.Timer(0.2, stop.set).start()
+    start = time.monotonic()
+    assert not q.put(chunk(80), stop)                      # blocked until stopped
+    assert time.monotonic() - start >= 0.15
+
+
+# --------------------------------------------------------------------------- errors
+
+@pytest.mark.timeout(120)
+def test_corrupt_file_is_reported_on_status_and_exits_non_zero(tmp_path, ckpt128, recordings):
+    data = bytearray((recordings / "atis40_dvs128_clip1.bin").read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 5000] = b"\xff" * 5000
+    corrupt = tmp_path / "corrupt.bin"
+    corrupt.write_bytes(bytes(data))
+    port = _free_port()
+    endpoint = f"tcp://127.0.0.1:{port}"
+    sub, reader = _subscribe(endpoint, "--topic", "status")
+    try:
+        time.sleep(1.0)
+        job = _run("--source", corrupt, "--checkpoint", ckpt128, "--publish", endpoint, "--speed", 0)
+        out, err = job.communicate(timeout=60)
+        reader.wait_for(lambda r: any(m.get("state") == "error" for m in r.lines), 5)
+    finally:
+        sub.kill()
+    assert job.returncode == 1
+    assert "byte offset" in err and "corrupt.bin" in err
+    errors = [m for m in reader.lines if m.get("state") == "error"]
+    assert errors and "byte offset" in errors[-1]["error"]
+
+
+@pytest.mark.timeout(120)
+def test_dv_stream_through_the_job_then_dropped(tmp_path, ckpt128, recordings):
+    """`streamsnn run --source dv://...` fed by a real NetworkWriter streaming a real recording; when the
+    sender goes away the job reports it on the status topic and exits non-zero."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_sources import start_dv_sender
+
+    sender, dv_port = start_dv_sender(tmp_path, recordings / "aedat2_dvs128_walking2.aedat", speed=4.0)
+    port = _free_port()
+    endpoint = f"tcp://127.0.0.1:{port}"
+    sub, reader = _subscribe(endpoint)
+    try:
+        time.sleep(0.5)
+        job = _run("--source", f"dv://127.0.0.1:{dv_port}", "--checkpoint", ckpt128, "--publish", endpoint,
+                   "--log", tmp_path / "d.h5")
+        out, err = job.communicate(timeout=90)
+        reader.wait_for(lambda r: any(m.get("final") for m in r.lines), 5)
+    finally:
+        sender.kill()
+        sub.kill()
+    assert job.returncode == 1, err
+    assert "dropped" in err
+    final = [m for m in reader.lines if m.get("final")][-1]
+    assert final["state"] == "error" and "dropped" in final["error"]
+    assert final["events_in"] == 70_304
+    assert final["events_processed"] + final["dropped_events"] == 70_304
+    decisions = reader.decisions()
+    assert decisions and [m["seq"] for m in decisions] == list(range(len(decisions)))
+    assert len(read_decision_log(tmp_path / "d.h5")) == len(decisions)
+
+
+def test_geometry_mismatch_is_refused_with_a_clear_error(ckpt34, recordings):
+    config = PipelineConfig(sources=[SourceConfig(uri=str(recordings / "aedat2_dvs128_walking.aedat"))],
+                            checkpoint=str(ckpt34), endpoint="tcp://127.0.0.1:*")
+    with pytest.raises(ConfigError, match=r"128x128x2 events .* model expects 34x34x2.*crop"):
+        Pipeline(config).open()
+
+
+# --------------------------------------------------------------------------- definitions
+
+def test_toml_errors_name_the_key_and_the_expected_type(tmp_path):
+    cases = {
+        '[cutoff]\nepsilon = "0.1"\n': r"\[cutoff\]\.epsilon must be a number in \[0, 1\], got string '0.1'",
+        '[[source]]\nuri = "x"\nspeed = true\n': r"\[\[source\]\] #1\.speed must be a number >= 0, got boolean",
+        '[binning]\ncrop = [1, 2]\n': r"\[binning\]\.crop must be a list \[x0, y0, width, height\]",
+        '[queue]\npolicy = "fast"\n': r'\[queue\]\.policy must be "block" or "drop"',
+        '[publish]\nport = 5556\n': r"unknown key \[publish\]\.port",
+        '[modle]\n': r"unknown table \[modle\]",
+        '[[source]]\nstream = "a"\n': r"\[\[source\]\] #1\.uri is missing",
+        '[cutoff]\nepsilon = 2.0\n': r"\[cutoff\]\.epsilon must be a number in \[0, 1\], got 2.0",
+        'source = "x"\n[[oops\n': r"not valid TOML",
+    }
+    for text, pattern in cases.items():
+        path = tmp_path / "bad.toml"
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=pattern):
+            load_config(path)
+
+
+def test_bundled_pipeline_definitions_load(monkeypatch, tmp_path):
+    monkeypatch.setenv("STREAMSNN_DATA", str(tmp_path))
+    files = sorted((REPO / "pipelines").glob("*.toml"))
+    assert len(files) >= 4
+    names = set()
+    for path in files:
+        config = load_config(path)
+        assert config.sources and config.checkpoint
+        assert config.endpoint.startswith("tcp://127.0.0.1:")
+        names.add(config.name)
+    kinds = {load_config(p).sources[0].uri.split(":")[0] for p in files}
+    assert "dv" in kinds and "camera" in kinds
+    raw = load_config(REPO / "pipelines" / "prophesee_raw_replay.toml")
+    assert raw.crop is not None and raw.downsample is not None
+
+
+def test_sample_frame_count_matches_to_frame():
+    from streamsnn.binning import to_frame
+    from streamsnn.events import make_events
+
+    for t_last in (0, 1, 29_999, 30_000, 30_001, 59_999, 60_000, 299_000):
+        events = make_events([0, 1], [0, 1], [0, t_last], [0, 1])
+        frames = to_frame(events, (34, 34, 2), time_window=30_000, include_incomplete=True)
+        assert sample_frame_count(0, t_last, 30_000) == frames.shape[0], t_last
+
+
+# --------------------------------------------------------------------------- demo
+
+@pytest.mark.timeout(120)
+def test_demo_without_data_says_where_to_put_it(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "STREAMSNN_DATA"}
+    out = subprocess.run([PY, "-m", "streamsnn.cli", "demo", "--data", str(tmp_path / "nothing")], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "Test/<digit>/<sample>.bin" in out.stderr and "STREAMSNN_DATA" in out.stderr
+
+
+@pytest.mark.timeout(120)
+def test_demo_replays_and_summarises(ckpt34, nmnist_root):
+    port = _free_port()
+    out = subprocess.run([PY, "-m", "streamsnn.cli", "demo", "--data", str(nmnist_root), "--checkpoint",
+                          str(ckpt34), "--limit", "15", "--publish", f"tcp://127.0.0.1:{port}"],
+                         capture_output=True, text=True, timeout=100)
+    assert out.returncode == 0, out.stderr
+    assert "samples       15 / 15" in out.stdout
+    for word in ("accuracy", "timesteps", "speed-up", "latency", "p99"):
+        assert word in out.stdout

@@ -109,7 +109,7 @@ def packed_view(events: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return events, events.view(np.int64).reshape(-1, 2)
 
 
-def raise_event_error(events: np.ndarray, index: int, sensor: SensorSize, p_required: int = -1,
+def raise_event_error(events: np.ndarray, index: int, sensor: SensorSize | None, p_required: int = -1,
                       previous_t: int | None = None, clock_t: int | None = None, what: str = "event") -> None:
     """Explain why a kernel stopped at events[index]: raise EventValidationError naming event and field.
 
@@ -134,9 +134,11 @@ def raise_event_error(events: np.ndarray, index: int, sensor: SensorSize, p_requ
     if p not in (0, 1):
         raise EventValidationError(f"{what} {index}: polarity p = {p}, expected 0 or 1",
                                    index=index, field="p")
-    for name, limit in (("x", sensor.width), ("y", sensor.height)):
+    for name, limit in (("x", sensor.width if sensor else None), ("y", sensor.height if sensor else None)):
         value = int(ev[name])
-        if not 0 <= value < limit:
+        if value < 0 and limit is None:
+            raise EventValidationError(f"{what} {index}: {name} = {value} is negative", index=index, field=name)
+        if limit is not None and not 0 <= value < limit:
             raise EventValidationError(
                 f"{what} {index}: {name} = {value} is outside the sensor "
                 f"(0 <= {name} < {limit} for sensor size {tuple(sensor)})", index=index, field=name)

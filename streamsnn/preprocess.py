@@ -30,8 +30,9 @@ Relation to tonic 1.7.0 (checked on the real recordings by the tests):
   bounds; and the bounds are the largest x and y in the events, not the
   sensor. A stream cannot know its largest x ahead, so ``Denoise`` (streaming)
   uses the sensor's bounds; ``denoise(..., sensor_size=S)`` does the same, and
-  equals the streaming filter. The two bound rules differ only for events
-  with t < filter_time on the last observed column or row.
+  equals the streaming filter. Since the bounds only decide whether a
+  neighbour exists, the two rules disagree only when every event is on pixel
+  (0, 0) (tonic's box is then 1 x 1), for the events with t < filter_time.
 
 All of them validate their input (sorted t, p in {0, 1}, coordinates inside
 the sensor when it is known) and raise EventValidationError naming the event

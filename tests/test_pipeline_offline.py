@@ -1,0 +1,95 @@
+"""Online equals offline: the N-MNIST Test folder replayed through the streaming job gives, sample for sample,
+the decisions (label and timesteps) that `streamsnn eval` computes offline with the same cutoff."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from streamsnn.decision_log import read_decision_log
+
+PY = sys.executable
+
+
+def _tiny_dataset(root, nmnist_root, per_class=8):
+    """Train: the first few samples of each class (symlinks, no copies); Test: the whole Test split."""
+    (root / "Train").mkdir(parents=True)
+    for folder in sorted((nmnist_root / "Train").iterdir()):
+        (root / "Train" / folder.name).mkdir()
+        for f in sorted(folder.iterdir())[:per_class]:
+            (root / "Train" / folder.name / f.name).symlink_to(f)
+    (root / "Test").symlink_to(nmnist_root / "Test")
+    return root
+
+
+def _pick_epsilon(logits):
+    """An epsilon from eval's sweep that exits early for some samples and late for others, and that no sample
+    meets within 1e-4 (so float rounding between batched and single-step inference cannot flip a decision)."""
+    from streamsnn.cutoff import EPSILON_SWEEP, ConfidenceCutoff, max_softmax
+
+    Y = np.cumsum(np.asarray(logits, dtype=np.float64), axis=0)
+    confidence = max_softmax(Y)                                   # (T, N)
+    candidates = list(EPSILON_SWEEP) + [round(1 - float(np.quantile(confidence[t], q)), 6)
+                                        for t in range(min(4, confidence.shape[0])) for q in (0.3, 0.5, 0.7)]
+    best = None
+    for eps in candidates:
+        if not 0 < eps < 1:
+            continue
+        _, steps, _ = ConfidenceCutoff(eps).decide(logits)
+        margin = np.abs(confidence - (1 - eps)).min()
+        spread = len(np.unique(steps))
+        if margin > 1e-4 and 1 < steps.mean() < logits.shape[0] and (best is None or spread > best[1]):
+            best = (float(eps), spread, eps in EPSILON_SWEEP)
+    assert best is not None, "no usable epsilon"
+    return best[0], best[2]
+
+
+@pytest.mark.timeout(300)
+def test_replayed_test_folder_equals_streamsnn_eval(tmp_path, nmnist_root):
+    data = _tiny_dataset(tmp_path / "data", nmnist_root)
+    ckpt = tmp_path / "trained.pt"
+    env = dict(os.environ, STREAMSNN_CACHE=str(tmp_path / "cache"))
+    train = subprocess.run([PY, "-m", "streamsnn.cli", "train", "--data", str(data), "--epochs", "3", "--lr", "0.005",
+                            "--batch-size", "8", "--out",
+                            str(ckpt), "--cache", str(tmp_path / "cache"), "--no-progress"],
+                           capture_output=True, text=True, timeout=200, env=env)
+    assert train.returncode == 0, train.stderr
+
+    # offline: the library function behind `streamsnn eval`
+    from streamsnn.cutoff import ConfidenceCutoff
+    from streamsnn.training.evaluate import evaluate_checkpoint
+
+    report, logits, labels = evaluate_checkpoint(ckpt, data, "Test", cache=tmp_path / "cache", device="cpu",
+                                                 progress=False)
+    epsilon, in_sweep = _pick_epsilon(logits)
+    offline_labels, offline_steps, _ = ConfidenceCutoff(epsilon).decide(logits)
+
+    # online: the streaming job on the same folder, as fast as possible
+    log = tmp_path / "decisions.h5"
+    run = subprocess.run([PY, "-m", "streamsnn.cli", "run", "--source", str(data / "Test"), "--checkpoint",
+                          str(ckpt), "--publish", "tcp://127.0.0.1:0", "--speed", "0", "--log", str(log),
+                          "--cutoff-epsilon", repr(epsilon)], capture_output=True, text=True, timeout=200)
+    assert run.returncode == 0, run.stderr
+    rows = read_decision_log(log)
+    assert len(rows) == len(labels) == 100
+    online_labels = np.array([r["label"] for r in rows])
+    online_steps = np.array([r["timesteps"] for r in rows])
+    assert np.array_equal(np.array([r["target"] for r in rows]), labels)
+    assert np.array_equal(online_steps, offline_steps), (epsilon, np.flatnonzero(online_steps != offline_steps))
+    assert np.array_equal(online_labels, offline_labels)
+    assert len(np.unique(online_steps)) > 1          # the cutoff really decided at different times
+
+    if in_sweep:   # and the figures `streamsnn eval --json` prints for that epsilon
+        out = tmp_path / "eval.json"
+        ev = subprocess.run([PY, "-m", "streamsnn.cli", "eval", "--checkpoint", str(ckpt), "--data", str(data),
+                             "--json", str(out), "--cache", str(tmp_path / "cache"), "--device", "cpu"],
+                            capture_output=True, text=True, timeout=200, env=env)
+        assert ev.returncode == 0, ev.stderr
+        entry = next(e for e in json.loads(out.read_text())["cutoff"]
+                     if e["policy"] == "confidence" and e["epsilon"] == epsilon)
+        assert entry["accuracy"] == pytest.approx(float((online_labels == labels).mean()))
+        assert entry["mean_timesteps"] == pytest.approx(float(online_steps.mean()))

@@ -168,75 +168,30 @@ def _percentiles(values) -> tuple[float | None, float | None]:
 
 
 def _build_preprocess(config: PipelineConfig, sensor_size: SensorSize):
-    """The preprocessing chain from [binning]: crop, downsample, polarity merge, denoise (in that order).
-    Returns (stages, output sensor size)."""
-    wanted = []
-    if config.denoise_us:
-        wanted.append(("denoise", {"time_us": config.denoise_us}))
-    if config.crop is not None:
-        wanted.append(("crop", {"box": config.crop}))
-    if config.downsample is not None:
-        wanted.append(("downsample", {"factor": config.downsample}))
-    if config.merge_polarity:
-        wanted.append(("merge_polarity", {}))
-    stages = []
+    """The preprocessing chain from [binning] (streamsnn.preprocess): denoise, crop, downsample,
+    polarity merge, in that order. Returns (stages, output sensor size)."""
     size = SensorSize.coerce(sensor_size)
-    if not wanted:
-        return stages, size
-    from . import binning
+    if not (config.denoise_us or config.crop is not None or config.downsample is not None
+            or config.merge_polarity):
+        return [], size
+    from .preprocess import Crop, Denoise, Downsample, MergePolarities
 
-    for name, params in wanted:
-        stage = _make_stage(binning, name, params, size)
-        size = SensorSize.coerce(stage.output_sensor_size(size))
-        stages.append(stage)
-    return stages, size
-
-
-def _make_stage(binning, name, params, size):
-    """Adapter onto the binning module's streaming preprocessing objects."""
-    candidates = {
-        "crop": ("Crop", "StreamingCrop", "CropEvents"),
-        "downsample": ("Downsample", "StreamingDownsample", "DownsampleEvents"),
-        "merge_polarity": ("MergePolarities", "MergePolarity", "PolarityMerge"),
-        "denoise": ("Denoise", "StreamingDenoise", "DenoiseEvents"),
-    }[name]
-    cls = next((getattr(binning, c) for c in candidates if hasattr(binning, c)), None)
-    if cls is None:
-        raise ConfigError(f"[binning] {name} is not available in this streamsnn (streamsnn.binning has none of "
-                          f"{', '.join(candidates)})")
-    if name == "crop":
-        x0, y0, w, h = params["box"]
+    stages = []
+    if config.denoise_us:
+        stages.append(Denoise(config.denoise_us, size))
+    if config.crop is not None:
+        x0, y0, w, h = config.crop
         if x0 + w > size.width or y0 + h > size.height:
-            raise ConfigError(f"[binning].crop = [{x0}, {y0}, {w}, {h}] goes beyond the source's "
-                              f"{size.width}x{size.height} sensor")
-        return _construct(cls, size, x0=x0, y0=y0, width=w, height=h)
-    if name == "downsample":
-        fx, fy = params["factor"]
-        return _construct(cls, size, factor=(fx, fy))
-    if name == "denoise":
-        return _construct(cls, size, filter_time=params["time_us"])
-    return _construct(cls, size)
-
-
-def _construct(cls, size, **kwargs):
-    import inspect
-
-    parameters = inspect.signature(cls).parameters
-    if "sensor_size" in parameters:
-        kwargs["sensor_size"] = size
-    aliases = {"x0": ("x0", "x", "left"), "y0": ("y0", "y", "top"), "width": ("width", "w"),
-               "height": ("height", "h"), "factor": ("factor", "factors", "spatial_factor"),
-               "filter_time": ("filter_time", "time_us", "dt")}
-    out = {}
-    for key, value in kwargs.items():
-        names = aliases.get(key, (key,))
-        name = next((n for n in names if n in parameters), None)
-        if name is None:
-            if key == "sensor_size":
-                continue
-            raise ConfigError(f"{cls.__name__} does not take {key!r} (takes {', '.join(parameters)})")
-        out[name] = value
-    return cls(**out)
+            raise ConfigError(f"{config.origin}: [binning].crop = [{x0}, {y0}, {w}, {h}] goes beyond the "
+                              f"source's {size.width}x{size.height} sensor")
+        stages.append(Crop((w, h), (x0, y0), sensor_size=size))
+    if config.downsample is not None:
+        stages.append(Downsample(tuple(config.downsample)))
+    if config.merge_polarity:
+        stages.append(MergePolarities())
+    for stage in stages:
+        size = SensorSize.coerce(stage.output_sensor_size(size))
+    return stages, size
 
 
 # --------------------------------------------------------------------------- one stream
@@ -371,6 +326,8 @@ class StreamWorker:
             self._emit_forced(time.time_ns())
         self.sample_mode = item.target is not None or item.sample is not None
         self.binner.reset(start_time=item.start_us)
+        for stage in self.stages:
+            stage.reset()
         self._recent.clear()
         self.state.reset()
         self.online.reset()

@@ -30,6 +30,7 @@ the file's folder, the log path to the working directory; ``${VAR}`` and
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -311,14 +312,15 @@ def config_from_args(args) -> PipelineConfig:
     speed = getattr(args, "speed", None)
     loop = getattr(args, "loop", None)
     if args.source:
-        config.sources = [SourceConfig(uri=uri, speed=1.0 if speed is None else speed, loop=bool(loop))
-                          for uri in args.source]
-    else:
-        for source in config.sources:
-            if speed is not None:
-                source.speed = speed
-            if loop is not None:
-                source.loop = loop
+        # --source replaces the file's sources; the file's first [[source]] (if any) gives the other settings
+        template = config.sources[0] if config.sources else SourceConfig(uri="")
+        config.sources = [dataclasses.replace(template, uri=uri, stream=template.stream if len(args.source) == 1
+                                              else None) for uri in args.source]
+    for source in config.sources:
+        if speed is not None:
+            source.speed = speed
+        if loop is not None:
+            source.loop = loop
     for attr, option in (("checkpoint", "checkpoint"), ("endpoint", "publish"), ("log", "log"),
                          ("cutoff_epsilon", "cutoff_epsilon"), ("max_timesteps", "max_timesteps"),
                          ("queue_policy", "queue_policy"), ("curve_keys", "curve_keys"), ("device", "device")):

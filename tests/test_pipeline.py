@@ -432,3 +432,32 @@ def test_demo_replays_and_summarises(ckpt34, nmnist_root):
     assert "samples       15 / 15" in out.stdout
     for word in ("accuracy", "timesteps", "speed-up", "latency", "p99"):
         assert word in out.stdout
+
+
+@pytest.mark.timeout(120)
+def test_prophesee_definition_crops_and_downsamples_to_the_model(tmp_path, ckpt34, recordings):
+    """pipelines/prophesee_raw_replay.toml: a 640x480 RAW recording, looped, cropped to 272x272 and
+    downsampled by 8 into the 34x34 model; options on the command line override the file."""
+    port = _free_port()
+    endpoint = f"tcp://127.0.0.1:{port}"
+    log = tmp_path / "raw.h5"
+    job = _run(REPO / "pipelines" / "prophesee_raw_replay.toml", "--source", recordings / "evt2_gen3_sparklers.raw",
+               "--checkpoint", ckpt34, "--publish", endpoint, "--speed", 0.5, "--log", log,
+               "--cutoff-epsilon", 0.0)
+    sub = Subscriber(endpoint, topic="decision")
+    got = []
+    try:
+        while len(got) < 4:
+            item = sub.recv(timeout_s=60)
+            assert item is not None, job.stderr.read() if job.poll() is not None else "no decision"
+            got.append(item[1])
+        job.send_signal(signal.SIGINT)
+        job.wait(timeout=10)
+    finally:
+        job.kill()
+        sub.close()
+    assert job.returncode == 130, job.stderr.read()
+    # 95.9 ms per pass at half speed; a window is 10 frames of 30 ms: the loop keeps the clock increasing
+    assert all(m["timesteps"] == 10 for m in got)
+    assert all(b["window_start_us"] == a["window_end_us"] for a, b in zip(got, got[1:]))
+    assert len(read_decision_log(log)) >= 4

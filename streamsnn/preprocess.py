@@ -65,10 +65,10 @@ _NO_LIMIT = 1 << 15
 
 @nb.njit(cache=True, nogil=True)
 def _first_invalid(packed, width, height, previous_t):
-    n = packed.shape[0]
+    n = packed.shape[0] // 2
     if n == 0:
         return -1
-    if (packed[0, 0] < previous_t) | _event_is_bad(packed[0, 1], width, height, 0, 1):
+    if (packed[0] < previous_t) | _event_is_bad(packed[1], width, height, 0, 1):
         return 0
     if _any_bad(packed, 1, n, width, height, 0, 1):
         return _first_bad(packed, 1, n, width, height, 0, 1)
@@ -102,34 +102,34 @@ def _factors(factor) -> tuple[int, int]:
 
 @nb.njit(cache=True, nogil=True)
 def _downsample_kernel(packed, out, fx, fy):
-    for i in range(packed.shape[0]):
-        word = packed[i, 1]
+    for i in range(packed.shape[0] // 2):
+        word = packed[2 * i + 1]
         x = (word & 0xFFFF) // fx
         y = ((word >> 16) & 0xFFFF) // fy
-        out[i, 0] = packed[i, 0]
-        out[i, 1] = x | (y << 16) | (word & 0xFF00000000)
+        out[2 * i] = packed[2 * i]
+        out[2 * i + 1] = x | (y << 16) | (word & 0xFF00000000)
 
 
 @nb.njit(cache=True, nogil=True)
 def _crop_kernel(packed, out, x0, y0, width, height):
     """Copy the events inside the box, shifted to its origin; return how many."""
     kept = 0
-    for i in range(packed.shape[0]):
-        word = packed[i, 1]
+    for i in range(packed.shape[0] // 2):
+        word = packed[2 * i + 1]
         x = (word & 0xFFFF) - x0
         y = ((word >> 16) & 0xFFFF) - y0
         if (x >= 0) & (x < width) & (y >= 0) & (y < height):
-            out[kept, 0] = packed[i, 0]
-            out[kept, 1] = x | (y << 16) | (word & 0xFF00000000)
+            out[2 * kept] = packed[2 * i]
+            out[2 * kept + 1] = x | (y << 16) | (word & 0xFF00000000)
             kept += 1
     return kept
 
 
 @nb.njit(cache=True, nogil=True)
 def _merge_kernel(packed, out):
-    for i in range(packed.shape[0]):
-        out[i, 0] = packed[i, 0]
-        out[i, 1] = packed[i, 1] & 0xFFFFFFFF
+    for i in range(packed.shape[0] // 2):
+        out[2 * i] = packed[2 * i]
+        out[2 * i + 1] = packed[2 * i + 1] & 0xFFFFFFFF
 
 
 @nb.njit(cache=True, nogil=True)
@@ -140,23 +140,23 @@ def _denoise_kernel(packed, out, memory, filter_time):
     """
     height, width = memory.shape
     kept = 0
-    for i in range(packed.shape[0]):
-        t = packed[i, 0]
-        word = packed[i, 1]
+    for i in range(packed.shape[0] // 2):
+        t = packed[2 * i]
+        word = packed[2 * i + 1]
         x = word & 0xFFFF
         y = (word >> 16) & 0xFFFF
         memory[y, x] = t + filter_time
         if ((x > 0 and memory[y, x - 1] > t) or (x < width - 1 and memory[y, x + 1] > t)
                 or (y > 0 and memory[y - 1, x] > t) or (y < height - 1 and memory[y + 1, x] > t)):
-            out[kept, 0] = t
-            out[kept, 1] = word & 0xFFFFFFFFFF
+            out[2 * kept] = t
+            out[2 * kept + 1] = word & 0xFFFFFFFFFF
             kept += 1
     return kept
 
 
 def _empty_like(n):
     out = np.zeros(n, EVENT_DTYPE)
-    return out, out.view(np.int64).reshape(-1, 2)
+    return out, out.view(np.int64)
 
 
 # --------------------------------------------------------------------------
@@ -329,7 +329,7 @@ class Denoise(_Stage):
             return events.copy()
         out, out_packed = _empty_like(len(events))
         kept = _denoise_kernel(packed, out_packed, self._memory, self.filter_time)
-        self._last_t = int(packed[-1, 0])
+        self._last_t = int(packed[-2])
         return out[:kept].copy() if kept < len(out) else out
 
     def output_sensor_size(self, sensor_size) -> SensorSize:

@@ -281,7 +281,7 @@ class StreamWorker:
 
         stop = self.pipeline.stop_event
         try:
-            with torch.no_grad():
+            with torch.inference_mode():
                 while True:
                     if stop.is_set():
                         self.state_name = "stopped"
@@ -565,7 +565,7 @@ class Pipeline:
         binner = StreamingBinner(size, self.time_window)
         binner.push(make_events([0, 1], [0, 1], [0, 2 * self.time_window], [0, 1]))
         binner.flush(4 * self.time_window)
-        with torch.no_grad():
+        with torch.inference_mode():
             state = self.model.init_state(1)
             x = self.frames_to_input(np.zeros((1, size.polarities, size.height, size.width), np.int16))
             for _ in range(3):

@@ -461,3 +461,45 @@ def test_prophesee_definition_crops_and_downsamples_to_the_model(tmp_path, ckpt3
     assert all(m["timesteps"] == 10 for m in got)
     assert all(b["window_start_us"] == a["window_end_us"] for a, b in zip(got, got[1:]))
     assert len(read_decision_log(log)) >= 4
+
+
+@pytest.mark.timeout(120)
+def test_job_with_curve_keys_serves_only_allowed_subscribers(tmp_path, ckpt34, nmnist_root):
+    keys = tmp_path / "keys"
+    made = subprocess.run([PY, "-m", "streamsnn.cli", "keys", str(keys), "--name", "ops"], capture_output=True,
+                          text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    from streamsnn.bus import generate_keys
+
+    other = generate_keys(tmp_path / "other", ["intruder"])
+    (tmp_path / "other" / "clients" / "intruder" / "server.key").write_bytes((keys / "server.key").read_bytes())
+    port = _free_port()
+    endpoint = f"tcp://127.0.0.1:{port}"
+    allowed = Subscriber(endpoint, topic="decision", curve_keys=keys / "clients" / "ops")
+    intruder = Subscriber(endpoint, topic="decision", curve_keys=other["clients"]["intruder"])
+    plain = Subscriber(endpoint, topic="decision")
+    definition = _toml(tmp_path / "job.toml", f"""
+[[source]]
+uri = "{nmnist_root / 'Test'}"
+speed = 0.0
+limit = 10
+[model]
+checkpoint = "{ckpt34}"
+[publish]
+endpoint = "{endpoint}"
+curve_keys = "{keys}"
+wait_subscribers = 1
+""")
+    job = _run(definition)
+    try:
+        got = [allowed.recv(timeout_s=60) for _ in range(10)]
+        out, err = job.communicate(timeout=60)
+        assert job.returncode == 0, err
+        assert all(item is not None for item in got)
+        assert [m["seq"] for _, m in got] == list(range(10))
+        assert intruder.recv(timeout_s=0.5) is None
+        assert plain.recv(timeout_s=0.1) is None
+    finally:
+        job.kill()
+        for s in (allowed, intruder, plain):
+            s.close()

@@ -512,19 +512,40 @@ def _push_chunk(packed, state, open_frame, block, saturation):
     window = state[_S_WINDOW]
     open_index = state[_S_OPEN_INDEX]
     channel_mask = 1 if p_hi > p_lo else 0
-    k = 0
-    while k < n and packed[2 * k] < start:
-        k += 1
+    # The chunk is sorted now: window edges are found by bisection, not by a test per event.
+    i = _bisect_t(packed, 0, n, start)
     current = 0
     current_end = start + (open_index + 1) * window
     frame = open_frame
-    for i in range(k, n):
-        t = packed[2 * i]
-        if t >= current_end:
-            # A division only when the window changes, not per event.
-            current += (t - current_end) // window + 1
-            current_end = start + (open_index + current + 1) * window
-            frame = block[current - 1]
+    while i < n:
+        j = _bisect_t(packed, i, n, current_end)
+        _count_run(packed, i, j, frame, channel_mask, saturation)
+        if j == n:
+            break
+        # A division only when the window changes, not per event.
+        current += (packed[2 * j] - current_end) // window + 1
+        current_end = start + (open_index + current + 1) * window
+        frame = block[current - 1]
+        i = j
+    return -1
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _bisect_t(packed, lo, hi, value):
+    """First index in [lo, hi) whose t >= value (hi if none), for sorted t."""
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if packed[2 * mid] < value:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@nb.njit(cache=True, nogil=True)
+def _count_run(packed, lo, hi, frame, channel_mask, saturation):
+    """Count events [lo, hi) into one frame; a separate function so the frame stays fixed in its loop."""
+    for i in range(lo, hi):
         word = packed[2 * i + 1]
         x = word & 0xFFFF
         y = (word >> 16) & 0xFFFF
@@ -532,7 +553,6 @@ def _push_chunk(packed, state, open_frame, block, saturation):
         v = frame[c, y, x]
         if v < saturation:
             frame[c, y, x] = v + 1
-    return -1
 
 
 class Frame:
@@ -621,7 +641,11 @@ class StreamingBinner:
 
     def push(self, chunk) -> list[Frame]:
         """Count a chunk of events; return the frames it completed (oldest first)."""
-        events, packed = packed_view(chunk)
+        if type(chunk) is np.ndarray and chunk.dtype is EVENT_DTYPE and chunk.flags.c_contiguous:
+            # The common case, kept short: a live source pushes thousands of small chunks a second.
+            events, packed = chunk, chunk.view(np.int64)
+        else:
+            events, packed = packed_view(chunk)
         n = packed.shape[0] // 2
         if n == 0:
             return []

@@ -177,7 +177,7 @@ def _searchsorted_left(packed, values):
 # Events are validated a block at a time, then counted: a branch-free check
 # over a block that is then still in L1 costs far less than a branch per
 # event inside the scattered counting loop.
-_BLOCK = 4096
+_BLOCK = 2048
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
@@ -217,6 +217,38 @@ def _first_bad(packed, lo, hi, width, height, p_lo, p_hi):
         if (packed[2 * i] < packed[2 * (i - 1)]) | _event_is_bad(packed[2 * i + 1], width, height, p_lo, p_hi):
             return i
     return -1
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _bisect_t(packed, lo, hi, value):
+    """First index in [lo, hi) whose t >= value (hi if none), for sorted t."""
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if packed[2 * mid] < value:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@nb.njit(cache=True, nogil=True)
+def _count_run(packed, lo, hi, frame, channel_mask, saturation):
+    """Count events [lo, hi) into one frame: the hot loop of the whole module.
+
+    A separate function keeps the frame fixed in its loop. Indexing a slice
+    from 0 and masking the channel with a non-negative mask let LLVM prove
+    every index non-negative and drop Numba's negative-index wraparound.
+    """
+    run = packed[2 * lo:2 * hi]
+    mask = channel_mask & 1
+    for i in range(run.shape[0] // 2):
+        word = run[2 * i + 1]
+        x = word & 0xFFFF
+        y = (word >> 16) & 0xFFFF
+        c = (word >> 32) & mask
+        v = frame[c, y, x]
+        if v < saturation:
+            frame[c, y, x] = v + 1
 
 
 @nb.njit(cache=True, nogil=True)
@@ -260,15 +292,7 @@ def _bin_slices(packed, starts, ends, frames, width, height, p_lo, p_hi, saturat
             if _any_bad(packed, max(b0, 1), b1, width, height, p_lo, p_hi):
                 return _first_bad(packed, max(b0, 1), b1, width, height, p_lo, p_hi)
             if hi - lo == 1:
-                frame = frames[lo]
-                for i in range(b0, b1):
-                    word = packed[2 * i + 1]
-                    x = word & 0xFFFF
-                    y = (word >> 16) & 0xFFFF
-                    c = (word >> 32) & channel_mask
-                    v = frame[c, y, x]
-                    if v < saturation:
-                        frame[c, y, x] = v + 1
+                _count_run(packed, b0, b1, frames[lo], channel_mask, saturation)
             elif hi - lo > 1:
                 for i in range(b0, b1):
                     word = packed[2 * i + 1]
@@ -528,31 +552,6 @@ def _push_chunk(packed, state, open_frame, block, saturation):
         frame = block[current - 1]
         i = j
     return -1
-
-
-@nb.njit(cache=True, nogil=True, inline="always")
-def _bisect_t(packed, lo, hi, value):
-    """First index in [lo, hi) whose t >= value (hi if none), for sorted t."""
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if packed[2 * mid] < value:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
-
-
-@nb.njit(cache=True, nogil=True)
-def _count_run(packed, lo, hi, frame, channel_mask, saturation):
-    """Count events [lo, hi) into one frame; a separate function so the frame stays fixed in its loop."""
-    for i in range(lo, hi):
-        word = packed[2 * i + 1]
-        x = word & 0xFFFF
-        y = (word >> 16) & 0xFFFF
-        c = (word >> 32) & channel_mask
-        v = frame[c, y, x]
-        if v < saturation:
-            frame[c, y, x] = v + 1
 
 
 class Frame:

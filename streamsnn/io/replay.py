@@ -22,6 +22,7 @@ pacing drift over a run is measured, not assumed.
 """
 from __future__ import annotations
 
+import collections
 import os
 import threading
 import time
@@ -69,9 +70,10 @@ class Pacer:
         self.stop = stop or threading.Event()
         self.wall_origin: float | None = None   # perf_counter seconds
         self.t_origin = 0                       # event time at wall_origin
-        self.scheduled_s = 0.0                  # event time scheduled so far / speed
         self._last_target: float | None = None
-        self.lags: list[float] = []             # seconds late, per hand-over
+        # seconds late, per hand-over: the latest 100,000 (bounded memory on endless streams) and the max
+        self.lags: collections.deque = collections.deque(maxlen=100_000)
+        self.max_lag = 0.0
         self.first_wall: float | None = None
 
     def rebase(self, t_us: int) -> None:
@@ -89,8 +91,6 @@ class Pacer:
             self.wall_origin = self.first_wall = now
             self.t_origin = int(t_us)
         target = self.wall_origin + (int(t_us) - self.t_origin) / 1e6 / self.speed
-        if self._last_target is not None and target > self._last_target:
-            self.scheduled_s += target - self._last_target
         self._last_target = target
         delay = target - now
         if delay > 0.002:
@@ -101,7 +101,9 @@ class Pacer:
             if now >= target:
                 break
             time.sleep(min(target - now, 0.0002))
-        self.lags.append(time.perf_counter() - target)
+        lag = time.perf_counter() - target
+        self.lags.append(lag)
+        self.max_lag = max(self.max_lag, lag)
         return not self.stop.is_set()
 
     def stats(self) -> dict:
@@ -114,7 +116,7 @@ class Pacer:
             "speed": self.speed,
             "pacing_lag_p50_ms": float(np.percentile(lags_ms, 50)),
             "pacing_lag_p99_ms": float(np.percentile(lags_ms, 99)),
-            "pacing_lag_max_ms": float(lags_ms.max()),
+            "pacing_lag_max_ms": float(self.max_lag * 1000.0),
             "pacing_elapsed_s": float(elapsed),
             "pacing_ideal_s": float(ideal),
             "pacing_drift_pct": float(100.0 * (elapsed - ideal) / ideal) if ideal > 0 else 0.0,

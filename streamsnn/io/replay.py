@@ -93,14 +93,12 @@ class Pacer:
         target = self.wall_origin + (int(t_us) - self.t_origin) / 1e6 / self.speed
         self._last_target = target
         delay = target - now
-        if delay > 0.002:
-            if self.stop.wait(delay - 0.0015):
+        if delay > 0.005:                 # long waits: interruptible by stop
+            if self.stop.wait(delay - 0.002):
                 return False
-        while True:   # the last 1.5 ms: short sleeps, finer than one Event.wait
-            now = time.perf_counter()
-            if now >= target:
-                break
-            time.sleep(min(target - now, 0.0002))
+        remaining = target - time.perf_counter()
+        if remaining > 0:                 # the rest: one sleep (nanosleep, ~0.1 ms late at most, no spinning)
+            time.sleep(remaining)
         lag = time.perf_counter() - target
         self.lags.append(lag)
         self.max_lag = max(self.max_lag, lag)

@@ -156,22 +156,24 @@ def raise_event_error(events: np.ndarray, index: int, sensor: SensorSize | None,
 # --------------------------------------------------------------------------
 
 @nb.njit(cache=True, nogil=True)
-def _searchsorted_left(packed, values):
-    """np.searchsorted(t, values, 'left') on the t column, without copying the strided column."""
+def _searchsorted_left(packed, starts, ends):
+    """np.searchsorted(t, ., 'left') of window starts and ends, on the t words without copying them out."""
     n = packed.shape[0] // 2
-    out = np.empty(values.shape[0], dtype=np.int64)
-    for i in range(values.shape[0]):
-        v = values[i]
-        lo = 0
-        hi = n
-        while lo < hi:
-            mid = (lo + hi) >> 1
-            if packed[2 * mid] < v:
-                lo = mid + 1
-            else:
-                hi = mid
-        out[i] = lo
-    return out
+    out = np.empty((2, starts.shape[0]), dtype=np.int64)
+    for row in range(2):
+        values = starts if row == 0 else ends
+        for i in range(values.shape[0]):
+            v = values[i]
+            lo = 0
+            hi = n
+            while lo < hi:
+                mid = (lo + hi) >> 1
+                if packed[2 * mid] < v:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            out[row, i] = lo
+    return out[0], out[1]
 
 
 # Events are validated a block at a time, then counted: a branch-free check
@@ -351,8 +353,7 @@ def _time_window_slices(packed, time_window, overlap, include_incomplete, start_
                                                  start_time, end_time)
     window_start_times = np.arange(n_slices) * stride + start
     window_end_times = window_start_times + time_window
-    return (_searchsorted_left(packed, np.ascontiguousarray(window_start_times)),
-            _searchsorted_left(packed, np.ascontiguousarray(window_end_times)))
+    return _searchsorted_left(packed, window_start_times, window_end_times)
 
 
 def _event_count_slices(n_events, event_count, overlap, include_incomplete):
@@ -374,8 +375,7 @@ def _time_bin_slices(packed, n_time_bins, overlap):
     stride = time_window * (1 - overlap)
     window_start_times = np.arange(n_time_bins) * stride + t0
     window_end_times = window_start_times + time_window
-    return (_searchsorted_left(packed, np.ascontiguousarray(window_start_times)),
-            _searchsorted_left(packed, np.ascontiguousarray(window_end_times)))
+    return _searchsorted_left(packed, window_start_times, window_end_times)
 
 
 def _event_bin_slices(n_events, n_event_bins, overlap):
@@ -386,6 +386,22 @@ def _event_bin_slices(n_events, n_event_bins, overlap):
     return np.minimum(starts, n_events), np.minimum(ends, n_events)
 
 
+_SENSOR_CACHE: dict = {}
+
+
+def _sensor(sensor_size) -> SensorSize:
+    """SensorSize.coerce, remembered for hashable sizes: to_frame is called once per sample in training."""
+    try:
+        return _SENSOR_CACHE[sensor_size]
+    except KeyError:
+        if len(_SENSOR_CACHE) > 64:
+            _SENSOR_CACHE.clear()
+        sensor = _SENSOR_CACHE[sensor_size] = SensorSize.coerce(sensor_size)
+        return sensor
+    except TypeError:  # a list or an array: not hashable
+        return SensorSize.coerce(sensor_size)
+
+
 def _frame_dtype(dtype) -> np.dtype:
     dtype = np.dtype(np.int16 if dtype is None else dtype)
     if dtype not in FRAME_DTYPES:
@@ -393,28 +409,45 @@ def _frame_dtype(dtype) -> np.dtype:
     return dtype
 
 
+# The count at which a pixel stops growing, in the frame's own type: the
+# integer maximum, or never for floats.
+_SATURATION = {dtype: dtype.type(np.iinfo(dtype).max) if dtype.kind == "i" else dtype.type(np.inf)
+               for dtype in FRAME_DTYPES}
+
+
 def _saturation(dtype: np.dtype):
-    """The count at which a pixel stops growing, in the frame's own type: the integer maximum, or never for floats."""
-    return dtype.type(np.iinfo(dtype).max) if dtype.kind == "i" else dtype.type(np.inf)
+    return _SATURATION[dtype]
 
 
-def _infer_sensor_size(events: np.ndarray) -> SensorSize:
+@nb.njit(cache=True, nogil=True)
+def _extent(packed):
+    """Largest x and y (as unsigned 16-bit: negatives show as >= 32768) and the polarities seen (bits 0, 1; 2 = other)."""
+    max_x = 0
+    max_y = 0
+    seen_p = 0
+    for i in range(packed.shape[0] // 2):
+        word = packed[2 * i + 1]
+        max_x = max(max_x, word & 0xFFFF)
+        max_y = max(max_y, (word >> 16) & 0xFFFF)
+        seen_p |= 1 << min((word >> 32) & 0xFF, 2)
+    return max_x, max_y, seen_p
+
+
+def _infer_sensor_size(events: np.ndarray, packed: np.ndarray) -> SensorSize:
     """tonic's rule for a missing sensor size: max x + 1, max y + 1, number of distinct p."""
     if events.size == 0:
         raise ConfigError("sensor_size is required for an empty event array (nothing to infer it from)")
-    n_polarities = len(np.unique(events["p"]))
-    if n_polarities > 2:
+    max_x, max_y, seen_p = _extent(packed)
+    for name, largest in (("x", max_x), ("y", max_y)):
+        if largest >= 1 << 15:
+            bad = int(np.flatnonzero(events[name] < 0)[0])
+            raise EventValidationError(f"event {bad}: {name} = {int(events[name][bad])} is negative",
+                                       index=bad, field=name)
+    if seen_p & 4:
         bad = int(np.flatnonzero((events["p"] != 0) & (events["p"] != 1))[0])
         raise EventValidationError(f"event {bad}: polarity p = {int(events['p'][bad])}, expected 0 or 1",
                                    index=bad, field="p")
-    width = int(events["x"].max()) + 1
-    height = int(events["y"].max()) + 1
-    if events["x"].min() < 0 or events["y"].min() < 0 or width > 32767 or height > 32767:
-        name = "x" if events["x"].min() < 0 else "y"
-        bad = int(np.argmin(events[name]))
-        raise EventValidationError(f"event {bad}: {name} = {int(events[name][bad])} is negative",
-                                   index=bad, field=name)
-    return SensorSize(width, height, n_polarities)
+    return SensorSize(int(max_x) + 1, int(max_y) + 1, bin(int(seen_p)).count("1"))
 
 
 def to_frame(events, sensor_size, time_window=None, event_count=None, n_time_bins=None, n_event_bins=None,
@@ -448,7 +481,7 @@ def to_frame(events, sensor_size, time_window=None, event_count=None, n_time_bin
                           + (", ".join(chosen) if chosen else "none"))
     frame_dtype = _frame_dtype(dtype)
     events, packed = packed_view(events)
-    sensor = _infer_sensor_size(events) if sensor_size is None else SensorSize.coerce(sensor_size)
+    sensor = _infer_sensor_size(events, packed) if sensor_size is None else _sensor(sensor_size)
     n = packed.shape[0] // 2
 
     if time_window is not None:
@@ -487,7 +520,7 @@ def to_frame(events, sensor_size, time_window=None, event_count=None, n_time_bin
     # A one-polarity sensor takes the events of one polarity, whichever it is (tonic's rule).
     p_required = int(events["p"][0]) if sensor.polarities == 1 else -1
     p_lo, p_hi = (0, 1) if p_required < 0 else (p_required, p_required)
-    bad_index = _bin_slices(packed, starts.astype(np.int64), ends.astype(np.int64), frames,
+    bad_index = _bin_slices(packed, np.asarray(starts, np.int64), np.asarray(ends, np.int64), frames,
                             sensor.width, sensor.height, p_lo, p_hi, _saturation(frame_dtype))
     if bad_index >= 0:
         raise_event_error(events, bad_index, sensor, p_required)

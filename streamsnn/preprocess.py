@@ -177,8 +177,8 @@ def _crop_box(size, origin, sensor: SensorSize | None):
         width, height = (int(v) for v in ((size, size) if np.isscalar(size) else size))
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"crop size must be an int or (width, height), got {size!r}") from exc
-    if width <= 0 or height <= 0:
-        raise ConfigError(f"crop size must be positive, got {size!r}")
+    if not (0 < width < 1 << 15 and 0 < height < 1 << 15):
+        raise ConfigError(f"crop size must be positive and fit int16 coordinates, got {size!r}")
     if origin is None:
         if sensor is None:
             raise ConfigError("a centred crop (origin=None) needs the sensor_size")

@@ -205,6 +205,10 @@ class StreamWorker:
         policy = source_config.queue_policy or config.queue_policy or ("drop" if source.live else "block")
         self.queue = EventQueue(policy, config.queue_max_events, config.queue_max_chunks)
         self.speed = source_config.speed
+        # A replay at speed 0 has no arrival times (the source reads ahead as far as the queue allows):
+        # its chunks count as available when inference takes them from the queue, so latency_ms is the
+        # processing latency. Paced replays and live sources keep the source's hand-over time.
+        self.restamp = not source.live and self.speed <= 0
         self.state_name = "starting"
         self.error: str | None = None
         # counters (written by the inference thread, read by the status thread)
@@ -247,11 +251,11 @@ class StreamWorker:
         self.sample_mode = False
 
     def start(self) -> None:
+        self.state_name = "running"
         self._threads = [threading.Thread(target=self._produce, name=f"source-{self.name}", daemon=True),
                          threading.Thread(target=self._consume, name=f"infer-{self.name}", daemon=True)]
         for thread in self._threads:
             thread.start()
-        self.state_name = "running"
 
     def join(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -289,6 +293,8 @@ class StreamWorker:
                     item = self.queue.get(0.05)
                     if item is None:
                         continue
+                    if self.restamp and isinstance(item, (Chunk, WindowEnd)):
+                        item.available_ns = time.time_ns()
                     if isinstance(item, Chunk):
                         self._on_chunk(item)
                     elif isinstance(item, WindowStart):

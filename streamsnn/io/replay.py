@@ -295,22 +295,18 @@ class FolderSource(Source):
                 pacer.rebase(t0)
                 yield WindowStart(start_us=t0, target=sample.label, sample=name)
                 t = events["t"]
-                if self.speed <= 0:
-                    self.events_read += events.size
-                    yield Chunk(events, int(t[-1]) + 1, _now_ns())
-                else:
-                    n_slices = int((int(t[-1]) - t0) // slice_us) + 1
-                    bounds = np.searchsorted(t, t0 + np.arange(1, n_slices + 1) * slice_us, side="left")
-                    start = 0
-                    for k, end in enumerate(bounds):
-                        # capped at the last event + 1: the sample's frames end where to_frame's do
-                        clock = min(int(t0 + (k + 1) * slice_us), int(t[-1]) + 1)
-                        if not pacer.wait_until(clock):
-                            return
-                        part = events[start:end]
-                        start = end
-                        self.events_read += part.size
-                        yield Chunk(part, clock, _now_ns())
+                n_slices = int((int(t[-1]) - t0) // slice_us) + 1
+                bounds = np.searchsorted(t, t0 + np.arange(1, n_slices + 1) * slice_us, side="left")
+                start = 0
+                for k, end in enumerate(bounds):
+                    # capped at the last event + 1: the sample's frames end where to_frame's do
+                    clock = min(int(t0 + (k + 1) * slice_us), int(t[-1]) + 1)
+                    if not pacer.wait_until(clock):
+                        return
+                    part = events[start:end]
+                    start = end
+                    self.events_read += part.size
+                    yield Chunk(part, clock, _now_ns())
                 yield WindowEnd(end_us=int(t[-1]) + 1, last_us=int(t[-1]), available_ns=_now_ns())
                 self.samples_done += 1
             if not self.loop:

@@ -149,7 +149,7 @@ class CameraSource(_DvInputSource):
         found = dv.io.camera.discover()
         if not found:
             raise SourceError("no iniVation camera found: dv-processing discovers no DVS128, DAVIS or DVXplorer "
-                              "on USB (is it plugged in, and does this user may access it? see the udev rules "
+                              "on USB (is it plugged in, and may this user access it? see the udev rules "
                               "of dv-processing). Without a camera, use --source FILE, a dataset folder or "
                               "dv://HOST:PORT")
         try:

@@ -622,13 +622,16 @@ class StreamingBinner:
       until_t (no event with t < until_t will come), and returns the windows
       that end at or before it, empty or not -- so a silent camera still yields
       frames on time. Pushing an event with t < until_t afterwards is an error.
+      Windows need an origin: without start_time, nothing is flushed before
+      the first event has set it.
     * ``reset(start_time=None)`` drops the open window and starts a new stream
       (a new sample or inference window); timestamps may start over.
 
     For any split of a stream into chunks, the frames returned by the pushes
     followed by ``flush(end)`` equal ``to_frame(whole, sensor_size,
-    time_window=time_window, start_time=start, end_time=end)`` whenever
-    ``end >= start + time_window`` (tonic always gives at least one frame).
+    time_window=time_window, start_time=start, end_time=end)`` for any end at
+    or after the last event and ``start + time_window`` (to_frame, like tonic,
+    always gives at least one frame).
     Events before start_time are ignored. A bad chunk raises
     EventValidationError and leaves the binner as it was.
 

@@ -33,7 +33,7 @@ class NpyRecording(Recording):
                 if reader is None:
                     raise ValueError(f"unsupported .npy version {version}")
                 shape, fortran, dtype = reader(f)
-            except (ValueError, EOFError, SyntaxError, TypeError) as exc:
+            except Exception as exc:  # numpy raises ValueError, SyntaxError, tokenize errors...
                 raise EventFormatError(self.path, f"not a readable .npy header: {exc}", offset=0) from None
             self.data_offset = f.tell()
         if dtype.names is None or dtype.hasobject:

@@ -62,14 +62,15 @@ def prophesee_header_format(header_lines: list[str]) -> str | None:
         keys.setdefault(key.lower(), value.strip())
     if "evt" in keys:
         version = keys["evt"].strip()
-        if version.startswith("2"):
+        # EVT 2.1 is a different, 64-bit encoding, so match versions exactly.
+        if version in ("2.0", "2"):
             return "evt2"
-        if version.startswith("3"):
+        if version in ("3.0", "3"):
             return "evt3"
-        return "raw-" + version
+        return "raw-EVT " + version
     if "format" in keys:
         name = keys["format"].split(";")[0].strip().upper()
-        if name in ("EVT2", "EVT20", "EVT 2.0"):
+        if name in ("EVT2", "EVT20", "EVT 2.0"):  # "EVT21" is EVT 2.1
             return "evt2"
         if name in ("EVT3", "EVT30", "EVT 3.0"):
             return "evt3"

@@ -168,6 +168,7 @@ def resolve_sensor_size(path, header: PropheseeHeader, sensor_size, fmt: str, re
 STATUS_DONE = 0
 STATUS_FULL = 1
 STATUS_BAD_TYPE = 2
+STATUS_TIME_BACK = 3  # EVT 2.0 only: its 34-bit time never loops, so a step back is corruption
 
 # EVT 3.0 state slots
 _S_TIME_HIGH, _S_TIME_LOW, _S_LOOPS, _S_Y, _S_BASE_X, _S_POL, _S_STARTED, _S_IS_CD, _S_DROPPED = range(9)
@@ -304,6 +305,7 @@ def _evt2_kernel(words, state, out, width, height):
             i += 1
         if i < n_words:
             started = 1
+            time_high = np.int64(words[i] & 0x0FFFFFFF)
     while i < n_words:
         w = np.int64(words[i])
         kind = w >> 28
@@ -320,7 +322,11 @@ def _evt2_kernel(words, state, out, width, height):
             else:
                 dropped += 1
         elif kind == 0x8:
-            time_high = w & 0x0FFFFFFF
+            new_high = w & 0x0FFFFFFF
+            if new_high < time_high:
+                status = STATUS_TIME_BACK
+                break
+            time_high = new_high
         elif not (_EVT2_DEFINED >> kind) & 1:
             status = STATUS_BAD_TYPE
             break
@@ -335,7 +341,8 @@ def _evt2_kernel(words, state, out, width, height):
 def _evt2_scan(words, width, height):
     """Count the CD events expelliarmus would return, and check the words it would see.
 
-    Returns (events, events outside the sensor, index of the first undefined word or -1).
+    Returns (events, events outside the sensor, index of the first undefined
+    word or backwards EVT_TIME_HIGH, or -1).
     """
     n = 0
     outside = 0
@@ -344,6 +351,7 @@ def _evt2_scan(words, width, height):
     while i < n_words and (words[i] >> 28) != 0x8:
         i += 1
     first = i
+    time_high = 0
     for j in range(n_words):
         w = np.int64(words[j])
         kind = w >> 28
@@ -352,6 +360,10 @@ def _evt2_scan(words, width, height):
                 n += 1
                 if ((w >> 11) & 0x7FF) >= width or (w & 0x7FF) >= height:
                     outside += 1
+        elif kind == 0x8:
+            if (w & 0x0FFFFFFF) < time_high:
+                return n, outside, j
+            time_high = w & 0x0FFFFFFF
         elif not (_EVT2_DEFINED >> kind) & 1:
             return n, outside, j
     return n, outside, -1
@@ -416,6 +428,12 @@ class _RawRecording(Recording):
                         raise EventFormatError(
                             self.path, f"word type 0x{kind:X} is not defined in {self.format.upper()}; "
                                        "the file is corrupt or not a RAW recording", offset=bad)
+                    if status == STATUS_TIME_BACK:
+                        bad = offset + (start + consumed) * self.word_bytes
+                        raise EventFormatError(
+                            self.path, f"EVT_TIME_HIGH steps back to {int(words[start + consumed]) & 0x0FFFFFFF}"
+                                       f" (x 64 us) from {int(state[_S2_TIME_HIGH])}; the file is corrupt",
+                            offset=bad)
                     start += consumed
                 offset += len(raw)
                 yield concat_or_empty(parts)

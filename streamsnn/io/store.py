@@ -42,6 +42,10 @@ FIELDS = ("t", "x", "y", "p")
 READ_BLOCK_EVENTS = 1 << 22
 
 
+# What h5py raises for damaged files (it maps HDF5 errors onto these).
+_H5_ERRORS = (OSError, KeyError, RuntimeError, ValueError, TypeError, AttributeError)
+
+
 def _h5py():
     import h5py
 
@@ -147,15 +151,23 @@ class StoreRecording(Recording):
         super().__init__(path, None)
         h5py = _h5py()
         try:
-            # SWMR read: sees what a live writer has flushed, never a half-written state.
-            self._file = h5py.File(self.path, "r", libver="latest", swmr=True)
-        except OSError:
-            try:
-                self._file = h5py.File(self.path, "r")
-            except OSError as exc:
+            self._file = h5py.File(self.path, "r")
+        except OSError as exc:
+            if "already open for write" not in str(exc):
                 raise EventFormatError(self.path, f"not a readable HDF5 file: {exc}", offset=0) from None
+            # A SWMR writer has the file open, or was killed: only a SWMR read
+            # may open it, and it sees everything that writer flushed. Only
+            # here, because HDF5's SWMR read retries a corrupt file's metadata
+            # for minutes instead of failing (a plain open fails at once).
+            try:
+                self._file = h5py.File(self.path, "r", libver="latest", swmr=True)
+            except OSError as exc2:
+                raise EventFormatError(self.path, f"not a readable HDF5 file: {exc2}", offset=0) from None
         try:
             self._open(sensor_size)
+        except _H5_ERRORS as exc:
+            self._file.close()
+            raise EventFormatError(self.path, f"corrupt event store: {exc}") from None
         except BaseException:
             self._file.close()
             raise
@@ -173,6 +185,7 @@ class StoreRecording(Recording):
         if missing:
             raise EventFormatError(self.path, f"event store lacks /events/{missing[0]}")
         self._datasets = [f["events"][name] for name in FIELDS]
+        self._length = self._measure()
         self.source_format = str(f.attrs.get("source_format", ""))
         self.source_name = str(f.attrs.get("source_name", ""))
         stored = f.attrs.get("sensor_size")
@@ -190,8 +203,12 @@ class StoreRecording(Recording):
             ds.refresh()
         for name in ("t_min", "t_max"):
             self._file["index"][name].refresh()
+        self._length = self._measure()
 
     def __len__(self) -> int:
+        return self._length
+
+    def _measure(self) -> int:
         return min(ds.shape[0] for ds in self._datasets)
 
     def close(self) -> None:
@@ -205,9 +222,29 @@ class StoreRecording(Recording):
         if stop <= start:
             return empty_events(0)
         out = np.empty(stop - start, dtype=EVENT_DTYPE)
-        for name, ds in zip(FIELDS, self._datasets):
-            out[name] = ds[start:stop]
+        try:
+            for name, ds in zip(FIELDS, self._datasets):
+                out[name] = ds[start:stop]
+        except _H5_ERRORS as exc:
+            raise EventFormatError(self.path, f"corrupt event store: cannot read events {start}..{stop - 1}: "
+                                              f"{exc}") from None
+        self._check(out, start)
         return out
+
+    def _check(self, events: np.ndarray, start: int) -> None:
+        # A damaged chunk can decompress to the wrong values; never pass on
+        # impossible polarities or coordinates.
+        p = events["p"]
+        bad = np.flatnonzero((p != 0) & (p != 1))
+        if bad.size:
+            raise EventFormatError(self.path, f"event {start + int(bad[0])}: polarity {int(p[bad[0]])}; "
+                                              "the store is corrupt")
+        if self.sensor_size is not None:
+            from .base import check_coordinates
+
+            check_coordinates(events, self.sensor_size, self.path, first_index=start)
+        elif events.size and (events["x"].min() < 0 or events["y"].min() < 0):
+            raise EventFormatError(self.path, "negative coordinates; the store is corrupt")
 
     def _blocks(self):
         n = len(self)
@@ -221,8 +258,13 @@ class StoreRecording(Recording):
         """Events with t_start <= t < t_end, reading only the blocks the index points to."""
         n = len(self)
         blocks = (n + INDEX_STRIDE - 1) // INDEX_STRIDE
-        t_min = self._file["index"]["t_min"][:blocks]
-        t_max = self._file["index"]["t_max"][:blocks]
+        try:
+            t_min = self._file["index"]["t_min"][:blocks]
+            t_max = self._file["index"]["t_max"][:blocks]
+        except _H5_ERRORS as exc:
+            raise EventFormatError(self.path, f"corrupt event store index: {exc}") from None
+        if t_min.size < blocks:
+            raise EventFormatError(self.path, f"event store index has {t_min.size} entries for {blocks} blocks")
         hits = np.flatnonzero((t_max >= t_start) & (t_min < t_end))
         if hits.size == 0:
             return empty_events(0)

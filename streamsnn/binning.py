@@ -221,6 +221,20 @@ def _first_bad(packed, lo, hi, width, height, p_lo, p_hi):
     return -1
 
 
+@nb.njit(cache=True, nogil=True)
+def first_invalid_event(packed, width, height, previous_t):
+    """Index of the first event that is out of order (previous_t before event 0), outside
+    width x height, or with p not in {0, 1}; -1 if none. packed as from packed_view."""
+    n = packed.shape[0] // 2
+    if n == 0:
+        return -1
+    if (packed[0] < previous_t) | _event_is_bad(packed[1], width, height, 0, 1):
+        return 0
+    if _any_bad(packed, 1, n, width, height, 0, 1):
+        return _first_bad(packed, 1, n, width, height, 0, 1)
+    return -1
+
+
 @nb.njit(cache=True, nogil=True, inline="always")
 def _bisect_t(packed, lo, hi, value):
     """First index in [lo, hi) whose t >= value (hi if none), for sorted t."""

@@ -45,7 +45,9 @@ import math
 import numba as nb
 import numpy as np
 
-from .binning import _any_bad, _event_is_bad, _first_bad, packed_view, raise_event_error
+# Validation is binning's kernel, called from Python rather than inlined: a
+# Numba cache entry only notices changes to its own module's source.
+from .binning import first_invalid_event, packed_view, raise_event_error
 from .errors import ConfigError
 from .events import EVENT_DTYPE, SensorSize
 
@@ -63,22 +65,10 @@ _NO_LIMIT = 1 << 15
 # validation shared by every operation
 # --------------------------------------------------------------------------
 
-@nb.njit(cache=True, nogil=True)
-def _first_invalid(packed, width, height, previous_t):
-    n = packed.shape[0] // 2
-    if n == 0:
-        return -1
-    if (packed[0] < previous_t) | _event_is_bad(packed[1], width, height, 0, 1):
-        return 0
-    if _any_bad(packed, 1, n, width, height, 0, 1):
-        return _first_bad(packed, 1, n, width, height, 0, 1)
-    return -1
-
-
 def _validated(events, sensor: SensorSize | None, previous_t=None, what="event"):
     events, packed = packed_view(events)
     width, height = (sensor.width, sensor.height) if sensor is not None else (_NO_LIMIT, _NO_LIMIT)
-    bad = _first_invalid(packed, width, height, _INT64_MIN if previous_t is None else previous_t)
+    bad = first_invalid_event(packed, width, height, _INT64_MIN if previous_t is None else previous_t)
     if bad >= 0:
         raise_event_error(events, bad, sensor, previous_t=previous_t, what=what)
     return events, packed

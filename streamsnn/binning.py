@@ -101,7 +101,10 @@ _INT64_MIN = np.iinfo(np.int64).min
 
 
 def packed_view(events: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Return (events as contiguous EVENT_DTYPE, the same memory as int64 words: t of event i at 2i, x|y<<16|p<<32 at 2i+1)."""
+    """Return (events as contiguous EVENT_DTYPE, the same memory as flat int64 words).
+
+    Word 2i is event i's t, word 2i+1 holds x | y << 16 | p << 32.
+    """
     events = as_events(events)
     if events.ndim != 1:
         raise EventValidationError(f"expected a 1-d event array, got shape {events.shape}")
@@ -435,7 +438,10 @@ def _saturation(dtype: np.dtype):
 
 @nb.njit(cache=True, nogil=True)
 def _extent(packed):
-    """Largest x and y (as unsigned 16-bit: negatives show as >= 32768) and the polarities seen (bits 0, 1; 2 = other)."""
+    """Largest x and y, and the polarities seen (bit 0: p = 0, bit 1: p = 1, bit 2: anything else).
+
+    x and y are read as unsigned 16-bit: a negative one shows as >= 32768.
+    """
     max_x = 0
     max_y = 0
     seen_p = 0

@@ -38,8 +38,9 @@ class LIF(nn.Module):
         """current (T, N, ...) -> spikes (T, N, ...), membrane starting at 0; optionally a LIFTrace."""
         u_post = None
         spikes, us, posts = [], [], []
-        for t in range(current.shape[0]):
-            s, u, u_post = lif_step(current[t], u_post, self.decay, self.threshold)
+        # unbind, not current[t]: the backward of T selects would fill T full-size zero tensors
+        for current_t in current.unbind(0):
+            s, u, u_post = lif_step(current_t, u_post, self.decay, self.threshold)
             spikes.append(s)
             if record:
                 us.append(u)
@@ -156,7 +157,8 @@ def _flat_features(layers, input_size) -> int:
         return int(seq(torch.zeros((1, *input_size))).flatten(1).shape[1])
 
 
-def nmnist_net(input_size=(2, 34, 34), num_classes=10, channels=(16, 32), hidden=128) -> SpikingNet:
+def nmnist_net(input_size=(2, 34, 34), num_classes=10, channels=(16, 32), hidden=128,
+               dropout: float = 0.0) -> SpikingNet:
     """Compact conv SNN for N-MNIST: 16c3-BN-LIF-MP2, 32c3-BN-LIF-MP2, FC 128 (spiking), FC readout."""
     layers = OrderedDict()
     cin = input_size[0]
@@ -165,6 +167,8 @@ def nmnist_net(input_size=(2, 34, 34), num_classes=10, channels=(16, 32), hidden
         cin = c
     layers["flatten"] = nn.Flatten()
     features = _flat_features(layers, input_size)
+    if dropout:
+        layers["dropout"] = nn.Dropout(dropout)
     if hidden:
         layers["fc1"] = nn.Linear(features, hidden)
         layers["lif_fc1"] = LIF()

@@ -44,7 +44,7 @@ def stream_plan(draw, real_events):
     """A slice of a recording, a window, a start, and a split into chunks with clock flushes between them."""
     name = draw(st.sampled_from(sorted(RECORDINGS)))
     everything = real_events[name]
-    length = draw(st.integers(0, MAX_EVENTS))
+    length = draw(st.integers(0, min(MAX_EVENTS, len(everything))))
     first = draw(st.integers(0, len(everything) - length))
     events = everything[first:first + length]
     span = int(everything["t"][-1] - everything["t"][0]) * MAX_EVENTS // len(everything) + 1

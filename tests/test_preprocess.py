@@ -109,7 +109,7 @@ def test_output_sensor_sizes():
     assert chain.output_sensor_size((640, 480, 2)) == SensorSize(150, 120, 1)
 
 
-STREAM_SETTINGS = settings(max_examples=40, deadline=None,
+STREAM_SETTINGS = settings(max_examples=100, deadline=None,
                            suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 

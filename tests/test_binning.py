@@ -19,7 +19,10 @@ from streamsnn.io import read_events
 RECORDINGS = {
     "nmnist_sample.bin": (34, 34, 2),
     "atis40_dvs128_clip1.bin": (128, 128, 2),
+    "atis40_dvs128_clip2.bin": (128, 128, 2),
+    "atis40_dvs128_clip3.bin": (128, 128, 2),
     "atis40_dvs128_clip4.bin": (128, 128, 2),
+    "atis40_dvs128_clip5.bin": (128, 128, 2),
     "aedat2_dvs128_walking.aedat": (128, 128, 2),
     "aedat2_dvs128_walking2.aedat": (128, 128, 2),
     "aedat4_dvxplorer_sample.aedat4": (320, 240, 2),
@@ -89,6 +92,18 @@ def test_to_frame_equals_tonic_on_real_recordings(real_events, name):
         assert got.shape == expected.shape, kwargs
         assert np.array_equal(got, expected), kwargs
     assert np.array_equal(events, before), "to_frame modified its input"
+
+
+def test_to_frame_equals_tonic_on_nmnist_samples(nmnist_root):
+    # Every Test sample and every tenth Train sample of the N-MNIST subset.
+    paths = sorted((nmnist_root / "Test").glob("*/*.bin")) + sorted((nmnist_root / "Train").glob("*/*.bin"))[::10]
+    assert len(paths) >= 200
+    for path in paths:
+        events = read_events(path)
+        for kwargs in parameter_grid(events)[::2]:
+            expected = tonic_frames(events, (34, 34, 2), **kwargs)
+            got = to_frame(events, (34, 34, 2), **kwargs)
+            assert got.shape == expected.shape and np.array_equal(got, expected), (path.name, kwargs)
 
 
 @pytest.mark.parametrize("name", ["nmnist_sample.bin", "evt3_gen41_pedestrians.raw", "dat_ncars_car.dat"])

@@ -279,10 +279,10 @@ def _bin_slices(packed, starts, ends, frames, width, height, p_lo, p_hi, saturat
     counts then land, instead of missing cache on every count into a cold
     zero page. starts and ends are non-decreasing in every tonic mode, so the
     events split into runs that all belong to the same frames [lo, hi): one
-    pass over the events, and a tight loop for the usual run that feeds
-    exactly one frame. Polarities outside [p_lo, p_hi] are bad; p_lo == p_hi
-    is a one-polarity sensor, counted in channel 0. Returns the index of the
-    first bad event, or -1.
+    pass over the events, a block of which is validated and then counted
+    into each of its frames while it is still in L1. Polarities outside
+    [p_lo, p_hi] are bad; p_lo == p_hi is a one-polarity sensor, counted in
+    channel 0. Returns the index of the first bad event, or -1.
     """
     n = packed.shape[0] // 2
     n_slices = starts.shape[0]
@@ -310,18 +310,10 @@ def _bin_slices(packed, starts, ends, frames, width, height, p_lo, p_hi, saturat
             b1 = min(b0 + _BLOCK, stop)
             if _any_bad(packed, max(b0, 1), b1, width, height, p_lo, p_hi):
                 return _first_bad(packed, max(b0, 1), b1, width, height, p_lo, p_hi)
-            if hi - lo == 1:
-                _count_run(packed, b0, b1, frames[lo], channel_mask, saturation)
-            elif hi - lo > 1:
-                for i in range(b0, b1):
-                    word = packed[2 * i + 1]
-                    x = word & 0xFFFF
-                    y = (word >> 16) & 0xFFFF
-                    c = (word >> 32) & channel_mask
-                    for s in range(lo, hi):
-                        v = frames[s, c, y, x]
-                        if v < saturation:
-                            frames[s, c, y, x] = v + 1
+            # Overlapping windows put a run in several frames: count the
+            # block (still in L1) into each in turn.
+            for s in range(lo, hi):
+                _count_run(packed, b0, b1, frames[s], channel_mask, saturation)
         k = stop
     while zeroed < n_slices:
         frames[zeroed].ravel()[:] = 0

@@ -219,7 +219,8 @@ def test_polarity_outside_0_1_is_an_error_naming_event_and_field():
 
 def test_unsorted_timestamps_are_an_error():
     events = make_events([1, 2, 3, 4], [0] * 4, [0, 50, 20, 60], [1] * 4)
-    for kwargs in (dict(time_window=10), dict(event_count=2), dict(n_time_bins=2), dict(n_event_bins=2)):
+    for kwargs in (dict(time_window=10), dict(event_count=2), dict(n_time_bins=2), dict(n_event_bins=2),
+                   dict(time_window=20, overlap=10), dict(n_event_bins=2, overlap=0.5)):
         with pytest.raises(EventValidationError, match="not sorted: event 2 has t = 20") as info:
             to_frame(events, (5, 1, 2), **kwargs)
         assert info.value.index == 2 and info.value.field == "t"
@@ -238,9 +239,10 @@ def test_unsorted_events_outside_every_frame_are_still_an_error():
 def test_coordinates_outside_the_sensor_are_an_error(field, value, message):
     events = make_events([1] * 6, [1] * 6, np.arange(6) * 10, [0] * 6)
     events[field][4] = value
-    with pytest.raises(EventValidationError, match=f"event 4: {message}") as info:
-        to_frame(events, (64, 48, 2), event_count=2)
-    assert info.value.index == 4 and info.value.field == field
+    for kwargs in (dict(event_count=2), dict(event_count=3, overlap=1)):
+        with pytest.raises(EventValidationError, match=f"event 4: {message}") as info:
+            to_frame(events, (64, 48, 2), **kwargs)
+        assert info.value.index == 4 and info.value.field == field
 
 
 def test_both_polarities_on_a_one_polarity_sensor_is_an_error():

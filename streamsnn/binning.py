@@ -554,7 +554,8 @@ def to_frame(events, sensor_size, time_window=None, event_count=None, n_time_bin
     p_lo, p_hi = (0, 1) if p_required < 0 else (p_required, p_required)
     starts = np.asarray(starts, np.int64)
     ends = np.asarray(ends, np.int64)
-    kernel = _bin_overlapping if len(starts) > 1 and np.any(starts[1:] < ends[:-1]) else _bin_slices
+    # Slices overlap only when overlap > 0, in every mode.
+    kernel = _bin_overlapping if overlap > 0 else _bin_slices
     bad_index = kernel(packed, starts, ends, frames, sensor.width, sensor.height, p_lo, p_hi,
                        _saturation(frame_dtype))
     if bad_index >= 0:

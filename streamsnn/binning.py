@@ -149,8 +149,8 @@ def raise_event_error(events: np.ndarray, index: int, sensor: SensorSize | None,
     if p_required >= 0 and p != p_required:
         raise EventValidationError(
             f"{what} {index}: polarity p = {p} on a one-polarity sensor {tuple(sensor)} whose earlier "
-            "events have p = {p_required}; merge polarities first (streamsnn.preprocess) or declare "
-            "2 polarities".replace("{p_required}", str(p_required)), index=index, field="p")
+            f"events have p = {p_required}; merge polarities first (streamsnn.preprocess) or declare "
+            "2 polarities", index=index, field="p")
     raise AssertionError(f"kernel rejected {what} {index} but no rule explains why")
 
 
@@ -310,8 +310,8 @@ def _bin_slices(packed, starts, ends, frames, width, height, p_lo, p_hi, saturat
             b1 = min(b0 + _BLOCK, stop)
             if _any_bad(packed, max(b0, 1), b1, width, height, p_lo, p_hi):
                 return _first_bad(packed, max(b0, 1), b1, width, height, p_lo, p_hi)
-            # Overlapping windows put a run in several frames: count the
-            # block (still in L1) into each in turn.
+            # Overlapping windows go to _bin_overlapping, but a run in
+            # several frames is still counted right here, block by block.
             for s in range(lo, hi):
                 _count_run(packed, b0, b1, frames[s], channel_mask, saturation)
         k = stop
@@ -551,6 +551,8 @@ def to_frame(events, sensor_size, time_window=None, event_count=None, n_time_bin
     frames = np.empty((len(starts), sensor.polarities, sensor.height, sensor.width), frame_dtype)
     # A one-polarity sensor takes the events of one polarity, whichever it is (tonic's rule).
     p_required = int(events["p"][0]) if sensor.polarities == 1 else -1
+    if p_required not in (-1, 0, 1):
+        raise_event_error(events, 0, sensor)
     p_lo, p_hi = (0, 1) if p_required < 0 else (p_required, p_required)
     starts = np.asarray(starts, np.int64)
     ends = np.asarray(ends, np.int64)
@@ -588,6 +590,8 @@ def _push_chunk(packed, state, open_frame, block, saturation):
     p_required = state[_S_P_REQUIRED]
     if p_required < 0 and state[_S_POLARITIES] == 1:
         p_required = (packed[1] >> 32) & 0xFF
+        if p_required > 1:
+            return 0
     if p_required >= 0:
         p_lo = p_required
         p_hi = p_required

@@ -251,6 +251,13 @@ def test_both_polarities_on_a_one_polarity_sensor_is_an_error():
         to_frame(events, (5, 1, 1), time_window=10)
 
 
+@pytest.mark.parametrize("polarities", [1, 2])
+def test_bad_polarity_on_the_first_event_is_caught_for_either_sensor(polarities):
+    events = make_events([1, 2], [0, 0], [0, 1], [-1, -1])
+    with pytest.raises(EventValidationError, match="event 0: polarity p = -1"):
+        to_frame(events, (5, 1, polarities), time_window=10)
+
+
 def test_input_is_never_modified():
     events = make_events([1, 2], [0, 0], [0, 1], [1, 1])
     before = events.copy()

@@ -182,6 +182,13 @@ def test_one_polarity_sensor_and_mixed_polarities():
     assert frames[0].data.shape == (1, 4, 4) and frames[0].data[0, 1, 1] == 1
 
 
+def test_bad_first_polarity_on_a_one_polarity_sensor_is_an_error():
+    binner = StreamingBinner((4, 4, 1), 10)
+    with pytest.raises(EventValidationError, match="chunk event 0: polarity p = 5"):
+        binner.push(make_events([1], [1], [0], [5]))
+    assert binner.push(make_events([1], [1], [0], [0])) == []
+
+
 def test_reset_starts_a_new_stream_with_its_own_clock():
     binner = StreamingBinner((4, 4, 2), 10)
     binner.push(make_events([1, 1], [1, 1], [1000, 1015], [1, 1]))

@@ -183,6 +183,9 @@ def _searchsorted_left(packed, starts, ends):
 # over a block that is then still in L1 costs far less than a branch per
 # event inside the scattered counting loop.
 _BLOCK = 2048
+# Overlapping frames are filled together, block by block, while this many
+# bytes of them fit in a core's L2 together with the events; else one by one.
+_INTERLEAVED_BYTES = 1 << 20
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
@@ -556,8 +559,14 @@ def to_frame(events, sensor_size, time_window=None, event_count=None, n_time_bin
     p_lo, p_hi = (0, 1) if p_required < 0 else (p_required, p_required)
     starts = np.asarray(starts, np.int64)
     ends = np.asarray(ends, np.int64)
-    # Slices overlap only when overlap > 0, in every mode.
-    kernel = _bin_overlapping if overlap > 0 else _bin_slices
+    kernel = _bin_slices
+    # Slices overlap only when overlap > 0, in every mode. Counting a block
+    # into all its frames at once pays while those frames fit in cache
+    # together; beyond that, filling one frame at a time is faster.
+    if overlap > 0 and len(starts) > 1:
+        depth = int(np.max(np.searchsorted(starts, ends, "left") - np.arange(len(starts))))
+        if depth * frames[0].nbytes > _INTERLEAVED_BYTES:
+            kernel = _bin_overlapping
     bad_index = kernel(packed, starts, ends, frames, sensor.width, sensor.height, p_lo, p_hi,
                        _saturation(frame_dtype))
     if bad_index >= 0:

@@ -115,3 +115,18 @@ def load_checkpoint(path, map_location="cpu"):
                               f"{str(exc).splitlines()[0]}") from exc
     model.to(map_location if isinstance(map_location, (str, torch.device)) else "cpu").eval()
     return model, meta
+
+
+BUNDLED = {"nmnist_str": "nmnist_str.pt"}
+
+
+def bundled_checkpoint(name: str = "nmnist_str") -> Path:
+    """Path of a checkpoint shipped inside the package (streamsnn/checkpoints/)."""
+    try:
+        filename = BUNDLED[name]
+    except KeyError:
+        raise CheckpointError(f"no bundled checkpoint {name!r}; bundled: {', '.join(BUNDLED)}") from None
+    path = Path(__file__).resolve().parents[1] / "checkpoints" / filename
+    if not path.is_file():
+        raise CheckpointError(f"{path}: the bundled checkpoint {name!r} is missing from this installation")
+    return path

@@ -158,8 +158,9 @@ def _flat_features(layers, input_size) -> int:
 
 
 def nmnist_net(input_size=(2, 34, 34), num_classes=10, channels=(16, 32), hidden=128,
-               dropout: float = 0.0) -> SpikingNet:
-    """Compact conv SNN for N-MNIST: 16c3-BN-LIF-MP2, 32c3-BN-LIF-MP2, FC 128 (spiking), FC readout."""
+               dropout: float = 0.3) -> SpikingNet:
+    """Compact conv SNN for N-MNIST: 16c3-BN-LIF-MP2, 32c3-BN-LIF-MP2, dropout 0.3 (training only),
+    FC 128 (spiking), FC readout. 269k parameters (a 1.1 MB checkpoint)."""
     layers = OrderedDict()
     cin = input_size[0]
     for i, c in enumerate(channels, start=1):

@@ -25,11 +25,11 @@ class TrainConfig:
     reg: str = "str"
     reg_strength: float | None = None
     str_variant: str = STR_DEFAULT_VARIANT
-    epochs: int = 12
+    epochs: int = 15
     batch_size: int = 32
-    lr: float = 2e-3
+    lr: float = 5e-3
     weight_decay: float = 0.0
-    shift: int = 2          # random translation augmentation, pixels (same shift for all frames of a sample)
+    shift: int = 1          # random translation augmentation, pixels (same shift for all frames of a sample)
     seed: int = 0
     extra: dict = field(default_factory=dict)
 

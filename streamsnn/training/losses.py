@@ -15,8 +15,8 @@ import torch.nn.functional as F
 TET_LAMBDA = 1e-3
 RCS_ALPHA = 0.002
 STR_ALPHA = 0.5
-STR_VARIANTS = ("deferral", "stf")
-STR_DEFAULT_VARIANT = "deferral"
+STR_VARIANTS = ("stf", "deferral")
+STR_DEFAULT_VARIANT = "stf"
 
 
 def tet_loss(logits: torch.Tensor, target: torch.Tensor, lam: float = TET_LAMBDA) -> torch.Tensor:

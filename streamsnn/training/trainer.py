@@ -24,10 +24,11 @@ from ..snn.checkpoint import save_checkpoint
 from .loop import TrainConfig, fit, predict, seed_everything
 
 # The README recipe: `streamsnn train --data DIR --model nmnist --reg str --out CKPT.pt`.
-RECIPE = {"epochs": 12, "batch_size": 32, "lr": 2e-3}
-# The cutoff stored in the checkpoint: the largest epsilon of the sweep that loses no training sample
-# against full T (training outputs, no augmentation).
-CUTOFF_MAX_DROP = 0.0
+RECIPE = {"epochs": 15, "batch_size": 32, "lr": 5e-3}
+# The cutoff stored in the checkpoint: the largest epsilon of the sweep whose accuracy on the training
+# split (no augmentation) is at most 0.5 points below full T -- the accuracy budget of the paper
+# (0.50-0.64 % drop).
+CUTOFF_MAX_DROP = 0.005
 DEFAULT_THREADS = 2
 
 

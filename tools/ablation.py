@@ -1,0 +1,203 @@
+#!/usr/bin/env python
+"""Ablation: TET alone, TET+RCS, TET+STR over several seeds, same T and epochs; anytime table + plot.
+
+    python tools/ablation.py --data ../shared/data/nmnist_small --out out/ablation --seeds 0 1 2
+
+Each run is `streamsnn train` with the README recipe (only --reg and --seed differ), evaluated on
+Test. Per run: full-T accuracy, the confidence cutoff stored in the checkpoint (epsilon calibrated on
+the training split), and the "loses at most one sample" operating point: the largest epsilon of the
+sweep whose Test accuracy is at most one sample below full T (an oracle choice on Test, reported
+for comparison between methods). Finished runs are kept (OUT/runs/*.json) and skipped on a rerun.
+Method names: none, rcs, str, or str:VARIANT / str:VARIANT:STRENGTH for STR variants.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from streamsnn.cli import main as cli_main  # noqa: E402
+from streamsnn.snn.checkpoint import load_checkpoint  # noqa: E402
+from streamsnn.cutoff import EPSILON_SWEEP, ConfidenceCutoff, evaluate_policy  # noqa: E402
+from streamsnn.training.evaluate import anytime_report, evaluate_checkpoint  # noqa: E402
+from streamsnn.training.loop import TrainConfig  # noqa: E402
+from streamsnn.training.trainer import RECIPE, configure_threads, train  # noqa: E402
+
+LABELS = {"none": "TET", "rcs": "TET+RCS", "str": "TET+STR"}
+
+
+def parse_method(text: str) -> dict:
+    parts = text.split(":")
+    out = {"reg": parts[0]}
+    if len(parts) > 1 and parts[1]:
+        out["str_variant"] = parts[1]
+    if len(parts) > 2:
+        out["reg_strength"] = float(parts[2])
+    return out
+
+
+def operating_point(logits, labels, max_lost: int = 1) -> dict:
+    """Largest epsilon of the sweep whose accuracy is at most ``max_lost`` samples below full T."""
+    n = len(labels)
+    full = float((np.asarray(logits).sum(0).argmax(-1) == labels).mean())
+    best = evaluate_policy(ConfidenceCutoff(0.0), logits, labels)
+    for eps in sorted(EPSILON_SWEEP):
+        r = evaluate_policy(ConfidenceCutoff(eps), logits, labels)
+        if r["accuracy"] >= full - max_lost / n - 1e-12:
+            best = r
+    return best
+
+
+def run_one(method: str, seed: int, args) -> dict:
+    tag = method.replace(":", "-") + f"-s{seed}"
+    out_json = args.out / "runs" / f"{tag}.json"
+    if out_json.exists() and not args.force:
+        return json.loads(out_json.read_text())
+    spec = parse_method(method)
+    ckpt = args.out / "ckpt" / f"{tag}.pt"
+    t0 = time.perf_counter()
+    if set(spec) == {"reg"}:
+        # exactly `streamsnn train --data DIR --model nmnist --reg R [--seed S] --out CKPT`
+        argv = ["train", "--data", str(args.data), "--model", "nmnist", "--reg", spec["reg"], "--seed", str(seed),
+                "--timesteps", str(args.timesteps), "--out", str(ckpt), "--no-progress"]
+        if args.epochs:
+            argv += ["--epochs", str(args.epochs)]
+        if args.cache:
+            argv += ["--cache", str(args.cache)]
+        if cli_main(argv) != 0:
+            raise SystemExit(f"training failed: streamsnn {' '.join(argv)}")
+        meta = load_checkpoint(ckpt)[1]
+    else:
+        cfg = TrainConfig(model="nmnist", timesteps=args.timesteps, seed=seed, **RECIPE, **spec)
+        if args.epochs:
+            cfg.epochs = args.epochs
+        meta = train(args.data, ckpt, cfg, cache=args.cache, progress=False,
+                     command=f"python tools/ablation.py --methods {method} --seeds {seed}", report_test=False)
+    wall = time.perf_counter() - t0
+    report, logits, labels = evaluate_checkpoint(ckpt, args.data, "Test", args.cache, progress=False)
+    np.save(args.out / "runs" / f"{tag}-logits.npy", logits)
+    op = operating_point(logits, labels)
+    result = {"method": method, "seed": seed, "command": meta.get("command"), "cutoff_epsilon": meta["cutoff"]["epsilon"], "train_seconds": meta["train_seconds"], "wall_seconds": round(wall, 1),
+              "train_accuracy": meta["train_accuracy"], "full_accuracy": report["full_accuracy"],
+              "per_timestep_accuracy": report["per_timestep_accuracy"],
+              "oracle_mean_timesteps": report["oracle_mean_timesteps"],
+              "checkpoint_cutoff": report["checkpoint_cutoff"], "lose_at_most_one": op,
+              "sweep": [e for e in report["cutoff"] if e["policy"] == "confidence"]}
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    out_json.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def summarise(results: list[dict], methods) -> tuple[str, dict]:
+    rows = ["| method | full-T accuracy | cutoff losing <= 1 sample: mean timesteps | accuracy there | "
+            "stored cutoff (ε from Train): mean timesteps | accuracy there | oracle mean timesteps | seeds |",
+            "|---|---|---|---|---|---|---|---|"]
+    summary = {}
+
+    def ms(values, scale=1.0, fmt="{:.2f}"):
+        v = np.asarray(values, dtype=float) * scale
+        return (fmt + " ± " + fmt).format(v.mean(), v.std(ddof=1) if v.size > 1 else 0.0)
+
+    for method in methods:
+        rs = [r for r in results if r["method"] == method]
+        if not rs:
+            continue
+        name = LABELS.get(method, method)
+        s = {
+            "full_accuracy": [r["full_accuracy"] for r in rs],
+            "op_mean_timesteps": [r["lose_at_most_one"]["mean_timesteps"] for r in rs],
+            "op_accuracy": [r["lose_at_most_one"]["accuracy"] for r in rs],
+            "op_epsilon": [r["lose_at_most_one"]["epsilon"] for r in rs],
+            "ckpt_mean_timesteps": [r["checkpoint_cutoff"]["mean_timesteps"] for r in rs],
+            "ckpt_accuracy": [r["checkpoint_cutoff"]["accuracy"] for r in rs],
+            "oracle": [r["oracle_mean_timesteps"] for r in rs],
+            "seeds": [r["seed"] for r in rs],
+            "train_seconds": [r["train_seconds"] for r in rs],
+        }
+        summary[method] = s
+        rows.append(f"| {name} | {ms(s['full_accuracy'], 100, '{:.1f}')} % | {ms(s['op_mean_timesteps'])} | "
+                    f"{ms(s['op_accuracy'], 100, '{:.1f}')} % | {ms(s['ckpt_mean_timesteps'])} | "
+                    f"{ms(s['ckpt_accuracy'], 100, '{:.1f}')} % | {ms(s['oracle'])} | {len(rs)} |")
+    return "\n".join(rows), summary
+
+
+def plot(results, methods, path, timesteps):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=120)
+    for i, method in enumerate(methods):
+        rs = [r for r in results if r["method"] == method]
+        if not rs:
+            continue
+        color = f"C{i}"
+        name = LABELS.get(method, method)
+        per_t = 100 * np.mean([r["per_timestep_accuracy"] for r in rs], axis=0)
+        axes[0].plot(range(1, timesteps + 1), per_t, "o--", color=color, ms=3, label=f"{name}, fixed t")
+        eps = sorted({e["epsilon"] for e in rs[0]["sweep"]})
+        xs, ys = [], []
+        for e in eps:
+            pts = [next(p for p in r["sweep"] if p["epsilon"] == e) for r in rs]
+            xs.append(np.mean([p["mean_timesteps"] for p in pts]))
+            ys.append(100 * np.mean([p["accuracy"] for p in pts]))
+        axes[0].plot(xs, ys, "s-", color=color, ms=3, label=f"{name}, confidence cutoff")
+        axes[1].plot(xs, [100 * np.mean([r["full_accuracy"] for r in rs]) - y for y in ys], "s-", color=color,
+                     ms=3, label=name)
+    axes[0].set_xlabel("mean timesteps per sample")
+    axes[0].set_ylabel("Test accuracy (%), mean over seeds")
+    axes[0].set_xlim(0.8, timesteps + 0.2)
+    axes[0].grid(alpha=0.3)
+    axes[0].legend(fontsize=7, loc="lower right")
+    axes[1].axhline(1.0, color="0.5", ls=":", lw=1)
+    axes[1].set_xlabel("mean timesteps per sample (confidence cutoff sweep)")
+    axes[1].set_ylabel("accuracy lost against full T (points)")
+    axes[1].set_xlim(0.8, timesteps + 0.2)
+    axes[1].grid(alpha=0.3)
+    axes[1].legend(fontsize=7)
+    fig.suptitle(f"N-MNIST subset (1000 train / 100 test), T = {timesteps} x 30 ms", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="../shared/data/nmnist_small")
+    p.add_argument("--out", type=Path, default=Path("out/ablation"))
+    p.add_argument("--cache", default=None)
+    p.add_argument("--methods", nargs="+", default=["none", "rcs", "str"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--timesteps", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--force", action="store_true", help="rerun finished runs")
+    p.add_argument("--plot", default=None, help="PNG path (default OUT/ablation.png)")
+    args = p.parse_args(argv)
+    configure_threads()
+    results = []
+    for seed in args.seeds:
+        for method in args.methods:
+            r = run_one(method, seed, args)
+            results.append(r)
+            print(f"{method:>12} seed {seed}: full {r['full_accuracy']:.3f}, <=1 lost: "
+                  f"{r['lose_at_most_one']['mean_timesteps']:.2f} steps at {r['lose_at_most_one']['accuracy']:.3f} "
+                  f"(eps {r['lose_at_most_one']['epsilon']:g}); stored eps: "
+                  f"{r['checkpoint_cutoff']['mean_timesteps']:.2f} steps at {r['checkpoint_cutoff']['accuracy']:.3f} "
+                  f"({r['train_seconds']:.0f} s training)", flush=True)
+    table, summary = summarise(results, args.methods)
+    print(table)
+    (args.out / "table.md").write_text(table + "\n")
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    plot(results, args.methods, args.plot or (args.out / "ablation.png"), args.timesteps)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -191,11 +191,12 @@ def main(argv=None) -> int:
                   f"(eps {r['lose_at_most_one']['epsilon']:g}); stored eps: "
                   f"{r['checkpoint_cutoff']['mean_timesteps']:.2f} steps at {r['checkpoint_cutoff']['accuracy']:.3f} "
                   f"({r['train_seconds']:.0f} s training)", flush=True)
-    table, summary = summarise(results, args.methods)
+    order = sorted(args.methods, key=lambda m: (["none", "rcs", "str"].index(m) if m in LABELS else 3, m))
+    table, summary = summarise(results, order)
     print(table)
     (args.out / "table.md").write_text(table + "\n")
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
-    plot(results, args.methods, args.plot or (args.out / "ablation.png"), args.timesteps)
+    plot(results, order, args.plot or (args.out / "ablation.png"), args.timesteps)
     return 0
 
 

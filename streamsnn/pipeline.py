@@ -675,8 +675,9 @@ class Pipeline:
             return []
         self._closed = True
         self.stop_event.set()
+        deadline = time.monotonic() + 1.0          # every stream together, not one second each
         for worker in self.workers:
-            worker.join(1.0)
+            worker.join(max(0.0, deadline - time.monotonic()))
         self.wall_s = time.perf_counter() - self._t0 if self.started_ns else 0.0
         final = []
         if self._opened and self.started_ns is not None:

@@ -13,8 +13,9 @@ synthetic streams in chunks of 1,000 and 100,000 events (time_window mode,
 same windows) and compare with the whole-array path. A last row times
 tonic's Denoise against streamsnn.preprocess.denoise.
 
-Each timing is the best of several runs after one untimed warm-up (Numba
-compiles, page faults), for tonic and streamsnn alike. The synthetic streams
+Each timing is the best of three runs after one untimed warm-up (Numba
+compiles, page faults), for tonic and streamsnn alike; the contenders of a
+row take turns, so that background load on a shared machine hits both. The synthetic streams
 are uniformly random pixels and polarities at 10 million events per second:
 a worst case for caches, since real scenes hit neighbouring pixels.
 """
@@ -53,17 +54,24 @@ SENSOR_SIZES = {
 }
 
 
-def best_time(function, runs: int, budget_s: float, warm_up: bool = True) -> float:
+def best_times(functions, rounds: int, budget_s: float, warm_up: bool = True) -> list[float]:
+    """Best time of each function over rounds in which they take turns.
+
+    Taking turns puts the functions under the same background load (the
+    machine may be shared), so their ratio is fairer than with separate runs.
+    """
     if warm_up:
-        function()  # Numba compilation, first-touch page faults
-    best = float("inf")
+        for function in functions:
+            function()  # Numba compilation, first-touch page faults
+    best = [float("inf")] * len(functions)
     spent = 0.0
-    for _ in range(runs):
-        start = time.perf_counter()
-        function()
-        elapsed = time.perf_counter() - start
-        best = min(best, elapsed)
-        spent += elapsed
+    for _ in range(rounds):
+        for i, function in enumerate(functions):
+            start = time.perf_counter()
+            function()
+            elapsed = time.perf_counter() - start
+            best[i] = min(best[i], elapsed)
+            spent += elapsed
         if spent > budget_s:
             break
     return best
@@ -104,7 +112,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="1 million synthetic events, fewer runs")
     args = parser.parse_args(argv)
     n_synthetic = 1_000_000 if args.quick else args.events
-    runs_tonic, runs_ours = (1, 3) if args.quick else (2, 5)
+    rounds = 2 if args.quick else 3
 
     inputs = []
     recordings = args.data / "recordings"
@@ -124,7 +132,6 @@ def main(argv=None) -> int:
     print(header)
     print("|---|---|---:|---:|---:|---:|")
     totals: dict[str, list[float]] = {}
-    whole_rates = {}
     for mode in mode_parameters(inputs[0][1]):
         for name, events, sensor in inputs:
             kwargs = mode_parameters(events)[mode]
@@ -138,8 +145,7 @@ def main(argv=None) -> int:
 
             if not np.array_equal(run_tonic(), run_ours()):
                 raise SystemExit(f"frames differ from tonic: {mode} on {name} with {kwargs}")
-            t_tonic = best_time(run_tonic, runs_tonic, budget)
-            t_ours = best_time(run_ours, runs_ours, budget)
+            t_tonic, t_ours = best_times([run_tonic, run_ours], rounds, budget)
             print(f"| {mode} | {name} | {len(events):,} | {rate(len(events), t_tonic)} | "
                   f"{rate(len(events), t_ours)} | {t_tonic / t_ours:.1f}x |", flush=True)
             if not name.startswith("synthetic"):
@@ -147,8 +153,6 @@ def main(argv=None) -> int:
                 total[0] += len(events)
                 total[1] += t_tonic
                 total[2] += t_ours
-            else:
-                whole_rates[(mode, name)] = len(events) / t_ours
     for mode, (n, t_tonic, t_ours) in totals.items():
         print(f"| {mode} | all {len(inputs) - len(synthetic)} recordings together | {n:,} | {rate(n, t_tonic)} | "
               f"{rate(n, t_ours)} | {t_tonic / t_ours:.1f}x |")
@@ -160,12 +164,11 @@ def main(argv=None) -> int:
         window = mode_parameters(events)["time_window"]["time_window"]
         start, end = int(events["t"][0]), int(events["t"][-1])
         expected = to_frame(events, sensor, time_window=window)
-        t_tonic = best_time(lambda: tonic.transforms.ToFrame(sensor_size=sensor, time_window=window)(events),
-                            1, 0)
+        streams = {}
         for chunk in (1_000, 100_000):
             chunks = [events[i:i + chunk] for i in range(0, len(events), chunk)]
 
-            def run_stream():
+            def run_stream(chunks=chunks):
                 binner = StreamingBinner(sensor, window, start_time=start)
                 frames = []
                 for piece in chunks:
@@ -176,11 +179,14 @@ def main(argv=None) -> int:
             frames = run_stream()
             if not np.array_equal(np.stack([f.data for f in frames]), expected):
                 raise SystemExit(f"streamed frames differ from to_frame on {name}, chunks of {chunk}")
-            t_stream = best_time(run_stream, runs_ours, 3.0)
-            stream_rate = len(events) / t_stream
+            streams[chunk] = run_stream
+        t_tonic, t_whole, t_small, t_large = best_times(
+            [lambda: tonic.transforms.ToFrame(sensor_size=sensor, time_window=window)(events),
+             lambda: to_frame(events, sensor, time_window=window), streams[1_000], streams[100_000]],
+            rounds, 20.0)
+        for chunk, t_stream in ((1_000, t_small), (100_000, t_large)):
             print(f"| chunks of {chunk:,} | {name} | {chunk:,} | {rate(len(events), t_stream)} | "
-                  f"{stream_rate / whole_rates[('time_window', name)]:.2f}x | "
-                  f"{t_tonic / t_stream:.1f}x |", flush=True)
+                  f"{t_whole / t_stream:.2f}x | {t_tonic / t_stream:.1f}x |", flush=True)
 
     print()
     print("| preprocessing | input | events | tonic ev/s | streamsnn ev/s | ratio |")
@@ -188,8 +194,9 @@ def main(argv=None) -> int:
     for name, events, sensor in inputs:
         if name == "evt2_gen3_sample.raw":
             # tonic's Python loop needs no warm-up and takes seconds: one run.
-            t_tonic = best_time(lambda: tonic.transforms.Denoise(filter_time=10_000)(events), 1, 0, warm_up=False)
-            t_ours = best_time(lambda: denoise(events, 10_000), runs_ours, 1.0)
+            t_tonic, = best_times([lambda: tonic.transforms.Denoise(filter_time=10_000)(events)], 1, 0,
+                                  warm_up=False)
+            t_ours, = best_times([lambda: denoise(events, 10_000)], 5, 1.0)
             print(f"| Denoise(filter_time=10000) | {name} | {len(events):,} | {rate(len(events), t_tonic)} | "
                   f"{rate(len(events), t_ours)} | {t_tonic / t_ours:.0f}x |")
     return 0

@@ -691,7 +691,9 @@ class StreamingBinner:
     def __init__(self, sensor_size, time_window, start_time=None, dtype=None):
         self.sensor_size = SensorSize.coerce(sensor_size)
         # Whole microseconds keep window edges exact integers, equal to the
-        # edges to_frame computes.
+        # edges to_frame computes; 30000.0 (say, from JSON metadata) is whole.
+        if isinstance(time_window, (float, np.floating)) and float(time_window).is_integer():
+            time_window = int(time_window)
         _check_positive_int("time_window", time_window)
         self.time_window = int(time_window)
         self.dtype = _frame_dtype(dtype)

@@ -219,6 +219,10 @@ def test_counts_saturate_in_the_stream_too():
     assert frame.data[1, 0, 0] == 32767
 
 
+def test_whole_float_window_is_accepted():
+    assert StreamingBinner((4, 4, 2), 30000.0).time_window == 30000
+
+
 @pytest.mark.parametrize("kwargs", [dict(time_window=0), dict(time_window=2.5), dict(time_window=10, dtype="u1")])
 def test_bad_parameters_are_config_errors(kwargs):
     with pytest.raises(ConfigError):

@@ -59,6 +59,20 @@ def recording_info(path, sensor_size=None) -> dict:
     return _info(path, sensor_size=sensor_size)
 
 
+_LAZY = {
+    "EventStoreWriter": "store", "StoreRecording": "store", "write_store": "store",
+    "write_raw": "prophesee", "write_npy": "arrays",
+}
+
+
+def __getattr__(name: str):
+    # The store and writers import h5py and Numba; only load them when asked.
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
+
 def convert_to_store(input, output, sensor_size=None, overwrite=False) -> dict:
     """Convert any readable recording to the HDF5 event store (``streamsnn convert``)."""
     from .store import convert_to_store as _convert
@@ -67,6 +81,7 @@ def convert_to_store(input, output, sensor_size=None, overwrite=False) -> dict:
 
 
 __all__ = [
-    "FORMATS", "FORMAT_DESCRIPTIONS", "Recording", "TruncatedRecordingWarning", "convert_to_store",
-    "detect_format", "open_recording", "read_events", "recording_class", "recording_info",
+    "FORMATS", "FORMAT_DESCRIPTIONS", "EventStoreWriter", "Recording", "StoreRecording", "TruncatedRecordingWarning",
+    "convert_to_store", "detect_format", "open_recording", "read_events", "recording_class", "recording_info",
+    "write_npy", "write_raw", "write_store",
 ]

@@ -186,6 +186,11 @@ _BLOCK = 2048
 # Overlapping frames are filled together, block by block, while this many
 # bytes of them fit in a core's L2 together with the events; else one by one.
 _INTERLEAVED_BYTES = 1 << 20
+# Frames larger than this are counted in one byte per pixel first (see
+# _count_run_low): half the footprint of int16 keeps the scattered counts in
+# L2. A DVS128 frame (64 KB) does not need it; a 640x480 one (1.2 MB) gains
+# about 1.7x.
+_LOW_COUNTER_BYTES = 256 * 1024
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
@@ -274,6 +279,40 @@ def _count_run(packed, lo, hi, frame, channel_mask, saturation):
 
 
 @nb.njit(cache=True, nogil=True)
+def _count_run_low(packed, lo, hi, low, frame, channel_mask, saturation):
+    """Count events [lo, hi) in low (uint8); every 256th count of a pixel carries into frame.
+
+    frame + low is the true count (capped at saturation); _carry_low folds low
+    into frame once the window is over.
+    """
+    run = packed[2 * lo:2 * hi]
+    mask = channel_mask & 1
+    for i in range(run.shape[0] // 2):
+        word = run[2 * i + 1]
+        x = word & 0xFFFF
+        y = (word >> 16) & 0xFFFF
+        c = (word >> 32) & mask
+        v = low[c, y, x]
+        if v == 255:
+            low[c, y, x] = 0
+            high = frame[c, y, x]
+            frame[c, y, x] = high + 256 if high < saturation - 255 else saturation
+        else:
+            low[c, y, x] = v + 1
+
+
+@nb.njit(cache=True, nogil=True)
+def _carry_low(frame, low, saturation):
+    """frame += low (capped at saturation), and clear low for the next window."""
+    high = frame.ravel()
+    counts = low.ravel()
+    for i in range(high.shape[0]):
+        total = high[i] + counts[i]
+        high[i] = total if total < saturation else saturation
+    counts[:] = 0
+
+
+@nb.njit(cache=True, nogil=True)
 def _bin_slices(packed, starts, ends, frames, width, height, p_lo, p_hi, saturation):
     """Count event k into every frame s with starts[s] <= k < ends[s], validating every event.
 
@@ -313,8 +352,8 @@ def _bin_slices(packed, starts, ends, frames, width, height, p_lo, p_hi, saturat
             b1 = min(b0 + _BLOCK, stop)
             if _any_bad(packed, max(b0, 1), b1, width, height, p_lo, p_hi):
                 return _first_bad(packed, max(b0, 1), b1, width, height, p_lo, p_hi)
-            # Overlapping windows go to _bin_overlapping, but a run in
-            # several frames is still counted right here, block by block.
+            # A run in several (small, overlapping) frames is counted into
+            # each while the block is still in L1.
             for s in range(lo, hi):
                 _count_run(packed, b0, b1, frames[s], channel_mask, saturation)
         k = stop
@@ -325,22 +364,34 @@ def _bin_slices(packed, starts, ends, frames, width, height, p_lo, p_hi, saturat
 
 
 @nb.njit(cache=True, nogil=True)
-def _bin_overlapping(packed, starts, ends, frames, width, height, p_lo, p_hi, saturation):
-    """_bin_slices for windows that overlap: validate everything, then fill one whole frame at a time.
+def _bin_frame_by_frame(packed, starts, ends, frames, low, width, height, p_lo, p_hi, saturation):
+    """_bin_slices for large frames: fill one whole frame at a time, counting in low bytes first.
 
-    Interleaving the counts of overlapping frames would keep several frames
-    in cache at once (two 1.2 MB frames already overflow a 2 MB L2); reading
-    the events once more per frame is the cheaper side of that trade.
+    Each event is still validated once, block by block, the first time a
+    frame's range reaches it (events in no frame are validated too).
+    Overlapping windows read their shared events again rather than keep
+    several large frames in cache at once. low is a (P, H, W) uint8 scratch.
     """
     n = packed.shape[0] // 2
+    channel_mask = 1 if p_hi > p_lo else 0
     if n > 0 and _event_is_bad(packed[1], width, height, p_lo, p_hi):
         return 0
-    if _any_bad(packed, 1, n, width, height, p_lo, p_hi):
-        return _first_bad(packed, 1, n, width, height, p_lo, p_hi)
-    channel_mask = 1 if p_hi > p_lo else 0
+    checked = 1
+    low.ravel()[:] = 0
     for s in range(starts.shape[0]):
-        frames[s].ravel()[:] = 0
-        _count_run(packed, starts[s], ends[s], frames[s], channel_mask, saturation)
+        frame = frames[s]
+        frame.ravel()[:] = 0
+        for b0 in range(starts[s], ends[s], _BLOCK):
+            b1 = min(b0 + _BLOCK, ends[s])
+            if b1 > checked:
+                a = max(b0, checked)
+                if _any_bad(packed, a, b1, width, height, p_lo, p_hi):
+                    return _first_bad(packed, a, b1, width, height, p_lo, p_hi)
+                checked = b1
+            _count_run_low(packed, b0, b1, low, frame, channel_mask, saturation)
+        _carry_low(frame, low, saturation)
+    if n > checked and _any_bad(packed, checked, n, width, height, p_lo, p_hi):
+        return _first_bad(packed, checked, n, width, height, p_lo, p_hi)
     return -1
 
 
@@ -559,16 +610,22 @@ def to_frame(events, sensor_size, time_window=None, event_count=None, n_time_bin
     p_lo, p_hi = (0, 1) if p_required < 0 else (p_required, p_required)
     starts = np.asarray(starts, np.int64)
     ends = np.asarray(ends, np.int64)
-    kernel = _bin_slices
+    saturation = _saturation(frame_dtype)
+    frame_bytes = frames[0].nbytes if len(frames) else 0
+    interleave = frame_bytes <= _LOW_COUNTER_BYTES
     # Slices overlap only when overlap > 0, in every mode. Counting a block
     # into all its frames at once pays while those frames fit in cache
     # together; beyond that, filling one frame at a time is faster.
-    if overlap > 0 and len(starts) > 1:
+    if interleave and overlap > 0 and len(starts) > 1:
         depth = int(np.max(np.searchsorted(starts, ends, "left") - np.arange(len(starts))))
-        if depth * frames[0].nbytes > _INTERLEAVED_BYTES:
-            kernel = _bin_overlapping
-    bad_index = kernel(packed, starts, ends, frames, sensor.width, sensor.height, p_lo, p_hi,
-                       _saturation(frame_dtype))
+        interleave = depth * frame_bytes <= _INTERLEAVED_BYTES
+    if interleave:
+        bad_index = _bin_slices(packed, starts, ends, frames, sensor.width, sensor.height, p_lo, p_hi,
+                                saturation)
+    else:
+        low = np.empty(frames.shape[1:], np.uint8)
+        bad_index = _bin_frame_by_frame(packed, starts, ends, frames, low, sensor.width, sensor.height,
+                                        p_lo, p_hi, saturation)
     if bad_index >= 0:
         raise_event_error(events, bad_index, sensor, p_required)
     return frames

@@ -210,6 +210,31 @@ def test_counts_saturate_instead_of_wrapping():
     assert to_frame(events, (5, 5, 2), n_time_bins=1, dtype=np.float32)[0, 1, 2, 3] == n - 1
 
 
+@pytest.mark.parametrize("dtype, expected", [(np.int16, 32767), (np.int32, 40000), (np.float32, 40000)])
+def test_counts_saturate_on_a_large_sensor_too(dtype, expected):
+    # 640x480 frames are counted in bytes first, with carries: the totals must come out the same.
+    n = 40000
+    events = make_events(np.r_[np.full(n, 3), np.full(1000, 5)], np.r_[np.full(n, 2), np.full(1000, 7)],
+                         np.arange(n + 1000), np.ones(n + 1000, int))
+    events = events[np.argsort(events["t"], kind="stable")]
+    frames = to_frame(events, (640, 480, 2), n_time_bins=1, dtype=dtype)
+    # n_time_bins drops the last event, one of the 1000 at (5, 7).
+    assert frames[0, 1, 2, 3] == expected and frames[0, 1, 7, 5] == 999
+    assert frames.sum() == expected + 999
+
+
+@pytest.mark.parametrize("sensor_size", [(64, 48, 2), (640, 480, 2)])
+@pytest.mark.parametrize("kwargs", [dict(time_window=20), dict(time_window=20, overlap=15), dict(event_count=3)])
+def test_bad_events_inside_and_outside_frames_on_small_and_large_sensors(sensor_size, kwargs):
+    t = [0, 10, 20, 30, 40, 50, 60, 70, 80, 90]
+    for index, field, value in ((3, "t", 5), (6, "x", 64000 % 32768), (9, "y", -2), (8, "p", 2)):
+        events = make_events([1] * 10, [1] * 10, t, [0] * 10)
+        events[field][index] = value if field != "x" else sensor_size[0]
+        with pytest.raises(EventValidationError) as info:
+            to_frame(events, sensor_size, **kwargs)
+        assert info.value.index == index and info.value.field == field, (kwargs, field)
+
+
 def test_polarity_outside_0_1_is_an_error_naming_event_and_field():
     events = make_events([1, 2, 3], [0, 0, 0], [0, 1, 2], [1, -1, 0])
     # tonic counts p = -1 in the last channel without a word.

@@ -202,3 +202,14 @@ def test_header_cut_mid_line_is_an_error(tmp_path):
     path = _with_header(tmp_path, "cut.raw", b"% evt 3.0\n% plugin_name hal_plu", b"")
     with pytest.raises(StreamsnnError, match="cut.raw"):
         read_events(path)
+
+
+@pytest.mark.parametrize("plugin,size", [("hal_plugin_gen3_fx3", (640, 480)), ("hal_plugin_gen31_evk2", (640, 480)),
+                                         ("hal_plugin_gen41_evk3", (1280, 720)), ("hal_plugin_imx636_evk4", (1280, 720)),
+                                         ("hal_plugin_genx320_evk", (320, 320))])
+def test_sensor_size_from_plugin_name(tmp_path, plugin, size):
+    path = _with_header(tmp_path, "p.raw", f"% evt 3.0\n% plugin_name {plugin}\n".encode(),
+                        np.array([0x8001, 0x0003, 0x2002], dtype="<u2").tobytes())
+    with open_recording(path) as rec:
+        assert tuple(rec.sensor_size[:2]) == size and rec.sensor_size_source == "plugin"
+        assert rec.read().size == 1

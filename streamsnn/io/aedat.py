@@ -73,7 +73,11 @@ class _FlatBuffer:
         return table
 
     def field_position(self, table: int, index: int) -> int | None:
+        if not 0 <= table <= len(self.data) - 4:
+            self._fail("table outside the buffer", table)
         vtable = table - struct.unpack_from("<i", self.data, table)[0]
+        if not 0 <= vtable <= len(self.data) - 4:
+            self._fail("vtable outside the buffer", table)
         vtable_size = struct.unpack_from("<H", self.data, vtable)[0]
         slot = 4 + 2 * index
         if slot + 2 > vtable_size or vtable + slot + 2 > len(self.data):

@@ -340,3 +340,12 @@ def test_store_with_other_filters_is_read_by_h5py(recordings, tmp_path):
     with StoreRecording(tmp_path / "g.h5") as rec:
         assert not rec._fast_path_ok()
         np.testing.assert_array_equal(rec.read(), events)
+
+
+def test_aedat2_timestamp_wrap(tmp_path):
+    header = b"#!AER-DAT2.0\r\n# AEChip: ch.unizh.ini.jaer.chip.retina.DVS128\r\n"
+    stamps = [2**32 - 20, 2**32 - 1, 5, 30]
+    records = np.array(list(zip([0, 2, 4, 6], stamps)), dtype=[("a", ">u4"), ("t", ">u4")])
+    (tmp_path / "wrap.aedat").write_bytes(header + records.tobytes())
+    events = read_events(tmp_path / "wrap.aedat")
+    np.testing.assert_array_equal(events["t"], [2**32 - 20, 2**32 - 1, 2**32 + 5, 2**32 + 30])

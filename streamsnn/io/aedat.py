@@ -262,7 +262,9 @@ def _parse_stream_info(info: str, path, offset: int) -> dict[int, dict[str, str]
 # AEDAT 2.0 (jAER)
 # ---------------------------------------------------------------------------
 
-AEDAT2_RECORD = np.dtype([("address", ">u4"), ("t", ">i4")])
+# Timestamps read as unsigned: jAER's int32 counter runs on past 2**31 (negative in Java), and a
+# step back by more than 2**31 is its 2**32 wrap.
+AEDAT2_RECORD = np.dtype([("address", ">u4"), ("t", ">u4")])
 DVS128 = SensorSize(128, 128)
 _SPECIAL_EVENT_BIT = 0x8000
 
@@ -313,7 +315,7 @@ class Aedat2Recording(Recording):
                 records = np.frombuffer(raw, dtype=AEDAT2_RECORD)
                 address = records["address"]
                 t = records["t"].astype(np.int64)
-                # jAER's 32-bit timestamps wrap after about 71 minutes (as unsigned).
+                # jAER's 32-bit timestamps wrap after about 71 minutes.
                 if last_t is not None:
                     t += wraps << 32
                 steps = np.diff(t, prepend=t[0] if last_t is None else last_t)

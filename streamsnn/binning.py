@@ -642,11 +642,13 @@ _S_LAST_T, _S_CLOCK_T, _S_P_REQUIRED, _S_START, _S_WINDOW, _S_OPEN_INDEX, _S_WID
 
 
 @nb.njit(cache=True, nogil=True)
-def _push_chunk(packed, state, open_frame, block, saturation):
+def _push_chunk(packed, state, open_frame, block, low, saturation):
     """Validate a whole chunk, then count it into the open frame and the block of newer frames.
 
     Validation runs to the end before anything is written, so a bad chunk
-    leaves the binner exactly as it was. Returns the first bad index or -1.
+    leaves the binner exactly as it was. With a non-empty low (large frames),
+    counts go to low bytes first, as in _bin_frame_by_frame, and carry into a
+    frame when its window closes. Returns the first bad index or -1.
     """
     n = packed.shape[0] // 2
     if n == 0:
@@ -680,11 +682,17 @@ def _push_chunk(packed, state, open_frame, block, saturation):
     current = 0
     current_end = start + (open_index + 1) * window
     frame = open_frame
+    use_low = low.size > 0
     while i < n:
         j = _bisect_t(packed, i, n, current_end)
-        _count_run(packed, i, j, frame, channel_mask, saturation)
+        if use_low:
+            _count_run_low(packed, i, j, low, frame, channel_mask, saturation)
+        else:
+            _count_run(packed, i, j, frame, channel_mask, saturation)
         if j == n:
             break
+        if use_low:
+            _carry_low(frame, low, saturation)
         # A division only when the window changes, not per event.
         current += (packed[2 * j] - current_end) // window + 1
         current_end = start + (open_index + current + 1) * window
@@ -757,6 +765,9 @@ class StreamingBinner:
         self._saturation = _saturation(self.dtype)
         self._frame_shape = (self.sensor_size.polarities, self.sensor_size.height, self.sensor_size.width)
         self._no_block = np.zeros((0,) + self._frame_shape, self.dtype)
+        large = np.zeros(1, self.dtype).nbytes * int(np.prod(self._frame_shape)) > _LOW_COUNTER_BYTES
+        # The open window's low count bytes (large frames only; see _count_run_low).
+        self._low = np.zeros(self._frame_shape if large else (0, 0, 0), np.uint8)
         self._state = np.zeros(9, np.int64)
         self.reset(start_time)
 
@@ -765,6 +776,7 @@ class StreamingBinner:
         self.start_time = None if start_time is None else int(start_time)
         self._open_index = 0
         self._open = np.zeros(self._frame_shape, self.dtype)
+        self._low[...] = 0
         state = self._state
         state[_S_LAST_T] = _INT64_MIN
         state[_S_CLOCK_T] = _INT64_MIN
@@ -800,7 +812,7 @@ class StreamingBinner:
         last_t = int(packed[2 * (n - 1)])
         n_new = (last_t - start) // self.time_window - self._open_index if last_t >= start else 0
         block = np.zeros((n_new,) + self._frame_shape, self.dtype) if n_new > 0 else self._no_block
-        bad_index = _push_chunk(packed, state, self._open, block, self._saturation)
+        bad_index = _push_chunk(packed, state, self._open, block, self._low, self._saturation)
         if bad_index >= 0:
             last_event_t = int(state[_S_LAST_T])
             clock_t = int(state[_S_CLOCK_T])
@@ -822,6 +834,8 @@ class StreamingBinner:
         n_new = (until_t - self.start_time) // self.time_window - self._open_index
         if n_new <= 0:
             return []
+        if self._low.size:
+            _carry_low(self._open, self._low, self._saturation)
         return self._close(np.zeros((n_new,) + self._frame_shape, self.dtype), n_new)
 
     def _close(self, block: np.ndarray, n_new: int) -> list[Frame]:

@@ -223,6 +223,27 @@ def test_whole_float_window_is_accepted():
     assert StreamingBinner((4, 4, 2), 30000.0).time_window == 30000
 
 
+@pytest.mark.parametrize("dtype", [np.int16, np.int32, np.float32])
+def test_carries_and_saturation_on_a_large_sensor_in_any_chunking(dtype):
+    # Large frames count in bytes and carry every 256th count: hot pixels must still come out exact.
+    rng = np.random.default_rng(7)
+    n = 150_000
+    hot = rng.random(n) < 0.8
+    events = make_events(np.where(hot, 3, rng.integers(0, 640, n)), np.where(hot, 2, rng.integers(0, 480, n)),
+                         np.arange(n) // 3, np.where(hot, 1, rng.integers(0, 2, n)))
+    frames = []
+    binner = StreamingBinner((640, 480, 2), 20_000, start_time=0, dtype=dtype)
+    for chunk in np.split(events, np.sort(rng.integers(0, n, 25))):
+        frames += binner.push(chunk)
+    frames += binner.flush(50_000)
+    window = dict(time_window=20_000, start_time=0, end_time=50_000)
+    expected = to_frame(events, (640, 480, 2), **window, dtype=dtype)
+    exact = to_frame(events, (640, 480, 2), **window, dtype=np.int32)
+    assert np.array_equal(concat_frames(frames, (2, 480, 640), dtype), expected)
+    assert exact.max() > 40_000 and np.array_equal(expected, np.minimum(exact, np.iinfo(np.int16).max)
+                                                   if dtype == np.int16 else exact)
+
+
 @pytest.mark.parametrize("kwargs", [dict(time_window=0), dict(time_window=2.5), dict(time_window=10, dtype="u1")])
 def test_bad_parameters_are_config_errors(kwargs):
     with pytest.raises(ConfigError):

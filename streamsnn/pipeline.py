@@ -341,6 +341,9 @@ class StreamWorker:
         self._window_origin = item.start_us
 
     def _on_chunk(self, chunk: Chunk) -> None:
+        if self.window_decided:          # the rest of a decided sample: not needed, not binned
+            self.events_processed += int(chunk.events.size)
+            return
         events = chunk.events
         for stage in self.stages:
             events = stage.push(events)
@@ -361,6 +364,9 @@ class StreamWorker:
 
     def _on_window_end(self, item: WindowEnd) -> None:
         p = self.pipeline
+        self.event_time_us += max(0, item.end_us - self._window_origin)
+        if self.window_decided:
+            return
         n_total = sample_frame_count(self._window_origin, item.last_us, p.time_window)
         frames = self.binner.flush(self._window_origin + n_total * p.time_window)
         for frame in frames:
@@ -376,7 +382,6 @@ class StreamWorker:
                 t += p.time_window
             if not self.window_decided:   # max_timesteps > frames: cannot happen, kept for safety
                 self._emit_forced(item.available_ns)
-        self.event_time_us += max(0, item.end_us - self._window_origin)
 
     def _on_end(self) -> None:
         if self.sample_mode:

@@ -105,6 +105,9 @@ def run_once(data: Path, checkpoint: Path, speed: float, limit: int | None, epsi
         "recording_s": final["event_time_s"],
         "wall_s": final["wall_s"],
         "real_time_factor": final["event_time_s"] / final["wall_s"],
+        "cpu_s": final.get("cpu_s"),
+        "real_time_factor_per_cpu_s": final["event_time_s"] / final["cpu_s"] if final.get("cpu_s") else None,
+        "load_average_1min": os.getloadavg()[0],
         "decisions_per_s": len(decisions) / final["wall_s"],
         "latency_e2e_p50_ms": float(np.percentile(e2e, 50)),
         "latency_e2e_p99_ms": float(np.percentile(e2e, 99)),
@@ -137,13 +140,15 @@ def main(argv=None) -> int:
                            "processor": platform.processor() or platform.machine(),
                            "python": platform.python_version()},
                "checkpoint": str(args.checkpoint), "data": str(args.data), "runs": []}
+    print(f"load average before: {os.getloadavg()[0]:.2f} on {len(os.sched_getaffinity(0))} cores")
     for speed in (float(s) for s in args.speeds.split(",")):
         limit = args.limit if speed > 0 else None
         result = run_once(args.data, args.checkpoint, speed, limit, args.cutoff_epsilon)
         results["runs"].append(result)
         if speed == 0:
             print(f"speed 0: {result['samples']} samples, {result['recording_s']:.2f} s of recording in "
-                  f"{result['wall_s']:.3f} s -> real-time factor {result['real_time_factor']:.1f}, "
+                  f"{result['wall_s']:.3f} s -> real-time factor {result['real_time_factor']:.1f} "
+                  f"({result['real_time_factor_per_cpu_s']:.1f} per CPU-second of the job), "
                   f"{result['decisions_per_s']:.1f} decisions/s (accuracy {result['accuracy']:.4f}, "
                   f"mean timesteps {result['mean_timesteps']:.2f} of {result['max_timesteps']})")
         else:
@@ -154,6 +159,7 @@ def main(argv=None) -> int:
                   f"pacing drift {result.get('pacing_drift_pct', float('nan')):+.4f} % over "
                   f"{result.get('pacing_ideal_s', float('nan')):.2f} s, hand-over lateness p99 "
                   f"{result.get('pacing_lag_p99_ms', float('nan')):.3f} ms")
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
         print(f"written to {args.json}")

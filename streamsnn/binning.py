@@ -186,11 +186,21 @@ _BLOCK = 2048
 # Overlapping frames are filled together, block by block, while this many
 # bytes of them fit in a core's L2 together with the events; else one by one.
 _INTERLEAVED_BYTES = 1 << 20
-# Frames larger than this are counted in one byte per pixel first (see
-# _count_run_low): half the footprint of int16 keeps the scattered counts in
-# L2. A DVS128 frame (64 KB) does not need it; a 640x480 one (1.2 MB) gains
-# about 1.7x.
+# Frames larger than this are filled one at a time, and dense ones are
+# counted in one byte per pixel first (see _count_run_low): half the
+# footprint of int16 keeps the scattered counts in L2 (1.7x on a 640x480
+# frame of uniformly spread events). It costs two passes over the frame, so
+# a frame must hold at least one event per _LOW_COUNTER_BYTES_PER_EVENT bytes
+# to use it: sparse frames of real scenes count faster in place.
 _LOW_COUNTER_BYTES = 256 * 1024
+_LOW_COUNTER_BYTES_PER_EVENT = 4
+
+
+def _low_counter_min_events(frame_bytes: int) -> int:
+    """Events a window needs before counting it in low bytes pays (never, for small frames)."""
+    if frame_bytes <= _LOW_COUNTER_BYTES:
+        return np.iinfo(np.int64).max
+    return frame_bytes // _LOW_COUNTER_BYTES_PER_EVENT
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
@@ -364,13 +374,16 @@ def _bin_slices(packed, starts, ends, frames, width, height, p_lo, p_hi, saturat
 
 
 @nb.njit(cache=True, nogil=True)
-def _bin_frame_by_frame(packed, starts, ends, frames, low, width, height, p_lo, p_hi, saturation):
-    """_bin_slices for large frames: fill one whole frame at a time, counting in low bytes first.
+def _bin_frame_by_frame(packed, starts, ends, frames, low, width, height, p_lo, p_hi, saturation,
+                        low_min_events):
+    """_bin_slices for large frames: fill one whole frame at a time.
 
     Each event is still validated once, block by block, the first time a
     frame's range reaches it (events in no frame are validated too).
     Overlapping windows read their shared events again rather than keep
-    several large frames in cache at once. low is a (P, H, W) uint8 scratch.
+    several large frames in cache at once. A frame of at least
+    low_min_events events is counted in low bytes first; low is a (P, H, W)
+    uint8 scratch.
     """
     n = packed.shape[0] // 2
     channel_mask = 1 if p_hi > p_lo else 0
@@ -381,6 +394,7 @@ def _bin_frame_by_frame(packed, starts, ends, frames, low, width, height, p_lo, 
     for s in range(starts.shape[0]):
         frame = frames[s]
         frame.ravel()[:] = 0
+        use_low = ends[s] - starts[s] >= low_min_events
         for b0 in range(starts[s], ends[s], _BLOCK):
             b1 = min(b0 + _BLOCK, ends[s])
             if b1 > checked:
@@ -388,8 +402,12 @@ def _bin_frame_by_frame(packed, starts, ends, frames, low, width, height, p_lo, 
                 if _any_bad(packed, a, b1, width, height, p_lo, p_hi):
                     return _first_bad(packed, a, b1, width, height, p_lo, p_hi)
                 checked = b1
-            _count_run_low(packed, b0, b1, low, frame, channel_mask, saturation)
-        _carry_low(frame, low, saturation)
+            if use_low:
+                _count_run_low(packed, b0, b1, low, frame, channel_mask, saturation)
+            else:
+                _count_run(packed, b0, b1, frame, channel_mask, saturation)
+        if use_low:
+            _carry_low(frame, low, saturation)
     if n > checked and _any_bad(packed, checked, n, width, height, p_lo, p_hi):
         return _first_bad(packed, checked, n, width, height, p_lo, p_hi)
     return -1
@@ -625,7 +643,7 @@ def to_frame(events, sensor_size, time_window=None, event_count=None, n_time_bin
     else:
         low = np.empty(frames.shape[1:], np.uint8)
         bad_index = _bin_frame_by_frame(packed, starts, ends, frames, low, sensor.width, sensor.height,
-                                        p_lo, p_hi, saturation)
+                                        p_lo, p_hi, saturation, _low_counter_min_events(frame_bytes))
     if bad_index >= 0:
         raise_event_error(events, bad_index, sensor, p_required)
     return frames
@@ -638,7 +656,7 @@ def to_frame(events, sensor_size, time_window=None, event_count=None, n_time_bin
 # The binner's scalar state lives in one int64 array so that a push costs one
 # short Numba dispatch: these are its slots.
 _S_LAST_T, _S_CLOCK_T, _S_P_REQUIRED, _S_START, _S_WINDOW, _S_OPEN_INDEX, _S_WIDTH, _S_HEIGHT, \
-    _S_POLARITIES = range(9)
+    _S_POLARITIES, _S_OPEN_EVENTS, _S_OPEN_USES_LOW, _S_LOW_MIN_EVENTS = range(12)
 
 
 @nb.njit(cache=True, nogil=True)
@@ -646,9 +664,10 @@ def _push_chunk(packed, state, open_frame, block, low, saturation):
     """Validate a whole chunk, then count it into the open frame and the block of newer frames.
 
     Validation runs to the end before anything is written, so a bad chunk
-    leaves the binner exactly as it was. With a non-empty low (large frames),
-    counts go to low bytes first, as in _bin_frame_by_frame, and carry into a
-    frame when its window closes. Returns the first bad index or -1.
+    leaves the binner exactly as it was. A window that follows a dense one
+    (state[_S_LOW_MIN_EVENTS] events or more) is counted in low bytes first,
+    as in _bin_frame_by_frame, which carry into its frame when it closes.
+    Returns the first bad index or -1.
     """
     n = packed.shape[0] // 2
     if n == 0:
@@ -682,22 +701,29 @@ def _push_chunk(packed, state, open_frame, block, low, saturation):
     current = 0
     current_end = start + (open_index + 1) * window
     frame = open_frame
-    use_low = low.size > 0
+    use_low = state[_S_OPEN_USES_LOW] != 0
+    window_events = state[_S_OPEN_EVENTS]
     while i < n:
         j = _bisect_t(packed, i, n, current_end)
         if use_low:
             _count_run_low(packed, i, j, low, frame, channel_mask, saturation)
         else:
             _count_run(packed, i, j, frame, channel_mask, saturation)
+        window_events += j - i
         if j == n:
             break
         if use_low:
             _carry_low(frame, low, saturation)
+        # Windows of one stream are alike: the one that closed picks the next one's counter.
+        use_low = window_events >= state[_S_LOW_MIN_EVENTS] and packed[2 * j] < current_end + window
+        window_events = 0
         # A division only when the window changes, not per event.
         current += (packed[2 * j] - current_end) // window + 1
         current_end = start + (open_index + current + 1) * window
         frame = block[current - 1]
         i = j
+    state[_S_OPEN_EVENTS] = window_events
+    state[_S_OPEN_USES_LOW] = 1 if use_low else 0
     return -1
 
 
@@ -765,10 +791,11 @@ class StreamingBinner:
         self._saturation = _saturation(self.dtype)
         self._frame_shape = (self.sensor_size.polarities, self.sensor_size.height, self.sensor_size.width)
         self._no_block = np.zeros((0,) + self._frame_shape, self.dtype)
-        large = np.zeros(1, self.dtype).nbytes * int(np.prod(self._frame_shape)) > _LOW_COUNTER_BYTES
+        frame_bytes = self.dtype.itemsize * int(np.prod(self._frame_shape))
+        self._low_min_events = _low_counter_min_events(frame_bytes)
         # The open window's low count bytes (large frames only; see _count_run_low).
-        self._low = np.zeros(self._frame_shape if large else (0, 0, 0), np.uint8)
-        self._state = np.zeros(9, np.int64)
+        self._low = np.zeros(self._frame_shape if frame_bytes > _LOW_COUNTER_BYTES else (0, 0, 0), np.uint8)
+        self._state = np.zeros(12, np.int64)
         self.reset(start_time)
 
     def reset(self, start_time=None) -> None:
@@ -785,6 +812,9 @@ class StreamingBinner:
         state[_S_WINDOW] = self.time_window
         state[_S_OPEN_INDEX] = 0
         state[_S_WIDTH], state[_S_HEIGHT], state[_S_POLARITIES] = self.sensor_size
+        state[_S_OPEN_EVENTS] = 0
+        state[_S_OPEN_USES_LOW] = 0
+        state[_S_LOW_MIN_EVENTS] = self._low_min_events
 
     @property
     def open_window(self) -> tuple[int, int] | None:
@@ -834,8 +864,11 @@ class StreamingBinner:
         n_new = (until_t - self.start_time) // self.time_window - self._open_index
         if n_new <= 0:
             return []
-        if self._low.size:
+        if state[_S_OPEN_USES_LOW]:
             _carry_low(self._open, self._low, self._saturation)
+        # The window after a flush starts empty-handed: in-place counting until a dense window shows up.
+        state[_S_OPEN_USES_LOW] = 0
+        state[_S_OPEN_EVENTS] = 0
         return self._close(np.zeros((n_new,) + self._frame_shape, self.dtype), n_new)
 
     def _close(self, block: np.ndarray, n_new: int) -> list[Frame]:

@@ -11,7 +11,7 @@ import tonic
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamsnn import to_frame
+from streamsnn import binning, to_frame
 from streamsnn.errors import ConfigError, EventValidationError
 from streamsnn.events import EVENT_DTYPE, make_events
 from streamsnn.io import read_events
@@ -106,6 +106,16 @@ def test_to_frame_equals_tonic_on_nmnist_samples(nmnist_root):
             expected = tonic_frames(events, (34, 34, 2), **kwargs)
             got = to_frame(events, (34, 34, 2), **kwargs)
             assert got.shape == expected.shape and np.array_equal(got, expected), (path.name, kwargs)
+
+
+@pytest.mark.parametrize("name", ["evt2_gen3_sample.raw", "aedat4_dvxplorer_sample.aedat4", "evt3_gen41_sample.raw"])
+def test_large_frames_counted_in_low_bytes_equal_tonic(real_events, name, monkeypatch):
+    # Real scenes are too sparse to pick low-byte counting by themselves: force it.
+    monkeypatch.setattr(binning, "_LOW_COUNTER_BYTES_PER_EVENT", 10**12)
+    events = real_events[name]
+    for kwargs in parameter_grid(events)[::3]:
+        expected = tonic_frames(events, RECORDINGS[name], **kwargs)
+        assert np.array_equal(to_frame(events, RECORDINGS[name], **kwargs), expected), kwargs
 
 
 @pytest.mark.parametrize("name", ["nmnist_sample.bin", "evt3_gen41_pedestrians.raw", "dat_ncars_car.dat"])
@@ -210,8 +220,11 @@ def test_counts_saturate_instead_of_wrapping():
     assert to_frame(events, (5, 5, 2), n_time_bins=1, dtype=np.float32)[0, 1, 2, 3] == n - 1
 
 
+@pytest.mark.parametrize("low_bytes", [False, True])
 @pytest.mark.parametrize("dtype, expected", [(np.int16, 32767), (np.int32, 40000), (np.float32, 40000)])
-def test_counts_saturate_on_a_large_sensor_too(dtype, expected):
+def test_counts_saturate_on_a_large_sensor_too(dtype, expected, low_bytes, monkeypatch):
+    if low_bytes:  # count every large frame in low bytes, however sparse
+        monkeypatch.setattr(binning, "_LOW_COUNTER_BYTES_PER_EVENT", 10**12)
     # 640x480 frames are counted in bytes first, with carries: the totals must come out the same.
     n = 40000
     events = make_events(np.r_[np.full(n, 3), np.full(1000, 5)], np.r_[np.full(n, 2), np.full(1000, 7)],
@@ -225,7 +238,8 @@ def test_counts_saturate_on_a_large_sensor_too(dtype, expected):
 
 @pytest.mark.parametrize("sensor_size", [(64, 48, 2), (640, 480, 2)])
 @pytest.mark.parametrize("kwargs", [dict(time_window=20), dict(time_window=20, overlap=15), dict(event_count=3)])
-def test_bad_events_inside_and_outside_frames_on_small_and_large_sensors(sensor_size, kwargs):
+def test_bad_events_inside_and_outside_frames_on_small_and_large_sensors(sensor_size, kwargs, monkeypatch):
+    monkeypatch.setattr(binning, "_LOW_COUNTER_BYTES_PER_EVENT", 10**12)
     t = [0, 10, 20, 30, 40, 50, 60, 70, 80, 90]
     for index, field, value in ((3, "t", 5), (6, "x", 64000 % 32768), (9, "y", -2), (8, "p", 2)):
         events = make_events([1] * 10, [1] * 10, t, [0] * 10)

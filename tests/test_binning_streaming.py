@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streamsnn import StreamingBinner, to_frame
+from streamsnn import StreamingBinner, binning, to_frame
 from streamsnn.binning import Frame
 from streamsnn.errors import ConfigError, EventValidationError
 from streamsnn.events import EVENT_DTYPE, make_events
@@ -31,6 +31,14 @@ PROPERTY_SETTINGS = settings(max_examples=100, deadline=None,
 @pytest.fixture(scope="module")
 def real_events(recordings):
     return {name: read_events(recordings / name) for name in RECORDINGS}
+
+
+@pytest.fixture(params=["in place", "low bytes"])
+def large_frame_counting(request, monkeypatch):
+    """Run a test with dense large windows counted in place, and again with every large window in low bytes."""
+    if request.param == "low bytes":
+        monkeypatch.setattr(binning, "_LOW_COUNTER_BYTES_PER_EVENT", 10**12)
+    return request.param
 
 
 def concat_frames(frames, shape, dtype=np.int16):
@@ -63,7 +71,7 @@ def stream_plan(draw, real_events):
 
 @PROPERTY_SETTINGS
 @given(data=st.data())
-def test_any_chunking_equals_to_frame_on_the_whole(real_events, data):
+def test_any_chunking_equals_to_frame_on_the_whole(real_events, data, large_frame_counting):
     name, events, time_window, start_time, cuts, flush_after, rnd = data.draw(stream_plan(real_events))
     sensor_size = RECORDINGS[name]
     binner = StreamingBinner(sensor_size, time_window, start_time=start_time)
@@ -224,8 +232,8 @@ def test_whole_float_window_is_accepted():
 
 
 @pytest.mark.parametrize("dtype", [np.int16, np.int32, np.float32])
-def test_carries_and_saturation_on_a_large_sensor_in_any_chunking(dtype):
-    # Large frames count in bytes and carry every 256th count: hot pixels must still come out exact.
+def test_carries_and_saturation_on_a_large_sensor_in_any_chunking(dtype, large_frame_counting):
+    # Large dense frames count in bytes and carry every 256th count: hot pixels must still come out exact.
     rng = np.random.default_rng(7)
     n = 150_000
     hot = rng.random(n) < 0.8

@@ -626,12 +626,23 @@ class DatRecording(Recording):
         return _expelliarmus_read("dat", self.path) if clean else super().read()
 
 
+def _same_layout(dtype: np.dtype) -> bool:
+    return (dtype.itemsize == EVENT_DTYPE.itemsize and dtype.names is not None
+            and set(dtype.names) == set(EVENT_DTYPE.names)
+            and all(dtype.fields[f][1] == EVENT_DTYPE.fields[f][1]
+                    and dtype.fields[f][0].itemsize == EVENT_DTYPE.fields[f][0].itemsize
+                    and dtype.fields[f][0].kind in "iu" for f in EVENT_DTYPE.names))
+
+
 def _expelliarmus_read(encoding: str, path) -> np.ndarray:
     from expelliarmus import Wizard
 
     arr = Wizard(encoding=encoding, buff_size=1 << 20).read(path)
     if arr is None:
         return empty_events(0)
+    if _same_layout(arr.dtype):
+        # Same bytes as EVENT_DTYPE (p is uint8 there, holding 0 or 1): no copy.
+        return arr.view(EVENT_DTYPE)
     events = np.empty(arr.shape[0], dtype=EVENT_DTYPE)
     events["t"] = arr["t"]
     events["x"] = arr["x"]

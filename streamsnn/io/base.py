@@ -208,4 +208,5 @@ def check_coordinates(events: np.ndarray, sensor_size: SensorSize | None, path, 
                 "the file is corrupt or the sensor size is wrong", offset=offset)
 
 
-assert EVENT_DTYPE.itemsize == 16
+# The Numba decoders write each event as two int64 words over an EVENT_DTYPE buffer.
+assert EVENT_DTYPE.itemsize == 16 and EVENT_DTYPE.fields["x"][1] == 8 and EVENT_DTYPE.fields["p"][1] == 12

@@ -398,9 +398,10 @@ def _bin_frame_by_frame(packed, starts, ends, frames, low, width, height, p_lo, 
         for b0 in range(starts[s], ends[s], _BLOCK):
             b1 = min(b0 + _BLOCK, ends[s])
             if b1 > checked:
-                a = max(b0, checked)
-                if _any_bad(packed, a, b1, width, height, p_lo, p_hi):
-                    return _first_bad(packed, a, b1, width, height, p_lo, p_hi)
+                # From where validation stopped: events in no frame (before
+                # this one, or between two) are checked too.
+                if _any_bad(packed, checked, b1, width, height, p_lo, p_hi):
+                    return _first_bad(packed, checked, b1, width, height, p_lo, p_hi)
                 checked = b1
             if use_low:
                 _count_run_low(packed, b0, b1, low, frame, channel_mask, saturation)

@@ -237,7 +237,10 @@ def test_counts_saturate_on_a_large_sensor_too(dtype, expected, low_bytes, monke
 
 
 @pytest.mark.parametrize("sensor_size", [(64, 48, 2), (640, 480, 2)])
-@pytest.mark.parametrize("kwargs", [dict(time_window=20), dict(time_window=20, overlap=15), dict(event_count=3)])
+@pytest.mark.parametrize("kwargs", [dict(time_window=20), dict(time_window=20, overlap=15), dict(event_count=3),
+                                    # gaps: events before the first window and between windows
+                                    dict(time_window=10, start_time=35), dict(time_window=10, overlap=-15),
+                                    dict(event_count=2, overlap=-2)])
 def test_bad_events_inside_and_outside_frames_on_small_and_large_sensors(sensor_size, kwargs, monkeypatch):
     monkeypatch.setattr(binning, "_LOW_COUNTER_BYTES_PER_EVENT", 10**12)
     t = [0, 10, 20, 30, 40, 50, 60, 70, 80, 90]

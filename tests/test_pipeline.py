@@ -379,11 +379,13 @@ def test_dv_stream_through_the_job_then_dropped(tmp_path, ckpt128, recordings):
         sender.kill()
         reader.close()
     assert job.returncode == 1, err
-    assert "dropped" in err
-    final = [m for m in reader.lines if m.get("final")][-1]
-    assert final["state"] == "error" and "dropped" in final["error"]
-    assert final["events_in"] == 70_304
-    assert final["events_processed"] + final["dropped_events"] == 70_304
+    assert "dropped" in err, err
+    finals = [m for m in reader.lines if m.get("final")]
+    assert finals, (err, reader.lines[-3:])
+    final = finals[-1]
+    assert final["state"] == "error" and "dropped" in final["error"], final
+    assert final["events_in"] == 70_304, final
+    assert final["events_processed"] + final["dropped_events"] == 70_304, final
     decisions = reader.decisions()
     assert decisions and [m["seq"] for m in decisions] == list(range(len(decisions)))
     assert len(read_decision_log(tmp_path / "d.h5")) == len(decisions)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tonic
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streamsnn import binning, to_frame
@@ -365,9 +365,18 @@ def random_case(draw):
     return events, kwargs
 
 
-@settings(max_examples=150, deadline=None)
+@pytest.fixture(params=["as chosen", "frame by frame in low bytes"])
+def kernel_choice(request, monkeypatch):
+    """Run a test with the kernels to_frame picks, and again forcing its large-frame kernel on every frame."""
+    if request.param != "as chosen":
+        monkeypatch.setattr(binning, "_LOW_COUNTER_BYTES", 0)
+        monkeypatch.setattr(binning, "_LOW_COUNTER_BYTES_PER_EVENT", 10**12)
+    return request.param
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=random_case())
-def test_random_streams_and_parameters_equal_tonic(case):
+def test_random_streams_and_parameters_equal_tonic(case, kernel_choice):
     events, kwargs = case
     try:
         expected = tonic_frames(events, (7, 5, 2), **kwargs)

@@ -35,8 +35,9 @@ def real_events(recordings):
 
 @pytest.fixture(params=["in place", "low bytes"])
 def large_frame_counting(request, monkeypatch):
-    """Run a test with dense large windows counted in place, and again with every large window in low bytes."""
+    """Run a test with the counting binner picks, and again with every window after the first in low bytes."""
     if request.param == "low bytes":
+        monkeypatch.setattr(binning, "_LOW_COUNTER_BYTES", 0)
         monkeypatch.setattr(binning, "_LOW_COUNTER_BYTES_PER_EVENT", 10**12)
     return request.param
 

@@ -62,7 +62,10 @@ def run_one(method: str, seed: int, args) -> dict:
     spec = parse_method(method)
     ckpt = args.out / "ckpt" / f"{tag}.pt"
     t0 = time.perf_counter()
-    if set(spec) == {"reg"}:
+    (args.out / "runs").mkdir(parents=True, exist_ok=True)
+    if ckpt.exists() and not args.force:  # trained before, evaluation missing
+        meta = load_checkpoint(ckpt)[1]
+    elif set(spec) == {"reg"}:
         # exactly `streamsnn train --data DIR --model nmnist --reg R [--seed S] --out CKPT`
         argv = ["train", "--data", str(args.data), "--model", "nmnist", "--reg", spec["reg"], "--seed", str(seed),
                 "--timesteps", str(args.timesteps), "--out", str(ckpt), "--no-progress"]

@@ -183,3 +183,18 @@ def test_checkpoint_errors_name_the_file(tmp_path):
         load_checkpoint(wrong)
     with pytest.raises(CheckpointError, match="plain"):
         save_checkpoint(tmp_path / "bad.pt", build_model("nmnist"), {"x": object()})
+
+
+def test_bundled_checkpoint():
+    from streamsnn.snn.checkpoint import bundled_checkpoint
+
+    path = bundled_checkpoint()
+    assert path.stat().st_size < 2_000_000
+    model, meta = load_checkpoint(path)
+    assert meta["model"] == "nmnist" and meta["input_size"] == [2, 34, 34] and meta["num_classes"] == 10
+    assert meta["class_names"] == [str(i) for i in range(10)] and meta["sensor_size"] == [34, 34, 2]
+    assert meta["binning"]["time_window"] == 30000.0 and meta["timesteps"] == 10 and meta["reg"] == "str"
+    assert meta["cutoff"]["policy"] == "confidence" and 0 < meta["cutoff"]["epsilon"] < 1
+    assert meta["command"].startswith("streamsnn train --data ") and "--reg str" in meta["command"]
+    with pytest.raises(CheckpointError):
+        bundled_checkpoint("nope")

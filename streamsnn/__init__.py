@@ -22,6 +22,9 @@ _EXPORTS = {
     "Recording": "streamsnn.io",
     "to_frame": "streamsnn.binning",
     "StreamingBinner": "streamsnn.binning",
+    "Frame": "streamsnn.binning",
+    "recording_info": "streamsnn.io",
+    "convert_to_store": "streamsnn.io",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -93,3 +93,35 @@ def test_replayed_test_folder_equals_streamsnn_eval(tmp_path, nmnist_root):
                      if e["policy"] == "confidence" and e["epsilon"] == epsilon)
         assert entry["accuracy"] == pytest.approx(float((online_labels == labels).mean()))
         assert entry["mean_timesteps"] == pytest.approx(float(online_steps.mean()))
+
+
+BUNDLED = __import__("pathlib").Path(__file__).resolve().parents[1] / "streamsnn" / "checkpoints" / "nmnist_str.pt"
+
+
+@pytest.mark.timeout(200)
+@pytest.mark.skipif(not BUNDLED.is_file(), reason="the bundled checkpoint is not in this checkout")
+def test_bundled_checkpoint_online_equals_eval_at_its_own_cutoff(tmp_path, nmnist_root):
+    """The bundled checkpoint (trained by `streamsnn train` with the README recipe) at its stored cutoff:
+    the job's decisions equal eval's, sample for sample, and so do accuracy and mean timesteps."""
+    from streamsnn.cutoff import max_softmax, policy_from_meta
+    from streamsnn.snn.checkpoint import load_checkpoint
+    from streamsnn.training.evaluate import evaluate_checkpoint
+
+    _, meta = load_checkpoint(BUNDLED)
+    report, logits, labels = evaluate_checkpoint(BUNDLED, nmnist_root, "Test", cache=tmp_path / "cache",
+                                                 device="cpu", progress=False)
+    policy = policy_from_meta(meta["cutoff"])
+    offline_labels, offline_steps, _ = policy.decide(logits)
+    confidence = max_softmax(np.cumsum(np.asarray(logits, dtype=np.float64), axis=0))
+    assert np.abs(confidence - (1 - meta["cutoff"]["epsilon"])).min() > 1e-5   # no knife-edge sample
+    log = tmp_path / "decisions.h5"
+    run = subprocess.run([PY, "-m", "streamsnn.cli", "run", "--source", str(nmnist_root / "Test"), "--checkpoint",
+                          str(BUNDLED), "--publish", "tcp://127.0.0.1:0", "--speed", "0", "--log", str(log)],
+                         capture_output=True, text=True, timeout=150)
+    assert run.returncode == 0, run.stderr
+    rows = read_decision_log(log)
+    assert np.array_equal([r["timesteps"] for r in rows], offline_steps)
+    assert np.array_equal([r["label"] for r in rows], offline_labels)
+    online_accuracy = float(np.mean([r["label"] == r["target"] for r in rows]))
+    assert online_accuracy == pytest.approx(report["checkpoint_cutoff"]["accuracy"])
+    assert float(np.mean([r["timesteps"] for r in rows])) == pytest.approx(report["checkpoint_cutoff"]["mean_timesteps"])

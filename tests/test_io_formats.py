@@ -209,8 +209,12 @@ def test_store_is_appendable_and_compressed(tmp_path, recordings):
     with h5py.File(tmp_path / "a.h5", "r") as f:
         for field in "txyp":
             ds = f["events"][field]
-            assert ds.ndim == 1 and ds.chunks is not None and ds.compression == "lzf" and ds.maxshape == (None,)
+            # HDF5's built-in scale-offset filter, lossless for integers (scaleoffset=0)
+            assert ds.ndim == 1 and ds.chunks is not None and ds.scaleoffset == 0 and ds.maxshape == (None,)
         assert tuple(f.attrs["sensor_size"]) == (1280, 720, 2) and f.attrs["source_format"] == "evt3"
+        assert f.attrs["format_version"] == 2
+    # compressed: well under the 13 bytes an event of the uncompressed fields
+    assert (tmp_path / "a.h5").stat().st_size < 7 * events.size
     np.testing.assert_array_equal(read_events(tmp_path / "a.h5"), events)
     with pytest.raises(EventFormatError, match="exists"):
         EventStoreWriter(tmp_path / "a.h5")
@@ -316,7 +320,7 @@ def test_store_fast_decoder_equals_h5py(recordings, tmp_path):
     events = read_events(recordings / "evt2_gen3_sparklers.raw")
     write_store(tmp_path / "f.h5", events, (640, 480))
     with StoreRecording(tmp_path / "f.h5") as rec:
-        assert rec._fast_path_ok()
+        assert rec._fast_path_ok() and rec._kind == "scaleoffset"
         fast = rec.read()
         rec._fast = False  # h5py's own filters
         slow = rec.read()
@@ -324,6 +328,72 @@ def test_store_fast_decoder_equals_h5py(recordings, tmp_path):
             np.testing.assert_array_equal(rec.read_range(start, stop), events[start:stop])
     np.testing.assert_array_equal(fast, events)
     np.testing.assert_array_equal(slow, events)
+
+
+def _tricky_events():
+    """Chunks scale-offset packs every way: a few bits, a constant, 57..63 bits, full
+    precision, values equal to the fill value (0), and a partial last chunk."""
+    rng = np.random.default_rng(7)
+    n = 7 * INDEX_STRIDE + 1234
+    events = np.zeros(n, dtype=EVENT_DTYPE)
+    events["t"] = np.cumsum(rng.integers(0, 5, n))
+    events["x"] = rng.integers(0, 1280, n)
+    events["y"] = rng.integers(0, 720, n)
+    events["p"] = rng.integers(0, 2, n)
+    c = [slice(k * INDEX_STRIDE, (k + 1) * INDEX_STRIDE) for k in range(8)]
+    events["t"][c[1]] = 5                                     # t constant
+    events["x"][c[1]], events["y"][c[1]], events["p"][c[1]] = 0, 0, 0   # all fill value
+    events["t"][c[2]] = rng.integers(0, 2**58, INDEX_STRIDE)  # 58 bits
+    events["t"][c[3]] = rng.integers(-2**62, 2**62, INDEX_STRIDE)  # 63 bits
+    events["t"][c[4]] = rng.integers(-2**63, 2**63 - 1, INDEX_STRIDE, dtype=np.int64)  # full precision
+    events["t"][c[5]] = -(2**40) + np.arange(INDEX_STRIDE)    # negative
+    events["x"][c[5]] = 1279                                  # constant, not the fill value
+    events["p"][c[6]] = 1
+    events["t"][c[7]] = np.arange(1234)[::-1]                 # partial chunk, stepping back
+    return events
+
+
+@pytest.mark.parametrize("mapped", [True, False])
+def test_store_scaleoffset_decoder_equals_h5py_on_every_kind_of_chunk(tmp_path, mapped):
+    events = _tricky_events()
+    write_store(tmp_path / "k.h5", events, (1280, 720))
+    with StoreRecording(tmp_path / "k.h5") as rec:
+        assert rec.format_version == 2 and rec._fast_path_ok() and rec._kind == "scaleoffset"
+        if not mapped:
+            rec._src = False  # the read_direct_chunk path (as for a file a writer has open)
+        fast = rec.read()
+        parts = [rec.read_range(a, b) for a, b in ((0, 70_000), (70_000, 300_000), (300_000, len(events)))]
+        rec._fast = False  # h5py's own filters
+        slow = rec.read()
+    np.testing.assert_array_equal(slow, events)
+    np.testing.assert_array_equal(fast, events)
+    np.testing.assert_array_equal(np.concatenate(parts), events)
+
+
+def test_store_version_1_lzf_layout_still_reads(recordings, tmp_path):
+    import h5py
+
+    events = read_events(recordings / "evt2_gen3_sparklers.raw")
+    with EventStoreWriter(tmp_path / "v1.h5", (640, 480), compression="lzf") as writer:
+        writer.append(events)
+    with h5py.File(tmp_path / "v1.h5", "r") as f:
+        assert f.attrs["format_version"] == 1 and f["events/t"].compression == "lzf" and f["events/t"].shuffle
+    with StoreRecording(tmp_path / "v1.h5") as rec:
+        assert rec.format_version == 1 and rec._fast_path_ok() and rec._kind == "lzf"
+        np.testing.assert_array_equal(rec.read(), events)
+        np.testing.assert_array_equal(rec.read_range(65_530, 65_540), events[65_530:65_540])
+        rec._src = False
+        np.testing.assert_array_equal(rec.read_range(100_000, 400_001), events[100_000:400_001])
+
+
+def test_store_rejects_unknown_versions(tmp_path):
+    import h5py
+
+    write_store(tmp_path / "v.h5", make_events([1], [1], [10], [1]))
+    with h5py.File(tmp_path / "v.h5", "r+") as f:
+        f.attrs["format_version"] = 3
+    with pytest.raises(EventFormatError, match="version 3"):
+        read_events(tmp_path / "v.h5")
 
 
 def test_store_with_other_filters_is_read_by_h5py(recordings, tmp_path):

@@ -1,15 +1,27 @@
 """The project's HDF5 event store.
 
-Layout (format version 1):
+Layout (format version 2):
 
     /events/t  int64   µs        one 1-D dataset per field, all the same length,
     /events/x  int16             chunked (CHUNK_EVENTS per chunk), compressed
-    /events/y  int16             with shuffle + LZF (built into h5py, fast to
-    /events/p  int8              decompress)
+    /events/y  int16             with HDF5's built-in scale-offset filter
+    /events/p  int8              (h5py ``scaleoffset=0``: lossless for integers)
     /index/t_min, /index/t_max   int64, one entry per block of INDEX_STRIDE
                                  events: the smallest and largest timestamp in it
-    root attributes: streamsnn_format = "events", format_version = 1,
+    root attributes: streamsnn_format = "events", format_version = 2,
         sensor_size = (w, h, p) or absent, source_format, source_name
+
+Scale-offset stores each chunk as its minimum plus every value's offset from
+it in the fewest bits that hold the chunk's range: t in ~14..22 bits (a
+chunk of 65,536 events spans milliseconds to a second), x ~11, y ~10, p 1,
+about 5 bytes an event, near the size of the RAW file. Decoding is bit
+unpacking, which the reader does itself in parallel (Numba, from the raw
+chunks), several times faster than LZF; any HDF5 reader (plain h5py
+included) decodes the same files with the library's own filter.
+
+Format version 1 (shuffle + LZF, 13 bytes an event before compression) is
+still read, with its own parallel LZF decoder; ``compression="lzf"`` still
+writes it.
 
 A time-window read looks only at the index (a few kB for a billion events)
 to find the blocks that can hold the window, and reads just those; min/max
@@ -23,6 +35,7 @@ as the event count.
 """
 from __future__ import annotations
 
+import mmap
 import os
 import time
 from pathlib import Path
@@ -35,7 +48,9 @@ from ..events import EVENT_DTYPE, SensorSize, as_events, empty_events
 from .base import Recording
 
 STORE_FORMAT = "events"
-STORE_VERSION = 1
+STORE_VERSION = 2
+# Versions this reader knows: 1 = shuffle + LZF, 2 = scale-offset (same datasets).
+READABLE_VERSIONS = (1, 2)
 CHUNK_EVENTS = 1 << 16
 INDEX_STRIDE = CHUNK_EVENTS
 FIELDS = ("t", "x", "y", "p")
@@ -62,8 +77,13 @@ class EventStoreWriter:
     """
 
     def __init__(self, path, sensor_size=None, *, source_format: str | None = None,
-                 source_name: str | None = None, overwrite: bool = False, compression: str = "lzf"):
+                 source_name: str | None = None, overwrite: bool = False,
+                 compression: str = "scaleoffset"):
+        """``compression``: "scaleoffset" (format version 2, the default: fast to read) or
+        "lzf" / "gzip" (version 1's shuffle + LZF layout, or gzip in its place)."""
         h5py = _h5py()
+        if compression not in ("scaleoffset", "lzf", "gzip"):
+            raise ValueError(f"compression must be 'scaleoffset', 'lzf' or 'gzip', not {compression!r}")
         self.path = Path(path)
         if self.path.exists() and not overwrite:
             raise EventFormatError(self.path, "already exists (pass overwrite=True / --force to replace it)")
@@ -74,15 +94,20 @@ class EventStoreWriter:
         try:
             f = self._file
             f.attrs["streamsnn_format"] = STORE_FORMAT
-            f.attrs["format_version"] = STORE_VERSION
+            f.attrs["format_version"] = STORE_VERSION if compression == "scaleoffset" else 1
             if self.sensor_size is not None:
                 f.attrs["sensor_size"] = np.array(self.sensor_size, dtype=np.int64)
             f.attrs["source_format"] = source_format or ""
             f.attrs["source_name"] = source_name or ""
             events = f.create_group("events")
+            if compression == "scaleoffset":
+                # lossless for integers: per chunk, the minimum + each value's offset in the fewest bits
+                filters = {"scaleoffset": 0}
+            else:
+                filters = {"compression": compression, "shuffle": True}
             for name in FIELDS:
                 events.create_dataset(name, shape=(0,), maxshape=(None,), dtype=EVENT_DTYPE[name],
-                                      chunks=(CHUNK_EVENTS,), compression=compression, shuffle=True)
+                                      chunks=(CHUNK_EVENTS,), **filters)
             index = f.create_group("index")
             for name in ("t_min", "t_max"):
                 index.create_dataset(name, shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(4096,))
@@ -179,15 +204,19 @@ class StoreRecording(Recording):
             raise EventFormatError(self.path, "HDF5 file is not a streamsnn event store "
                                               "(no 'streamsnn_format' attribute or /events group)")
         version = int(f.attrs.get("format_version", -1))
-        if version != STORE_VERSION:
+        if version not in READABLE_VERSIONS:
             raise EventFormatError(self.path, f"event store format version {version}; this reader knows "
-                                              f"version {STORE_VERSION}")
+                                              f"versions {', '.join(map(str, READABLE_VERSIONS))}")
+        self.format_version = version
         missing = [name for name in FIELDS if name not in f["events"]]
         if missing:
             raise EventFormatError(self.path, f"event store lacks /events/{missing[0]}")
         self._datasets = [f["events"][name] for name in FIELDS]
         self._length = self._measure()
         self._fast = None
+        self._src = None  # the file memory-mapped (False: not to be)
+        self._mmap = None
+        self._table = None  # every chunk's file offset, size and filter mask, per field
         self.source_format = str(f.attrs.get("source_format", ""))
         self.source_name = str(f.attrs.get("source_name", ""))
         stored = f.attrs.get("sensor_size")
@@ -206,6 +235,7 @@ class StoreRecording(Recording):
         for name in ("t_min", "t_max"):
             self._file["index"][name].refresh()
         self._length = self._measure()
+        self._table = None
 
     def __len__(self) -> int:
         return self._length
@@ -214,6 +244,13 @@ class StoreRecording(Recording):
         return min(ds.shape[0] for ds in self._datasets)
 
     def close(self) -> None:
+        self._src = None
+        if getattr(self, "_mmap", None) is not None:
+            try:
+                self._mmap.close()
+            except BufferError:  # a view of it is still alive somewhere: the collector closes it
+                pass
+            self._mmap = None
         if self._file.id.valid:
             self._file.close()
 
@@ -238,59 +275,143 @@ class StoreRecording(Recording):
         return out
 
     def _fast_path_ok(self) -> bool:
-        # Our decoder handles exactly the layout the writer makes; anything
-        # else (other filters, chunking) goes through h5py's generic path.
+        # Our decoders handle exactly the layouts the writer makes (scale-offset,
+        # or version 1's shuffle + LZF); anything else (other filters, chunking,
+        # byte order) goes through h5py's generic path.
         if self._fast is None:
-            ok = True
-            for name, ds in zip(FIELDS, self._datasets):
-                plist = ds.id.get_create_plist()
-                filters = [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]
-                ok &= (ds.chunks == (CHUNK_EVENTS,) and filters == [_FILTER_SHUFFLE, _FILTER_LZF]
-                       and ds.dtype == EVENT_DTYPE[name])
-            self._fast = ok
+            kinds = [_fast_kind(ds, EVENT_DTYPE[name]) for name, ds in zip(FIELDS, self._datasets)]
+            self._fast = kinds[0] is not None and all(k == kinds[0] for k in kinds)
+            self._kind = kinds[0]
+            if self._kind == "scaleoffset":
+                # HDF5 maps the dataset's fill value (when one is set) to the all-ones code
+                params = [_scaleoffset_params(ds) for ds in self._datasets]
+                self._fill_defined = np.array([p[7] for p in params], dtype=np.int64)
+                self._fill_value = np.array([_scaleoffset_fill(p, ds.dtype) for p, ds in
+                                             zip(params, self._datasets)], dtype=np.int64)
         return self._fast
 
     def _read_range_fast(self, start: int, stop: int):
-        """Read the raw compressed chunks and decode them in parallel with our own LZF decoder.
+        """Decode the raw compressed chunks in parallel with our own decoders.
 
         h5py decodes one chunk at a time, holding its global lock, then the
-        fields must be interleaved into records: together three times slower
-        than reading the RAW file. Here each chunk is decompressed, unshuffled
-        and interleaved in one pass, on all cores.
+        fields must be interleaved into records: several times slower than
+        reading the RAW file. Here each chunk is unpacked (scale-offset) or
+        decompressed and unshuffled (LZF) and interleaved in one pass, on all
+        cores, straight from the file mapped into memory where it can be (a
+        file no writer has open), else from h5py's ``read_direct_chunk``.
         """
         first, last = start // CHUNK_EVENTS, (stop - 1) // CHUNK_EVENTS
         n = len(self)
         out = np.empty(min(n, (last + 1) * CHUNK_EVENTS) - first * CHUNK_EVENTS, dtype=EVENT_DTYPE)
-        for batch in range(first, last + 1, _FAST_BATCH_CHUNKS):
-            chunks = range(batch, min(last + 1, batch + _FAST_BATCH_CHUNKS))
-            raw, offsets, masks = [], np.zeros(4 * len(chunks) + 1, dtype=np.int64), np.zeros(4 * len(chunks), np.int64)
-            try:
-                k = 0
-                for c in chunks:
-                    for ds in self._datasets:
-                        mask, data = ds.id.read_direct_chunk((c * CHUNK_EVENTS,))
-                        raw.append(data)
-                        masks[k] = mask
-                        offsets[k + 1] = offsets[k] + len(data)
-                        k += 1
-            except _H5_ERRORS:
-                return None  # e.g. a chunk never written by a killed writer: let h5py say what is wrong
-            comp = np.frombuffer(b"".join(raw), dtype=np.uint8)
-            rows = np.array([min(CHUNK_EVENTS, n - c * CHUNK_EVENTS) for c in chunks], dtype=np.int64)
-            width, height = (self.sensor_size.width, self.sensor_size.height) if self.sensor_size else (-1, -1)
-            row0 = (batch - first) * CHUNK_EVENTS
-            errors = np.zeros(len(chunks), dtype=np.int64)
-            _decode_chunks(comp, offsets, masks, rows, out.view(np.int64).reshape(-1, 2)[row0:],
-                           CHUNK_EVENTS, width, height, errors)
-            bad = np.flatnonzero(errors)
-            if bad.size:
-                c = chunks[int(bad[0])]
-                what = {1: "does not decompress", 2: "holds a polarity other than 0 or 1",
-                        3: "holds coordinates outside the sensor"}[int(errors[bad[0]])]
-                raise EventFormatError(self.path, f"corrupt event store: chunk {c} (events "
-                                                  f"{c * CHUNK_EVENTS}..) {what}")
+        records = out.view(np.int64).reshape(-1, 2)
+        src = self._mapped()
+        table = None if src is None else self._chunk_table(first, last)
+        if table is not None:
+            self._decode(src, *table, range(first, last + 1), n, records)
+        else:
+            for batch in range(first, last + 1, _FAST_BATCH_CHUNKS):
+                chunks = range(batch, min(last + 1, batch + _FAST_BATCH_CHUNKS))
+                raw, offsets = [], np.zeros(4 * len(chunks) + 1, dtype=np.int64)
+                masks = np.zeros(4 * len(chunks), np.int64)
+                try:
+                    k = 0
+                    for c in chunks:
+                        for ds in self._datasets:
+                            mask, data = ds.id.read_direct_chunk((c * CHUNK_EVENTS,))
+                            raw.append(data)
+                            masks[k] = mask
+                            offsets[k + 1] = offsets[k] + len(data)
+                            k += 1
+                except _H5_ERRORS:
+                    return None  # e.g. a chunk never written by a killed writer: let h5py say what is wrong
+                comp = np.frombuffer(b"".join(raw), dtype=np.uint8)
+                self._decode(comp, offsets[:-1], offsets[1:], masks, chunks, n,
+                             records[(batch - first) * CHUNK_EVENTS:])
         base = first * CHUNK_EVENTS
         return out[start - base: stop - base]
+
+    def _decode(self, src, begins, ends, masks, chunks, n, records) -> None:
+        rows = np.array([min(CHUNK_EVENTS, n - c * CHUNK_EVENTS) for c in chunks], dtype=np.int64)
+        width, height = (self.sensor_size.width, self.sensor_size.height) if self.sensor_size else (-1, -1)
+        errors = np.zeros(len(chunks), dtype=np.int64)
+        if self._kind == "scaleoffset":
+            _decode_scaleoffset_chunks(src, begins, ends, masks, rows, records, CHUNK_EVENTS, width, height,
+                                       self._fill_defined, self._fill_value, errors)
+        else:
+            _decode_chunks(src, begins, ends, masks, rows, records, CHUNK_EVENTS, width, height, errors)
+        bad = np.flatnonzero(errors)
+        if bad.size:
+            c = chunks[int(bad[0])]
+            what = {1: "does not decompress", 2: "holds a polarity other than 0 or 1",
+                    3: "holds coordinates outside the sensor"}[int(errors[bad[0]])]
+            raise EventFormatError(self.path, f"corrupt event store: chunk {c} (events "
+                                              f"{c * CHUNK_EVENTS}..) {what}")
+
+    def _mapped(self):
+        """The whole file as a read-only byte array (memory-mapped), or None where that is not safe.
+
+        Not while a writer may have the file open (SWMR): it can move a chunk
+        it rewrites. Not for files HDF5 reads through another driver or with
+        a user block (chunk addresses would not be file offsets).
+        """
+        if self._src is None:
+            f = self._file
+            if f.swmr_mode or f.driver != "sec2" or f.userblock_size != 0:
+                self._src = False
+            else:
+                try:
+                    with open(self.path, "rb") as fh:
+                        self._mmap = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+                    self._src = np.frombuffer(self._mmap, dtype=np.uint8)
+                except (OSError, ValueError):
+                    self._src = False
+        return None if self._src is False else self._src
+
+    def _chunk_table(self, first: int, last: int):
+        """File offsets (begins, ends) and filter masks of chunks first..last of each field,
+        field by field within a chunk; None if a chunk is missing or lies outside the file."""
+        count = last - first + 1
+        if self._table is None and count > _FAST_BATCH_CHUNKS:
+            self._table = self._whole_chunk_table()
+        begins, sizes = np.zeros(4 * count, np.int64), np.zeros(4 * count, np.int64)
+        masks = np.zeros(4 * count, np.int64)
+        try:
+            if self._table is not None:
+                addr, size, mask = self._table
+                if addr.shape[1] <= last:
+                    return None
+                begins[:] = addr[:, first:last + 1].T.ravel()
+                sizes[:] = size[:, first:last + 1].T.ravel()
+                masks[:] = mask[:, first:last + 1].T.ravel()
+            else:
+                k = 0
+                for c in range(first, last + 1):
+                    for ds in self._datasets:
+                        info = ds.id.get_chunk_info_by_coord((c * CHUNK_EVENTS,))
+                        if info.byte_offset is None:
+                            return None
+                        begins[k], sizes[k], masks[k] = info.byte_offset, info.size, info.filter_mask
+                        k += 1
+        except _H5_ERRORS:
+            return None
+        if np.any(begins < 0) or np.any(begins + sizes > self._src.shape[0]):
+            return None
+        return begins, begins + sizes, masks
+
+    def _whole_chunk_table(self):
+        chunks = (len(self) + CHUNK_EVENTS - 1) // CHUNK_EVENTS
+        addr = np.full((4, chunks), -1, np.int64)
+        size, mask = np.zeros((4, chunks), np.int64), np.zeros((4, chunks), np.int64)
+        try:
+            for f, ds in enumerate(self._datasets):
+                def note(info, f=f):
+                    c = info.chunk_offset[0] // CHUNK_EVENTS
+                    if c < chunks:
+                        addr[f, c], size[f, c], mask[f, c] = info.byte_offset, info.size, info.filter_mask
+                ds.id.chunk_iter(note)
+        except (AttributeError, *_H5_ERRORS):  # an HDF5 without H5Dchunk_iter: chunk by chunk
+            return None
+        return addr, size, mask
 
     def _check(self, events: np.ndarray, start: int) -> None:
         # A damaged chunk can decompress to the wrong values; never pass on
@@ -335,7 +456,47 @@ class StoreRecording(Recording):
 
 
 _FILTER_SHUFFLE = 2
+_FILTER_SCALEOFFSET = 6
 _FILTER_LZF = 32000
+# Scale-offset's filter parameters (H5Zscaleoffset.c): scale type, scale factor, then the
+# "local" ones HDF5 sets per dataset: elements per chunk, class, size, sign, byte order,
+# fill value defined, fill value (from index 8, 4 bytes per entry, least significant first).
+_SO_INT, _SO_CLASS_INTEGER, _SO_ORDER_LE = 2, 0, 0
+# Bytes in front of every scale-offset chunk: minbits (4, little-endian), the size of
+# minval (1), minval (8, little-endian, sign-extended), 8 unused.
+_SO_HEADER = 21
+
+
+def _filters(ds):
+    plist = ds.id.get_create_plist()
+    return [plist.get_filter(i) for i in range(plist.get_nfilters())]
+
+
+def _scaleoffset_params(ds):
+    return _filters(ds)[0][2]
+
+
+def _scaleoffset_fill(params, dtype) -> int:
+    size = dtype.itemsize
+    raw = b"".join(int(v).to_bytes(4, "little") for v in params[8:8 + (size + 3) // 4])[:size]
+    return int.from_bytes(raw, "little", signed=True)
+
+
+def _fast_kind(ds, dtype):
+    """ "scaleoffset" or "lzf" when our decoders read this dataset's chunks exactly, else None."""
+    if ds.chunks != (CHUNK_EVENTS,) or ds.dtype != dtype or ds.dtype.byteorder not in ("<", "=", "|"):
+        return None
+    filters = _filters(ds)
+    ids = [f[0] for f in filters]
+    if ids == [_FILTER_SHUFFLE, _FILTER_LZF]:
+        return "lzf"
+    if ids == [_FILTER_SCALEOFFSET]:
+        cd = filters[0][2]
+        if (len(cd) >= 8 + (dtype.itemsize + 3) // 4 and cd[0] == _SO_INT and cd[1] == 0
+                and cd[2] == CHUNK_EVENTS and cd[3] == _SO_CLASS_INTEGER and cd[4] == dtype.itemsize
+                and cd[5] == 1 and cd[6] == _SO_ORDER_LE and cd[7] in (0, 1)):
+            return "scaleoffset"
+    return None
 # Chunks whose compressed bytes are gathered per decoding call (64 MiB of events).
 _FAST_BATCH_CHUNKS = 64
 _FIELD_BYTES = (8, 2, 2, 1)  # t, x, y, p
@@ -385,7 +546,7 @@ def _lzf_decompress(src, begin, end, dst):
 
 
 @njit(cache=True, parallel=True)
-def _decode_chunks(comp, offsets, masks, rows, out, chunk_events, width, height, errors):
+def _decode_chunks(comp, begins, ends, masks, rows, out, chunk_events, width, height, errors):
     n_chunks = rows.shape[0]
     for c in prange(n_chunks):
         planes = np.empty(13 * chunk_events, dtype=np.uint8)  # t, x, y, p byte planes, one after another
@@ -395,11 +556,11 @@ def _decode_chunks(comp, offsets, masks, rows, out, chunk_events, width, height,
             size = _FIELD_BYTES[f] * chunk_events
             target = planes[plane_start:plane_start + size]
             if masks[k] & 2:  # LZF skipped (the chunk did not compress): stored shuffled only
-                if offsets[k + 1] - offsets[k] != size:
+                if ends[k] - begins[k] != size:
                     errors[c] = 1
                     break
-                target[:] = comp[offsets[k]:offsets[k + 1]]
-            elif _lzf_decompress(comp, offsets[k], offsets[k + 1], target) != size:
+                target[:] = comp[begins[k]:ends[k]]
+            elif _lzf_decompress(comp, begins[k], ends[k], target) != size:
                 errors[c] = 1
                 break
             plane_start += size
@@ -430,6 +591,156 @@ def _decode_chunks(comp, offsets, masks, rows, out, chunk_events, width, height,
             bad_p |= p > 1
             bad_xy |= (x >= x_limit) | (y >= y_limit)
             out[base + i, 0] = t[i]
+            out[base + i, 1] = x | (y << 16) | (p << 32)
+        if bad_p:
+            errors[c] = 2
+        elif bad_xy:
+            errors[c] = 3
+
+
+@njit(cache=True, inline="always")
+def _be64(src, b):
+    """The 8 bytes src[b:b+8] as a big-endian integer."""
+    # unsigned indices: no negative-index wraparound, so LLVM makes this one load (+ byte swap)
+    u = np.uint64(b)
+    return ((np.int64(src[u]) << 56) | (np.int64(src[u + np.uint64(1)]) << 48)
+            | (np.int64(src[u + np.uint64(2)]) << 40) | (np.int64(src[u + np.uint64(3)]) << 32)
+            | (np.int64(src[u + np.uint64(4)]) << 24) | (np.int64(src[u + np.uint64(5)]) << 16)
+            | (np.int64(src[u + np.uint64(6)]) << 8) | np.int64(src[u + np.uint64(7)]))
+
+
+@njit(cache=True, inline="always")
+def _bits(src, at, nbits):
+    """nbits (1..56) bits of the big-endian bit stream in src from bit ``at``; reads src[at//8 : at//8+8]."""
+    # an arithmetic shift is fine: the bits kept never reach the sign bits it brings in
+    return (_be64(src, at >> 3) >> (64 - (at & 7) - nbits)) & ((np.int64(1) << nbits) - 1)
+
+
+@njit(cache=True)
+def _bits_within(src, at, nbits, end):
+    """As _bits, for any nbits up to 64, reading no byte at or past ``end`` (taken as zero)."""
+    value = np.int64(0)
+    for k in range(nbits):
+        bit = at + k
+        byte = bit >> 3
+        b = np.int64(src[byte]) if byte < end else np.int64(0)
+        value = (value << 1) | ((b >> (7 - (bit & 7))) & 1)
+    return value
+
+
+@njit(cache=True)
+def _scaleoffset_header(src, begin, end, mask, size, chunk_events):
+    """(mode, minbits, minval, first data byte) of one scale-offset chunk. mode 0: packed
+    codes, 1: values as they are (full precision, or the filter skipped), 2: all equal to
+    minval, -1: not what HDF5's scale-offset filter writes."""
+    nbytes = end - begin
+    if mask & 1:  # the filter was skipped for this chunk: values stored as they are
+        return (1 if nbytes == chunk_events * size else -1), 8 * size, np.int64(0), begin
+    if nbytes < _SO_HEADER or src[begin + 4] != 8:
+        return -1, 0, np.int64(0), begin
+    minbits = (np.int64(src[begin]) | (np.int64(src[begin + 1]) << 8) | (np.int64(src[begin + 2]) << 16)
+               | (np.int64(src[begin + 3]) << 24))
+    minval = np.int64(0)
+    for k in range(8):
+        minval |= np.int64(src[begin + 5 + k]) << (8 * k)
+    start = begin + _SO_HEADER
+    if minbits > 8 * size:
+        return -1, minbits, minval, start
+    if minbits == 8 * size:
+        return (1 if nbytes - _SO_HEADER >= chunk_events * size else -1), minbits, minval, start
+    if minbits == 0:
+        return 2, minbits, minval, start
+    return (0 if nbytes - _SO_HEADER >= (chunk_events * minbits + 7) >> 3 else -1), minbits, minval, start
+
+
+@njit(cache=True)
+def _scaleoffset_value(src, i, mode, minbits, minval, start, end, size, fill_defined, fill_value):
+    """Value i of a chunk whose header _scaleoffset_header read (any mode but -1), bounds-checked."""
+    if mode == 2:
+        return minval
+    if mode == 1:
+        v = np.int64(0)
+        for k in range(size):
+            v |= np.int64(src[start + i * size + k]) << (8 * k)
+        if size < 8 and (v >> (8 * size - 1)) & 1:  # sign-extend
+            v -= np.int64(1) << (8 * size)
+        return v
+    code = _bits_within(src, 8 * start + i * minbits, minbits, end)
+    if fill_defined and code == (np.int64(1) << minbits) - 1:
+        return fill_value
+    return code + minval
+
+
+@njit(cache=True, parallel=True)
+def _decode_scaleoffset_chunks(src, begins, ends, masks, rows, out, chunk_events, width, height,
+                               fill_defined, fill_value, errors):
+    """Unpack chunk c's four fields (src[begins[4c + f]:ends[4c + f]]) into records out[c * chunk_events:]."""
+    # x and y are int16: 32768 and above are negative, hence outside any sensor
+    x_limit = width if width >= 0 else 32768
+    y_limit = height if height >= 0 else 32768
+    for c in prange(rows.shape[0]):
+        n = rows[c]
+        base = c * chunk_events
+        mode = np.zeros(4, np.int64)
+        bits = np.zeros(4, np.int64)
+        low = np.zeros(4, np.int64)
+        ones = np.zeros(4, np.int64)
+        at = np.zeros(4, np.int64)
+        fast_n = n
+        for f in range(4):
+            k = 4 * c + f
+            m, minbits, minval, start = _scaleoffset_header(src, begins[k], ends[k], masks[k], _FIELD_BYTES[f],
+                                                            chunk_events)
+            mode[f], bits[f], low[f], at[f] = m, minbits, minval, 8 * start
+            if m == -1:
+                errors[c] = 1
+            elif m != 0 or minbits > 56:
+                fast_n = 0
+            else:
+                ones[f] = (np.int64(1) << minbits) - 1
+                # events whose 8-byte reads stay inside the chunk
+                fast_n = min(fast_n, max(0, (8 * (ends[k] - 8) - 8 * start) // minbits + 1))
+        if errors[c]:
+            continue
+        bad_p = False
+        bad_xy = False
+        # the common case: every field packed in at most 56 bits, one pass over the events
+        t_bits, x_bits, y_bits, p_bits = bits[0], bits[1], bits[2], bits[3]
+        t_min, x_min, y_min, p_min = low[0], low[1], low[2], low[3]
+        t_ones, x_ones, y_ones, p_ones = ones[0], ones[1], ones[2], ones[3]
+        t_fill = fill_value[0] if fill_defined[0] else np.int64(-1)
+        x_fill = fill_value[1] if fill_defined[1] else np.int64(-1)
+        y_fill = fill_value[2] if fill_defined[2] else np.int64(-1)
+        p_fill = fill_value[3] if fill_defined[3] else np.int64(-1)
+        t_has, x_has, y_has, p_has = fill_defined[0] != 0, fill_defined[1] != 0, fill_defined[2] != 0, fill_defined[3] != 0
+        t_at, x_at, y_at, p_at = at[0], at[1], at[2], at[3]
+        for i in range(fast_n):
+            t = _bits(src, t_at + i * t_bits, t_bits)
+            x = _bits(src, x_at + i * x_bits, x_bits)
+            y = _bits(src, y_at + i * y_bits, y_bits)
+            p = _bits(src, p_at + i * p_bits, p_bits)
+            t = t_fill if (t_has and t == t_ones) else t + t_min
+            x = (x_fill if (x_has and x == x_ones) else x + x_min) & 0xFFFF
+            y = (y_fill if (y_has and y == y_ones) else y + y_min) & 0xFFFF
+            p = (p_fill if (p_has and p == p_ones) else p + p_min) & 0xFF
+            bad_p |= p > 1
+            bad_xy |= (x >= x_limit) | (y >= y_limit)
+            out[base + i, 0] = t
+            out[base + i, 1] = x | (y << 16) | (p << 32)
+        # the rest (the last few events of the chunk, or a chunk in another mode): bounds-checked
+        for i in range(fast_n, n):
+            k = 4 * c
+            t = _scaleoffset_value(src, i, mode[0], bits[0], low[0], at[0] // 8, ends[k], 8,
+                                   fill_defined[0], fill_value[0])
+            x = _scaleoffset_value(src, i, mode[1], bits[1], low[1], at[1] // 8, ends[k + 1], 2,
+                                   fill_defined[1], fill_value[1]) & 0xFFFF
+            y = _scaleoffset_value(src, i, mode[2], bits[2], low[2], at[2] // 8, ends[k + 2], 2,
+                                   fill_defined[2], fill_value[2]) & 0xFFFF
+            p = _scaleoffset_value(src, i, mode[3], bits[3], low[3], at[3] // 8, ends[k + 3], 1,
+                                   fill_defined[3], fill_value[3]) & 0xFF
+            bad_p |= p > 1
+            bad_xy |= (x >= x_limit) | (y >= y_limit)
+            out[base + i, 0] = t
             out[base + i, 1] = x | (y << 16) | (p << 32)
         if bad_p:
             errors[c] = 2

@@ -353,8 +353,11 @@ def _tricky_events():
     return events
 
 
-@pytest.mark.parametrize("mapped", [True, False])
-def test_store_scaleoffset_decoder_equals_h5py_on_every_kind_of_chunk(tmp_path, mapped):
+@pytest.mark.parametrize("mapped,parallel", [(True, False), (False, False), (True, True)])
+def test_store_scaleoffset_decoder_equals_h5py_on_every_kind_of_chunk(tmp_path, monkeypatch, mapped, parallel):
+    from streamsnn.io import store
+
+    monkeypatch.setattr(store, "_PARALLEL_MIN_CHUNKS", 1 if parallel else 10**9)
     events = _tricky_events()
     write_store(tmp_path / "k.h5", events, (1280, 720))
     with StoreRecording(tmp_path / "k.h5") as rec:
@@ -368,6 +371,29 @@ def test_store_scaleoffset_decoder_equals_h5py_on_every_kind_of_chunk(tmp_path, 
     np.testing.assert_array_equal(slow, events)
     np.testing.assert_array_equal(fast, events)
     np.testing.assert_array_equal(np.concatenate(parts), events)
+
+
+@pytest.mark.parametrize("mapped", [True, False])
+def test_store_damaged_scaleoffset_chunk_is_reported(tmp_path, mapped):
+    import h5py
+
+    events = _tricky_events()[:100_000]
+    path = tmp_path / "d.h5"
+    write_store(path, events, (1280, 720))
+    with h5py.File(path, "r") as f:
+        t_chunk = f["events/t"].id.get_chunk_info_by_coord((65_536,))
+        x_chunk = f["events/x"].id.get_chunk_info_by_coord((0,))
+    data = bytearray(path.read_bytes())
+    data[t_chunk.byte_offset] = 200  # minbits beyond 64
+    data[x_chunk.byte_offset + 21] |= 0xF0  # x codes far past the sensor's width
+    path.write_bytes(bytes(data))
+    with StoreRecording(path) as rec:
+        if not mapped:
+            rec._src = False
+        with pytest.raises(EventFormatError, match="chunk 1 .* does not decompress"):
+            rec.read_range(70_000, 70_010)
+        with pytest.raises(EventFormatError, match="chunk 0 .* outside the sensor"):
+            rec.read_range(0, 10)
 
 
 def test_store_version_1_lzf_layout_still_reads(recordings, tmp_path):

@@ -200,26 +200,28 @@ class StoreRecording(Recording):
 
     def _open(self, sensor_size):
         f = self._file
-        if f.attrs.get("streamsnn_format") != STORE_FORMAT or "events" not in f:
+        attrs = dict(f.attrs)  # all at once: h5py looks each one up anew
+        if attrs.get("streamsnn_format") != STORE_FORMAT or "events" not in f:
             raise EventFormatError(self.path, "HDF5 file is not a streamsnn event store "
                                               "(no 'streamsnn_format' attribute or /events group)")
-        version = int(f.attrs.get("format_version", -1))
+        version = int(attrs.get("format_version", -1))
         if version not in READABLE_VERSIONS:
             raise EventFormatError(self.path, f"event store format version {version}; this reader knows "
                                               f"versions {', '.join(map(str, READABLE_VERSIONS))}")
         self.format_version = version
-        missing = [name for name in FIELDS if name not in f["events"]]
+        events = f["events"]
+        missing = [name for name in FIELDS if name not in events]
         if missing:
             raise EventFormatError(self.path, f"event store lacks /events/{missing[0]}")
-        self._datasets = [f["events"][name] for name in FIELDS]
+        self._datasets = [events[name] for name in FIELDS]
         self._length = self._measure()
         self._fast = None
         self._src = None  # the file memory-mapped (False: not to be)
         self._mmap = None
         self._table = None  # every chunk's file offset, size and filter mask, per field
-        self.source_format = str(f.attrs.get("source_format", ""))
-        self.source_name = str(f.attrs.get("source_name", ""))
-        stored = f.attrs.get("sensor_size")
+        self.source_format = str(attrs.get("source_format", ""))
+        self.source_name = str(attrs.get("source_name", ""))
+        stored = attrs.get("sensor_size")
         if stored is not None:
             try:
                 self.sensor_size, self.sensor_size_source = SensorSize.coerce(stored), "header"
@@ -279,14 +281,17 @@ class StoreRecording(Recording):
         # or version 1's shuffle + LZF); anything else (other filters, chunking,
         # byte order) goes through h5py's generic path.
         if self._fast is None:
-            kinds = [_fast_kind(ds, EVENT_DTYPE[name]) for name, ds in zip(FIELDS, self._datasets)]
+            kinds, params = [], []
+            for name, ds in zip(FIELDS, self._datasets):
+                kind, cd = _fast_kind(ds, EVENT_DTYPE[name])
+                kinds.append(kind)
+                params.append(cd)
             self._fast = kinds[0] is not None and all(k == kinds[0] for k in kinds)
             self._kind = kinds[0]
-            if self._kind == "scaleoffset":
-                # HDF5 maps the dataset's fill value (when one is set) to the all-ones code
-                params = [_scaleoffset_params(ds) for ds in self._datasets]
-                self._fill_defined = np.array([p[7] for p in params], dtype=np.int64)
-                self._fill_value = np.array([_scaleoffset_fill(p, ds.dtype) for p, ds in
+            if self._fast and self._kind == "scaleoffset":
+                # HDF5 stores the dataset's fill value (when one is set) as the all-ones code
+                self._fill_defined = np.array([cd[7] for cd in params], dtype=np.int64)
+                self._fill_value = np.array([_scaleoffset_fill(cd, ds.dtype) for cd, ds in
                                              zip(params, self._datasets)], dtype=np.int64)
         return self._fast
 
@@ -371,7 +376,9 @@ class StoreRecording(Recording):
         """File offsets (begins, ends) and filter masks of chunks first..last of each field,
         field by field within a chunk; None if a chunk is missing or lies outside the file."""
         count = last - first + 1
-        if self._table is None and count > _FAST_BATCH_CHUNKS:
+        if self._table is None and 4 * count >= (len(self) + CHUNK_EVENTS - 1) // CHUNK_EVENTS:
+            # a good part of the file: list every chunk at once (a few µs each; one by one
+            # costs several times that, but only for the chunks asked for)
             self._table = self._whole_chunk_table()
         begins, sizes = np.zeros(4 * count, np.int64), np.zeros(4 * count, np.int64)
         masks = np.zeros(4 * count, np.int64)
@@ -465,15 +472,7 @@ _SO_INT, _SO_CLASS_INTEGER, _SO_ORDER_LE = 2, 0, 0
 # Bytes in front of every scale-offset chunk: minbits (4, little-endian), the size of
 # minval (1), minval (8, little-endian, sign-extended), 8 unused.
 _SO_HEADER = 21
-
-
-def _filters(ds):
-    plist = ds.id.get_create_plist()
-    return [plist.get_filter(i) for i in range(plist.get_nfilters())]
-
-
-def _scaleoffset_params(ds):
-    return _filters(ds)[0][2]
+_H5D_CHUNKED = 2
 
 
 def _scaleoffset_fill(params, dtype) -> int:
@@ -483,22 +482,30 @@ def _scaleoffset_fill(params, dtype) -> int:
 
 
 def _fast_kind(ds, dtype):
-    """ "scaleoffset" or "lzf" when our decoders read this dataset's chunks exactly, else None."""
-    if ds.chunks != (CHUNK_EVENTS,) or ds.dtype != dtype or ds.dtype.byteorder not in ("<", "=", "|"):
-        return None
-    filters = _filters(ds)
+    """("scaleoffset" or "lzf", filter parameters) when our decoders read this dataset's
+    chunks exactly, else (None, None)."""
+    plist = ds.id.get_create_plist()
+    if (ds.dtype != dtype or ds.dtype.byteorder not in ("<", "=", "|") or plist.get_layout() != _H5D_CHUNKED
+            or plist.get_chunk() != (CHUNK_EVENTS,)):
+        return None, None
+    filters = [plist.get_filter(i) for i in range(plist.get_nfilters())]
     ids = [f[0] for f in filters]
     if ids == [_FILTER_SHUFFLE, _FILTER_LZF]:
-        return "lzf"
+        return "lzf", None
     if ids == [_FILTER_SCALEOFFSET]:
         cd = filters[0][2]
         if (len(cd) >= 8 + (dtype.itemsize + 3) // 4 and cd[0] == _SO_INT and cd[1] == 0
                 and cd[2] == CHUNK_EVENTS and cd[3] == _SO_CLASS_INTEGER and cd[4] == dtype.itemsize
                 and cd[5] == 1 and cd[6] == _SO_ORDER_LE and cd[7] in (0, 1)):
-            return "scaleoffset"
-    return None
-# Chunks whose compressed bytes are gathered per decoding call (64 MiB of events).
+            return "scaleoffset", cd
+    return None, None
+
+
 _FAST_BATCH_CHUNKS = 64
+# Reads of at least this many chunks (4M events, ~15 ms on one core) are decoded on all
+# cores. Waking the threads costs from tens of µs to several ms where the cores are
+# busy with other work: shorter reads are faster on the caller's thread alone.
+_PARALLEL_MIN_CHUNKS = 64
 _FIELD_BYTES = (8, 2, 2, 1)  # t, x, y, p
 
 
@@ -599,21 +606,18 @@ def _decode_chunks(comp, begins, ends, masks, rows, out, chunk_events, width, he
 
 
 @njit(cache=True, inline="always")
-def _be64(src, b):
-    """The 8 bytes src[b:b+8] as a big-endian integer."""
-    # unsigned indices: no negative-index wraparound, so LLVM makes this one load (+ byte swap)
-    u = np.uint64(b)
-    return ((np.int64(src[u]) << 56) | (np.int64(src[u + np.uint64(1)]) << 48)
-            | (np.int64(src[u + np.uint64(2)]) << 40) | (np.int64(src[u + np.uint64(3)]) << 32)
-            | (np.int64(src[u + np.uint64(4)]) << 24) | (np.int64(src[u + np.uint64(5)]) << 16)
-            | (np.int64(src[u + np.uint64(6)]) << 8) | np.int64(src[u + np.uint64(7)]))
-
-
-@njit(cache=True, inline="always")
-def _bits(src, at, nbits):
-    """nbits (1..56) bits of the big-endian bit stream in src from bit ``at``; reads src[at//8 : at//8+8]."""
-    # an arithmetic shift is fine: the bits kept never reach the sign bits it brings in
-    return (_be64(src, at >> 3) >> (64 - (at & 7) - nbits)) & ((np.int64(1) << nbits) - 1)
+def _unpack(src, at, keep):
+    """The ``64 - keep`` bits (1..56) of the big-endian bit stream in src from bit ``at``;
+    reads the 8 bytes src[at // 8:at // 8 + 8]."""
+    # unsigned indices (no negative-index wraparound): LLVM makes this one load + byte swap
+    u = np.uint64(at >> 3)
+    word = ((np.uint64(src[u]) << np.uint64(56)) | (np.uint64(src[u + np.uint64(1)]) << np.uint64(48))
+            | (np.uint64(src[u + np.uint64(2)]) << np.uint64(40))
+            | (np.uint64(src[u + np.uint64(3)]) << np.uint64(32))
+            | (np.uint64(src[u + np.uint64(4)]) << np.uint64(24))
+            | (np.uint64(src[u + np.uint64(5)]) << np.uint64(16))
+            | (np.uint64(src[u + np.uint64(6)]) << np.uint64(8)) | np.uint64(src[u + np.uint64(7)]))
+    return np.int64((word << np.uint64(at & 7)) >> keep)
 
 
 @njit(cache=True)
@@ -671,81 +675,101 @@ def _scaleoffset_value(src, i, mode, minbits, minval, start, end, size, fill_def
     return code + minval
 
 
+@njit(cache=True)
+def _decode_scaleoffset_chunk(c, src, begins, ends, masks, rows, out, chunk_events, x_limit, y_limit,
+                              fill_defined, fill_value):
+    """Unpack chunk c's four fields (src[begins[4c + f]:ends[4c + f]]) into records
+    out[c * chunk_events:]; 0, or the error code (1 bad chunk, 2 bad polarity, 3 bad x/y)."""
+    n = rows[c]
+    base = c * chunk_events
+    mode = np.zeros(4, np.int64)
+    bits = np.zeros(4, np.int64)
+    low = np.zeros(4, np.int64)
+    at = np.zeros(4, np.int64)
+    fast_n = n
+    for f in range(4):
+        k = 4 * c + f
+        m, minbits, minval, start = _scaleoffset_header(src, begins[k], ends[k], masks[k], _FIELD_BYTES[f],
+                                                        chunk_events)
+        mode[f], bits[f], low[f], at[f] = m, minbits, minval, 8 * start
+        if m == -1:
+            return 1
+        if m != 0 or minbits > 56:
+            fast_n = 0
+        else:  # events whose 8-byte reads stay inside the chunk
+            fast_n = min(fast_n, max(0, (8 * (ends[k] - 8) - 8 * start) // minbits + 1))
+    bad_p = False
+    bad_xy = False
+    # The common case: every field packed in at most 56 bits, one pass over the events.
+    # HDF5 stores the fill value (when the dataset has one) as the all-ones code.
+    t_step, x_step, y_step, p_step = bits[0], bits[1], bits[2], bits[3]
+    t_keep, x_keep, y_keep, p_keep = (np.uint64(64 - t_step), np.uint64(64 - x_step), np.uint64(64 - y_step),
+                                      np.uint64(64 - p_step))
+    t_min, x_min, y_min, p_min = low[0], low[1], low[2], low[3]
+    t_ones = (np.int64(1) << t_step) - 1 if fill_defined[0] else np.int64(-1)
+    x_ones = (np.int64(1) << x_step) - 1 if fill_defined[1] else np.int64(-1)
+    y_ones = (np.int64(1) << y_step) - 1 if fill_defined[2] else np.int64(-1)
+    p_ones = (np.int64(1) << p_step) - 1 if fill_defined[3] else np.int64(-1)
+    t_fill, x_fill, y_fill, p_fill = fill_value[0], fill_value[1], fill_value[2], fill_value[3]
+    t_at, x_at, y_at, p_at = at[0], at[1], at[2], at[3]
+    for i in range(fast_n):
+        t = _unpack(src, t_at, t_keep)
+        x = _unpack(src, x_at, x_keep)
+        y = _unpack(src, y_at, y_keep)
+        p = _unpack(src, p_at, p_keep)
+        t_at += t_step
+        x_at += x_step
+        y_at += y_step
+        p_at += p_step
+        t = t_fill if t == t_ones else t + t_min
+        x = (x_fill if x == x_ones else x + x_min) & 0xFFFF
+        y = (y_fill if y == y_ones else y + y_min) & 0xFFFF
+        p = (p_fill if p == p_ones else p + p_min) & 0xFF
+        bad_p |= p > 1
+        bad_xy |= (x >= x_limit) | (y >= y_limit)
+        out[base + i, 0] = t
+        out[base + i, 1] = x | (y << 16) | (p << 32)
+    # the rest (the last few events of the chunk, or a chunk in another mode): bounds-checked
+    k = 4 * c
+    for i in range(fast_n, n):
+        t = _scaleoffset_value(src, i, mode[0], bits[0], low[0], at[0] // 8, ends[k], 8,
+                               fill_defined[0], fill_value[0])
+        x = _scaleoffset_value(src, i, mode[1], bits[1], low[1], at[1] // 8, ends[k + 1], 2,
+                               fill_defined[1], fill_value[1]) & 0xFFFF
+        y = _scaleoffset_value(src, i, mode[2], bits[2], low[2], at[2] // 8, ends[k + 2], 2,
+                               fill_defined[2], fill_value[2]) & 0xFFFF
+        p = _scaleoffset_value(src, i, mode[3], bits[3], low[3], at[3] // 8, ends[k + 3], 1,
+                               fill_defined[3], fill_value[3]) & 0xFF
+        bad_p |= p > 1
+        bad_xy |= (x >= x_limit) | (y >= y_limit)
+        out[base + i, 0] = t
+        out[base + i, 1] = x | (y << 16) | (p << 32)
+    return 2 if bad_p else (3 if bad_xy else 0)
+
+
+@njit(cache=True)
+def _decode_scaleoffset_serial(src, begins, ends, masks, rows, out, chunk_events, x_limit, y_limit,
+                               fill_defined, fill_value, errors):
+    for c in range(rows.shape[0]):
+        errors[c] = _decode_scaleoffset_chunk(c, src, begins, ends, masks, rows, out, chunk_events, x_limit,
+                                              y_limit, fill_defined, fill_value)
+
+
 @njit(cache=True, parallel=True)
+def _decode_scaleoffset_parallel(src, begins, ends, masks, rows, out, chunk_events, x_limit, y_limit,
+                                 fill_defined, fill_value, errors):
+    for c in prange(rows.shape[0]):
+        errors[c] = _decode_scaleoffset_chunk(c, src, begins, ends, masks, rows, out, chunk_events, x_limit,
+                                              y_limit, fill_defined, fill_value)
+
+
 def _decode_scaleoffset_chunks(src, begins, ends, masks, rows, out, chunk_events, width, height,
                                fill_defined, fill_value, errors):
-    """Unpack chunk c's four fields (src[begins[4c + f]:ends[4c + f]]) into records out[c * chunk_events:]."""
     # x and y are int16: 32768 and above are negative, hence outside any sensor
     x_limit = width if width >= 0 else 32768
     y_limit = height if height >= 0 else 32768
-    for c in prange(rows.shape[0]):
-        n = rows[c]
-        base = c * chunk_events
-        mode = np.zeros(4, np.int64)
-        bits = np.zeros(4, np.int64)
-        low = np.zeros(4, np.int64)
-        ones = np.zeros(4, np.int64)
-        at = np.zeros(4, np.int64)
-        fast_n = n
-        for f in range(4):
-            k = 4 * c + f
-            m, minbits, minval, start = _scaleoffset_header(src, begins[k], ends[k], masks[k], _FIELD_BYTES[f],
-                                                            chunk_events)
-            mode[f], bits[f], low[f], at[f] = m, minbits, minval, 8 * start
-            if m == -1:
-                errors[c] = 1
-            elif m != 0 or minbits > 56:
-                fast_n = 0
-            else:
-                ones[f] = (np.int64(1) << minbits) - 1
-                # events whose 8-byte reads stay inside the chunk
-                fast_n = min(fast_n, max(0, (8 * (ends[k] - 8) - 8 * start) // minbits + 1))
-        if errors[c]:
-            continue
-        bad_p = False
-        bad_xy = False
-        # the common case: every field packed in at most 56 bits, one pass over the events
-        t_bits, x_bits, y_bits, p_bits = bits[0], bits[1], bits[2], bits[3]
-        t_min, x_min, y_min, p_min = low[0], low[1], low[2], low[3]
-        t_ones, x_ones, y_ones, p_ones = ones[0], ones[1], ones[2], ones[3]
-        t_fill = fill_value[0] if fill_defined[0] else np.int64(-1)
-        x_fill = fill_value[1] if fill_defined[1] else np.int64(-1)
-        y_fill = fill_value[2] if fill_defined[2] else np.int64(-1)
-        p_fill = fill_value[3] if fill_defined[3] else np.int64(-1)
-        t_has, x_has, y_has, p_has = fill_defined[0] != 0, fill_defined[1] != 0, fill_defined[2] != 0, fill_defined[3] != 0
-        t_at, x_at, y_at, p_at = at[0], at[1], at[2], at[3]
-        for i in range(fast_n):
-            t = _bits(src, t_at + i * t_bits, t_bits)
-            x = _bits(src, x_at + i * x_bits, x_bits)
-            y = _bits(src, y_at + i * y_bits, y_bits)
-            p = _bits(src, p_at + i * p_bits, p_bits)
-            t = t_fill if (t_has and t == t_ones) else t + t_min
-            x = (x_fill if (x_has and x == x_ones) else x + x_min) & 0xFFFF
-            y = (y_fill if (y_has and y == y_ones) else y + y_min) & 0xFFFF
-            p = (p_fill if (p_has and p == p_ones) else p + p_min) & 0xFF
-            bad_p |= p > 1
-            bad_xy |= (x >= x_limit) | (y >= y_limit)
-            out[base + i, 0] = t
-            out[base + i, 1] = x | (y << 16) | (p << 32)
-        # the rest (the last few events of the chunk, or a chunk in another mode): bounds-checked
-        for i in range(fast_n, n):
-            k = 4 * c
-            t = _scaleoffset_value(src, i, mode[0], bits[0], low[0], at[0] // 8, ends[k], 8,
-                                   fill_defined[0], fill_value[0])
-            x = _scaleoffset_value(src, i, mode[1], bits[1], low[1], at[1] // 8, ends[k + 1], 2,
-                                   fill_defined[1], fill_value[1]) & 0xFFFF
-            y = _scaleoffset_value(src, i, mode[2], bits[2], low[2], at[2] // 8, ends[k + 2], 2,
-                                   fill_defined[2], fill_value[2]) & 0xFFFF
-            p = _scaleoffset_value(src, i, mode[3], bits[3], low[3], at[3] // 8, ends[k + 3], 1,
-                                   fill_defined[3], fill_value[3]) & 0xFF
-            bad_p |= p > 1
-            bad_xy |= (x >= x_limit) | (y >= y_limit)
-            out[base + i, 0] = t
-            out[base + i, 1] = x | (y << 16) | (p << 32)
-        if bad_p:
-            errors[c] = 2
-        elif bad_xy:
-            errors[c] = 3
+    kernel = _decode_scaleoffset_parallel if rows.shape[0] >= _PARALLEL_MIN_CHUNKS else _decode_scaleoffset_serial
+    kernel(src, begins, ends, masks, rows, out, chunk_events, x_limit, y_limit, fill_defined, fill_value, errors)
 
 
 def convert_to_store(input, output, sensor_size=None, overwrite=False, *, chunk_events: int = 1 << 22) -> dict:

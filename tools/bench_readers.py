@@ -7,8 +7,8 @@ Every figure is the best of --repeat whole-file reads (events per second,
 file already in the page cache). For RAW EVT 2.0, EVT 3.0 and DAT,
 expelliarmus reads the same file in the same run; for EVT 3.0 its timestamps
 are wrong (see the data README) but its speed is still the reference. "h5"
-rows read the HDF5 event store converted from the file above them, compared
-with reading that file.
+rows read the HDF5 event store (format version 2: scale-offset fields)
+converted from the file above them, compared with streamsnn reading that file.
 """
 from __future__ import annotations
 
@@ -92,7 +92,8 @@ def measure(label: str, path: Path, fmt: str, repeat: int, rows: list, sensor_si
         assert np.array_equal(stored, events), f"{h5} does not round-trip"
         rows.append({"file": "  -> " + h5.name, "format": "hdf5", "events": n, "ours": n / h5_seconds,
                      "ref": None, "note": f"{n / h5_seconds / row['ours']:.2f}x reading the {fmt} file "
-                                          f"({os.path.getsize(h5) / os.path.getsize(path):.2f}x its size)"})
+                                          f"({os.path.getsize(h5) / os.path.getsize(path):.2f}x its size, "
+                                          f"{os.path.getsize(h5) / n:.1f} B/event, scale-offset)"})
 
 
 def main(argv=None) -> int:

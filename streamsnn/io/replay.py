@@ -176,16 +176,10 @@ class FileReplaySource(Source):
         self.passes = 0
 
     def open(self, default_sensor_size=None) -> None:
-        from . import open_recording
-
         if not self.path.is_file():
             raise SourceError(f"{self.path}: no such file")
-        with open_recording(self.path, sensor_size=self._sensor_size_arg) as recording:
-            self.format = recording.format
-            if recording.sensor_size is None and default_sensor_size is not None:
-                self.sensor_size = SensorSize.coerce(default_sensor_size)
-            else:
-                self.sensor_size = recording.require_sensor_size()
+        self.format, self.sensor_size = _format_and_geometry(self.path, self._sensor_size_arg,
+                                                             default_sensor_size)
 
     def items(self, stop: threading.Event, slice_us: float) -> Iterator:
         from . import open_recording
@@ -250,7 +244,6 @@ class FolderSource(Source):
         self.samples_done = 0
 
     def open(self, default_sensor_size=None) -> None:
-        from . import open_recording
         from .folder import SampleFolder
 
         root, split = self.root, self.split
@@ -266,12 +259,8 @@ class FolderSource(Source):
             self.samples = self.samples[: self.limit]
         if not self.samples:
             raise SourceError(f"{self.root}: no samples to replay")
-        with open_recording(self.samples[0].path, sensor_size=self._sensor_size_arg) as recording:
-            self.format = recording.format
-            if recording.sensor_size is None and default_sensor_size is not None:
-                self.sensor_size = SensorSize.coerce(default_sensor_size)
-            else:
-                self.sensor_size = recording.require_sensor_size()
+        self.format, self.sensor_size = _format_and_geometry(self.samples[0].path, self._sensor_size_arg,
+                                                             default_sensor_size)
 
     def items(self, stop: threading.Event, slice_us: float) -> Iterator:
         from . import open_recording
@@ -349,3 +338,13 @@ def _stream_name(path: Path) -> str:
     if name in ("Test", "Train") and path.parent.name:
         name = path.parent.name
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in name) or "stream"
+
+
+def _format_and_geometry(path, sensor_size_arg, default_sensor_size):
+    """The file's format and sensor size; headerless files (ATIS .bin) take the model's geometry."""
+    from . import open_recording
+
+    with open_recording(path, sensor_size=sensor_size_arg) as recording:
+        if recording.sensor_size is None and default_sensor_size is not None:
+            return recording.format, SensorSize.coerce(default_sensor_size)
+        return recording.format, recording.require_sensor_size()

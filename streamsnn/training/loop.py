@@ -25,7 +25,7 @@ class TrainConfig:
     reg: str = "str"
     reg_strength: float | None = None
     str_variant: str = STR_DEFAULT_VARIANT
-    epochs: int = 15
+    epochs: int = 25
     batch_size: int = 32
     lr: float = 5e-3
     weight_decay: float = 0.0

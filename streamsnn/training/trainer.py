@@ -24,7 +24,8 @@ from ..snn.checkpoint import save_checkpoint
 from .loop import TrainConfig, fit, predict, seed_everything
 
 # The README recipe: `streamsnn train --data DIR --model nmnist --reg str --out CKPT.pt`.
-RECIPE = {"epochs": 15, "batch_size": 32, "lr": 5e-3}
+# 25 epochs: at 15 the compact network still underfits (97-98 % on Train, 94 % Test for seed 0).
+RECIPE = {"epochs": 25, "batch_size": 32, "lr": 5e-3}
 # The cutoff stored in the checkpoint: the largest epsilon of the sweep whose accuracy on the training
 # split (no augmentation) is at most 0.5 points below full T -- the accuracy budget of the paper
 # (0.50-0.64 % drop).

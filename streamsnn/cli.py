@@ -174,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="replay N-MNIST through the bundled checkpoint and show decisions")
     p.add_argument("--data", default=None, metavar="DIR", help="N-MNIST root holding Test/ (or STREAMSNN_DATA)")
     p.add_argument("--publish", default="tcp://127.0.0.1:5556", metavar="ENDPOINT")
-    p.add_argument("--speed", type=float, default=0.0)
+    # Real time by default, so a newcomer watches decisions arrive as a camera would give them.
+    p.add_argument("--speed", type=float, default=1.0, help="1 real time (default), 0 as fast as possible")
     p.add_argument("--checkpoint", default=None, metavar="CKPT", help="default: the bundled N-MNIST checkpoint")
     p.add_argument("--limit", type=int, default=None, help="at most this many samples")
     p.set_defaults(handler=_cmd_demo)

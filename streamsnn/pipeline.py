@@ -804,7 +804,7 @@ def demo_main(args) -> int:
     runner = threading.Thread(target=pipeline.run, name="pipeline", daemon=True)
     runner.start()
     tty = sys.stderr.isatty()
-    last_print = 0.0
+    last_print, printed = 0.0, 0
     try:
         while True:
             item = subscriber.recv(timeout_s=0.1)
@@ -813,8 +813,9 @@ def demo_main(args) -> int:
             elif not runner.is_alive():
                 break
             now = time.monotonic()
-            if received and (now - last_print > 0.2 or len(received) == total):
-                last_print = now
+            # At most five lines a second, each only when a new decision came, and always the last one.
+            if len(received) > printed and (now - last_print > 0.2 or len(received) == total):
+                last_print, printed = now, len(received)
                 line = _demo_line(received, total, T)
                 print(("\r" + line) if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
         runner.join()

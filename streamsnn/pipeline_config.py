@@ -199,6 +199,10 @@ def _describe(value) -> str:
 
 
 def _expand(text: str, base: Path | None, where: str) -> str:
+    # A path that starts with an environment variable is the user's, typed in their shell:
+    # relative to the working directory, not to the definition file.
+    if text.startswith("$"):
+        base = Path.cwd()
     expanded = os.path.expanduser(os.path.expandvars(text))
     if "$" in expanded:
         raise ConfigError(f"{where}: {text!r} names an environment variable that is not set")

@@ -537,3 +537,16 @@ wait_subscribers = 1
         job.kill()
         for s in (allowed, intruder, plain):
             s.close()
+
+
+def test_source_path_from_an_environment_variable_is_relative_to_the_working_directory(
+        tmp_path, monkeypatch):
+    (tmp_path / "defs").mkdir()
+    definition = tmp_path / "defs" / "job.toml"
+    definition.write_text('[[source]]\nuri = "${DATA_UNDER_TEST}/Test"\n\n[model]\ncheckpoint = "ck.pt"\n')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DATA_UNDER_TEST", "data/nmnist")
+    config = load_config(definition)
+    assert config.sources[0].uri == str(tmp_path / "data" / "nmnist" / "Test")
+    # Paths written in the file itself stay relative to the file.
+    assert config.checkpoint == str(tmp_path / "defs" / "ck.pt")

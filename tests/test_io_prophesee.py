@@ -213,3 +213,18 @@ def test_sensor_size_from_plugin_name(tmp_path, plugin, size):
     with open_recording(path) as rec:
         assert tuple(rec.sensor_size[:2]) == size and rec.sensor_size_source == "plugin"
         assert rec.read().size == 1
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("t", [2368, 2369, 2431])
+def test_evt2_whose_first_data_byte_is_percent_reads_whole(tmp_path, t):
+    # t >> 6 == 37: the first TIME_HIGH word starts with byte 0x25 ('%'), which expelliarmus takes for
+    # a header line (dropping the events, or hanging); such files go to our own decoder.
+    from streamsnn.events import make_events
+    from streamsnn.io import read_events
+    from streamsnn.io.prophesee import write_raw
+
+    events = make_events([345, 10], [368, 20], [t, t + 5], [0, 1])
+    path = tmp_path / "percent.raw"
+    write_raw(path, events, (640, 480), "evt2")
+    np.testing.assert_array_equal(read_events(path), events)

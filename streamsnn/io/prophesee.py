@@ -504,6 +504,13 @@ class Evt2Recording(_RawRecording):
         data_bytes = self.file_size - self.data_offset
         if self.path.suffix.lower() != ".raw" or data_bytes % 4 or data_bytes == 0:
             return False
+        words = np.memmap(self.path, dtype="<u1", mode="r", offset=self.data_offset, shape=(1,))
+        # expelliarmus takes any line starting with '%' for header, even after '% end': a first
+        # word whose low byte is 0x25 (a TIME_HIGH of t >> 6 = 37) makes it drop events or hang.
+        first_byte_is_percent = int(words[0]) == 0x25
+        del words
+        if first_byte_is_percent:
+            return False
         words = np.memmap(self.path, dtype="<u4", mode="r", offset=self.data_offset)
         _, outside, bad = _evt2_scan(words, self.sensor_size.width, self.sensor_size.height)
         del words

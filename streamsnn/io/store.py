@@ -16,7 +16,7 @@ it in the fewest bits that hold the chunk's range: t in ~14..22 bits (a
 chunk of 65,536 events spans milliseconds to a second), x ~11, y ~10, p 1,
 about 5 bytes an event, near the size of the RAW file. Decoding is bit
 unpacking, which the reader does itself (Numba, straight from the raw chunks
-in the memory-mapped file, on all cores for long reads): several times
+read from the file, on all cores for long reads): several times
 faster than LZF, and faster than decoding the RAW file. Any HDF5 reader
 (plain h5py included) decodes the same files with the library's own filter.
 
@@ -36,7 +36,7 @@ as the event count.
 """
 from __future__ import annotations
 
-import mmap
+import functools
 import os
 import time
 from pathlib import Path
@@ -46,7 +46,7 @@ from numba import njit, prange
 
 from ..errors import EventFormatError, SensorSizeError
 from ..events import EVENT_DTYPE, SensorSize, as_events, empty_events
-from .base import Recording
+from .base import Recording, new_sibling_file, publish_file
 
 STORE_FORMAT = "events"
 STORE_VERSION = 2
@@ -67,6 +67,53 @@ def _h5py():
     import h5py
 
     return h5py
+
+
+# A SWMR reader re-reads metadata whose checksum fails, in case it caught a
+# writer mid-flush, sleeping twice as long before each try; HDF5's default of
+# 100 tries makes a file with one damaged bit hang for longer than anyone waits
+# (in C, deaf to Ctrl-C). A torn read heals within a few tries; 24 tries
+# give up after about 20 ms (28: 0.3 s, 32: 4 s, measured).
+SWMR_METADATA_READ_ATTEMPTS = 24
+
+
+@functools.lru_cache(maxsize=None)
+def _hdf5_library():
+    """The HDF5 library h5py is running on (ctypes), for the calls h5py does not expose."""
+    import ctypes
+    import re
+
+    _h5py()
+    try:
+        with open("/proc/self/maps") as maps:  # the libraries loaded, h5py's own copy of HDF5 among them
+            paths = sorted(set(re.findall(r"(/\S*/libhdf5[-.][^/\s]*)", maps.read())))
+    except OSError:
+        return None
+    for path in paths:
+        if "libhdf5_" in path:  # libhdf5_hl and friends
+            continue
+        library = ctypes.CDLL(path)
+        if hasattr(library, "H5Pset_metadata_read_attempts"):
+            library.H5Pset_metadata_read_attempts.argtypes = [ctypes.c_int64, ctypes.c_uint]
+            library.H5Pset_metadata_read_attempts.restype = ctypes.c_int
+            return library
+    return None
+
+
+def _open_swmr_read(path):
+    """h5py.File(path, "r", libver="latest", swmr=True), with a bounded number of metadata read attempts."""
+    h5py = _h5py()
+    library = _hdf5_library()
+    if library is None:
+        raise OSError("the file is marked open by a writer (SWMR), and the HDF5 library in use does not "
+                      "let this reader bound its retries; run `h5clear -s` on it if no writer is left")
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    fapl.set_fclose_degree(h5py.h5f.CLOSE_STRONG)
+    fapl.set_libver_bounds(h5py.h5f.LIBVER_LATEST, h5py.h5f.LIBVER_LATEST)
+    if library.H5Pset_metadata_read_attempts(fapl.id, SWMR_METADATA_READ_ATTEMPTS) < 0:
+        raise OSError("H5Pset_metadata_read_attempts failed")
+    fid = h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDONLY | h5py.h5f.ACC_SWMR_READ, fapl=fapl)
+    return h5py.File(fid)
 
 
 class EventStoreWriter:
@@ -91,7 +138,8 @@ class EventStoreWriter:
         if self.path.is_dir():
             raise EventFormatError(self.path, "is a folder")
         self.sensor_size = None if sensor_size is None else SensorSize.coerce(sensor_size)
-        self._file = h5py.File(self.path, "w", libver="latest")
+        # "w-" creates the file and fails if one appeared since the check above
+        self._file = h5py.File(self.path, "w" if overwrite else "w-", libver="latest")
         try:
             f = self._file
             f.attrs["streamsnn_format"] = STORE_FORMAT
@@ -183,12 +231,10 @@ class StoreRecording(Recording):
             if "already open for write" not in str(exc):
                 raise EventFormatError(self.path, f"not a readable HDF5 file: {exc}", offset=0) from None
             # A SWMR writer has the file open, or was killed: only a SWMR read
-            # may open it, and it sees everything that writer flushed. Only
-            # here, because HDF5's SWMR read retries a corrupt file's metadata
-            # for minutes instead of failing (a plain open fails at once).
+            # may open it, and it sees everything that writer flushed.
             try:
-                self._file = h5py.File(self.path, "r", libver="latest", swmr=True)
-            except OSError as exc2:
+                self._file = _open_swmr_read(self.path)
+            except _H5_ERRORS as exc2:
                 raise EventFormatError(self.path, f"not a readable HDF5 file: {exc2}", offset=0) from None
         try:
             self._open(sensor_size)
@@ -215,10 +261,10 @@ class StoreRecording(Recording):
         if missing:
             raise EventFormatError(self.path, f"event store lacks /events/{missing[0]}")
         self._datasets = [events[name] for name in FIELDS]
+        self._bytes_at_open = self._file_bytes()
         self._length = self._measure()
         self._fast = None
-        self._src = None  # the file memory-mapped (False: not to be)
-        self._mmap = None
+        self._src = None  # the file opened for our own reads of raw chunks (False: not to be)
         self._table = None  # every chunk's file offset, size and filter mask, per field
         self.source_format = str(attrs.get("source_format", ""))
         self.source_name = str(attrs.get("source_name", ""))
@@ -238,6 +284,7 @@ class StoreRecording(Recording):
         for name in ("t_min", "t_max"):
             self._file["index"][name].refresh()
         self._length = self._measure()
+        self._bytes_at_open = self._file_bytes()
         self._table = None
 
     def __len__(self) -> int:
@@ -247,13 +294,9 @@ class StoreRecording(Recording):
         return min(ds.shape[0] for ds in self._datasets)
 
     def close(self) -> None:
+        if getattr(self, "_src", None):
+            self._src.close()
         self._src = None
-        if getattr(self, "_mmap", None) is not None:
-            try:
-                self._mmap.close()
-            except BufferError:  # a view of it is still alive somewhere: the collector closes it
-                pass
-            self._mmap = None
         if self._file.id.valid:
             self._file.close()
 
@@ -263,10 +306,17 @@ class StoreRecording(Recording):
         start, stop = max(0, start), min(stop, n)
         if stop <= start:
             return empty_events(0)
-        if self._fast_path_ok():
-            events = self._read_range_fast(start, stop)
-            if events is not None:
-                return events
+        try:
+            events = self._read_range_fast(start, stop) if self._fast_path_ok() else None
+            if events is None:
+                events = self._read_range_h5py(start, stop)
+        except EventFormatError:
+            self._raise_if_shrunk()  # the cause, rather than the damage it did
+            raise
+        self._raise_if_shrunk()  # HDF5 reads the bytes past the end of a file as zeros
+        return events
+
+    def _read_range_h5py(self, start: int, stop: int) -> np.ndarray:
         out = np.empty(stop - start, dtype=EVENT_DTYPE)
         try:
             for name, ds in zip(FIELDS, self._datasets):
@@ -276,6 +326,19 @@ class StoreRecording(Recording):
                                               f"{exc}") from None
         self._check(out, start)
         return out
+
+    def _file_bytes(self) -> int:
+        try:
+            return os.fstat(self._file.id.get_vfd_handle()).st_size
+        except (OSError, TypeError, ValueError):  # a driver without a file descriptor
+            return os.path.getsize(self.path)
+
+    def _raise_if_shrunk(self) -> None:
+        """A store only grows (a live writer appends): smaller than when opened, it was cut or replaced."""
+        now = self._file_bytes()
+        if now < self._bytes_at_open:
+            raise EventFormatError(self.path, f"the file shrank from {self._bytes_at_open} to {now} bytes "
+                                              "while being read")
 
     def _fast_path_ok(self) -> bool:
         # Our decoders handle exactly the layouts the writer makes (scale-offset,
@@ -303,17 +366,17 @@ class StoreRecording(Recording):
         fields must be interleaved into records: several times slower than
         reading the RAW file. Here each chunk is unpacked (scale-offset) or
         decompressed and unshuffled (LZF) and interleaved in one pass, on all
-        cores, straight from the file mapped into memory where it can be (a
-        file no writer has open), else from h5py's ``read_direct_chunk``.
+        cores, from the chunks' bytes read straight from the file where that
+        is safe (a file no writer has open), else from h5py's ``read_direct_chunk``.
         """
         first, last = start // CHUNK_EVENTS, (stop - 1) // CHUNK_EVENTS
         n = len(self)
         out = np.empty(min(n, (last + 1) * CHUNK_EVENTS) - first * CHUNK_EVENTS, dtype=EVENT_DTYPE)
         records = out.view(np.int64).reshape(-1, 2)
-        src = self._mapped()
+        src = self._direct()
         table = None if src is None else self._chunk_table(first, last)
         if table is not None:
-            self._decode(src, *table, range(first, last + 1), n, records)
+            self._decode(*self._read_chunks(*table), range(first, last + 1), n, records)
         else:
             for batch in range(first, last + 1, _FAST_BATCH_CHUNKS):
                 chunks = range(batch, min(last + 1, batch + _FAST_BATCH_CHUNKS))
@@ -353,12 +416,14 @@ class StoreRecording(Recording):
             raise EventFormatError(self.path, f"corrupt event store: chunk {c} (events "
                                               f"{c * CHUNK_EVENTS}..) {what}")
 
-    def _mapped(self):
-        """The whole file as a read-only byte array (memory-mapped), or None where that is not safe.
+    def _direct(self):
+        """The file opened for reading raw chunks at their file offsets, or None where that is not safe.
 
         Not while a writer may have the file open (SWMR): it can move a chunk
         it rewrites. Not for files HDF5 reads through another driver or with
-        a user block (chunk addresses would not be file offsets).
+        a user block (chunk addresses would not be file offsets). Read with
+        ``preadv``, never memory-mapped: a mapped file that shrinks under the
+        reader kills the process with SIGBUS, a short read is a clean error.
         """
         if self._src is None:
             f = self._file
@@ -366,12 +431,39 @@ class StoreRecording(Recording):
                 self._src = False
             else:
                 try:
-                    with open(self.path, "rb") as fh:
-                        self._mmap = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-                    self._src = np.frombuffer(self._mmap, dtype=np.uint8)
-                except (OSError, ValueError):
+                    self._src = open(self.path, "rb", buffering=0)
+                except OSError:
                     self._src = False
         return None if self._src is False else self._src
+
+    def _read_chunks(self, begins, ends, masks):
+        """The bytes of the chunks at file offsets begins..ends, as (buffer, begins, ends, masks)
+        with offsets into the buffer. The writer appends chunks in order, so a range of them
+        usually lies together in the file: one read; scattered ones are read one by one."""
+        lo, hi = int(begins.min()), int(ends.max())
+        sizes = ends - begins
+        total = int(sizes.sum())
+        if hi - lo <= 2 * total + _GATHER_SLACK_BYTES:
+            buffer = np.empty(hi - lo, np.uint8)
+            self._read_exactly(buffer, lo)
+            return buffer, begins - lo, ends - lo, masks
+        packed_ends = np.cumsum(sizes)
+        packed_begins = packed_ends - sizes
+        buffer = np.empty(total, np.uint8)
+        for begin, packed, size in zip(begins.tolist(), packed_begins.tolist(), sizes.tolist()):
+            self._read_exactly(buffer[packed:packed + size], begin)
+        return buffer, packed_begins, packed_ends, masks
+
+    def _read_exactly(self, buffer: np.ndarray, offset: int) -> None:
+        view = memoryview(buffer).cast("B")
+        done = 0
+        while done < len(view):  # every pass reads at least one byte or raises
+            got = os.preadv(self._src.fileno(), [view[done:]], offset + done)
+            if got == 0:
+                raise EventFormatError(self.path, f"the file ends at byte {offset + done} while reading a chunk "
+                                                  f"that ends at byte {offset + len(view)}: it shrank or was "
+                                                  "rewritten while being read", offset=offset + done)
+            done += got
 
     def _chunk_table(self, first: int, last: int):
         """File offsets (begins, ends) and filter masks of chunks first..last of each field,
@@ -402,7 +494,7 @@ class StoreRecording(Recording):
                         k += 1
         except _H5_ERRORS:
             return None
-        if np.any(begins < 0) or np.any(begins + sizes > self._src.shape[0]):
+        if np.any(begins < 0) or np.any(begins + sizes > os.fstat(self._src.fileno()).st_size):
             return None
         return begins, begins + sizes, masks
 
@@ -503,6 +595,8 @@ def _fast_kind(ds, dtype):
 
 
 _FAST_BATCH_CHUNKS = 64
+# Chunks to read whose span in the file exceeds twice their bytes plus this are read one by one.
+_GATHER_SLACK_BYTES = 1 << 20
 # Reads of at least this many chunks (4M events, ~15 ms on one core) are decoded on all
 # cores. Waking the threads costs from tens of µs to several ms where the cores are
 # busy with other work: shorter reads are faster on the caller's thread alone.
@@ -779,13 +873,17 @@ def convert_to_store(input, output, sensor_size=None, overwrite=False, *, chunk_
 
     started = time.perf_counter()
     output = Path(output)
-    if output.exists() and not overwrite:
+    if os.path.lexists(output) and not overwrite:
         raise EventFormatError(output, "already exists (use --force to overwrite)")
+    if output.is_dir():
+        raise EventFormatError(output, "is a folder")
+    if not output.parent.is_dir():
+        raise EventFormatError(output, f"cannot be written: {output.parent} is not a folder")
     if Path(input).resolve() == output.resolve():
         raise EventFormatError(output, "input and output are the same file")
-    temporary = output.with_name(output.name + ".partial")
     with open_recording(input, sensor_size=sensor_size) as rec:
         t_first = t_last = None
+        temporary = new_sibling_file(output)  # renamed onto the output only once complete
         try:
             with EventStoreWriter(temporary, rec.sensor_size, source_format=rec.format,
                                   source_name=Path(input).name, overwrite=True) as writer:
@@ -797,9 +895,9 @@ def convert_to_store(input, output, sensor_size=None, overwrite=False, *, chunk_
                     t_last = int(chunk["t"][-1])
                     writer.append(chunk)
                 count = writer.count
-            os.replace(temporary, output)
+            publish_file(temporary, output, overwrite)
         finally:
-            if temporary.exists():
+            if os.path.lexists(temporary):
                 temporary.unlink()
         fmt, size = rec.format, rec.sensor_size
     return {

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..errors import EventFormatError, SensorSizeError
 from ..events import EVENT_DTYPE, SensorSize, empty_events
-from .base import BLOCK_BYTES, Recording, check_coordinates, concat_or_empty, warn_truncated
+from .base import BLOCK_BYTES, Recording, check_coordinates, concat_or_empty, read_exactly, warn_truncated
 
 # ---------------------------------------------------------------------------
 # AEDAT 4.0
@@ -176,10 +176,10 @@ class Aedat4Recording(Recording):
         with open(self.path, "rb") as f:
             f.seek(offset)
             while offset < end:
-                head = f.read(8)
-                if len(head) < 8:
+                if offset + 8 > self.file_size:
                     warn_truncated(self.path, offset, "the file ends inside a packet header")
                     return
+                head = read_exactly(f, 8, self.path, offset)
                 stream_id, size = struct.unpack("<ii", head)
                 if size < 0 or size > MAX_PACKET_BYTES or stream_id not in self.streams:
                     raise EventFormatError(
@@ -192,7 +192,7 @@ class Aedat4Recording(Recording):
                     f.seek(size, 1)
                     offset += 8 + size
                     continue
-                raw = f.read(size)
+                raw = read_exactly(f, size, self.path, offset + 8)
                 try:
                     buffer = self._decompress(raw)
                 except Exception as exc:  # lz4/zstd raise their own types for bad data
@@ -308,10 +308,8 @@ class Aedat2Recording(Recording):
         with open(self.path, "rb") as f:
             f.seek(offset)
             while offset < complete:
-                raw = f.read(min(max(8, self.block_bytes - self.block_bytes % 8), complete - offset))
-                raw = raw[: len(raw) - len(raw) % 8]
-                if not raw:
-                    break
+                raw = read_exactly(f, min(max(8, self.block_bytes - self.block_bytes % 8), complete - offset),
+                                   self.path, offset)
                 records = np.frombuffer(raw, dtype=AEDAT2_RECORD)
                 address = records["address"]
                 t = records["t"].astype(np.int64)

@@ -1,8 +1,8 @@
 """``.npy`` files holding a structured array with fields x, y, t, p (any integer types; tonic's layout works).
 
-Read through a memory map, so chunks never load the whole file. A ``.npy``
-file has no place for the sensor size: it comes from ``sensor_size=`` or is
-None.
+Read block by block, so chunks never load the whole file (and never memory-mapped: a
+mapped file that shrinks kills the reader with SIGBUS). A ``.npy`` file has no place for
+the sensor size: it comes from ``sensor_size=`` or is None.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import EventFormatError, EventValidationError
 from ..events import EVENT_FIELDS, SensorSize, as_events
-from .base import Recording, check_coordinates, warn_truncated
+from .base import Recording, check_coordinates, read_exactly, warn_truncated
 
 # Events per block when iterating: 4M events is 64 MiB of EVENT_DTYPE.
 BLOCK_EVENTS = 1 << 22
@@ -54,24 +54,23 @@ class NpyRecording(Recording):
             if self._truncated:
                 warn_truncated(self.path, self.data_offset, "the file ends before its first record")
             return
-        array = np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.data_offset, shape=(self.count,))
         last_t = None
-        try:
+        with open(self.path, "rb") as f:
+            f.seek(self.data_offset)
             for start in range(0, self.count, self.block_events):
-                block = array[start:start + self.block_events]
                 where = self.data_offset + start * self.dtype.itemsize
+                n = min(self.block_events, self.count - start)
+                block = np.frombuffer(read_exactly(f, n * self.dtype.itemsize, self.path, where), dtype=self.dtype)
                 try:
-                    events = as_events(np.asarray(block), source=str(self.path))
+                    events = as_events(block, source=str(self.path))
                 except EventValidationError as exc:
                     raise EventFormatError(self.path, f"from event {start}: {exc}", offset=where) from None
-                if events is block or events.base is not None:
-                    events = np.array(events)  # detach from the memory map
+                if not events.flags.writeable:
+                    events = events.copy()  # the bytes read are immutable; callers may shift timestamps in place
                 self._check(events, last_t, start, where)
                 if events.size:
                     last_t = int(events["t"][-1])
                 yield events
-        finally:
-            del array
         if self._truncated:
             warn_truncated(self.path, self.data_offset + self.count * self.dtype.itemsize,
                            f"the file ends inside record {self.count}")

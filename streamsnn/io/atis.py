@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import EventFormatError
 from ..events import EVENT_DTYPE
-from .base import BLOCK_BYTES, Recording, check_coordinates, warn_truncated
+from .base import BLOCK_BYTES, Recording, check_coordinates, read_exactly, warn_truncated
 
 RECORD_BYTES = 5
 OVERFLOW_Y = 240
@@ -78,12 +78,7 @@ class AtisBinRecording(Recording):
         with open(path, "rb") as f:
             while offset < complete:
                 want = min(max(RECORD_BYTES, self.block_bytes - self.block_bytes % RECORD_BYTES), complete - offset)
-                raw = np.frombuffer(f.read(want), dtype=np.uint8)
-                if raw.size < want:  # the file shrank while we read it
-                    raw = raw[: raw.size - raw.size % RECORD_BYTES]
-                    complete = offset + raw.size
-                    if raw.size == 0:
-                        break
+                raw = np.frombuffer(read_exactly(f, want, path, offset), dtype=np.uint8)
                 events, n_overflow, keep = decode_atis_records(raw, time_offset)
                 time_offset += n_overflow * TIMESTAMP_WRAP
                 self._check_order(events, last_t, offset, keep)

@@ -8,13 +8,14 @@ concatenated chunks always equal the whole read.
 from __future__ import annotations
 
 import os
+import secrets
 import warnings
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
-from ..errors import ConfigError, SensorSizeError
+from ..errors import ConfigError, EventFormatError, SensorSizeError
 from ..events import EVENT_DTYPE, SensorSize, empty_events
 
 # Decoders work in blocks of about this many bytes: large enough that Python
@@ -31,6 +32,73 @@ def warn_truncated(path, offset: int, what: str) -> None:
     warnings.warn(f"{os.fspath(path)} (byte offset {offset}): {what}; "
                   "returning the events up to the last complete record",
                   TruncatedRecordingWarning, stacklevel=3)
+
+
+def read_exactly(f, size: int, path, offset: int) -> bytes:
+    """``size`` bytes from the open file ``f`` (positioned at byte ``offset``).
+
+    Readers plan their reads from the file size they measured when they
+    opened the file; fewer bytes mean it shrank since (truncated or replaced
+    while being read): an error, never a silent early end of the events.
+    """
+    raw = f.read(size)
+    if len(raw) < size:
+        raise EventFormatError(path, f"the file ends at byte {offset + len(raw)} although it reached at least "
+                                     f"byte {offset + size} when opened: it shrank while being read",
+                               offset=offset + len(raw))
+    return raw
+
+
+def read_array(path, dtype, offset: int, count: int) -> np.ndarray:
+    """``count`` items of ``dtype`` from byte ``offset`` on, read (not memory-mapped: a mapped file that
+    shrinks kills the reader with SIGBUS); fewer items than the size measured at open promised is an error."""
+    dtype = np.dtype(dtype)
+    with open(path, "rb") as f:
+        f.seek(offset)
+        array = np.empty(count, dtype=dtype)
+        got = f.readinto(array.view(np.uint8))
+    if got < count * dtype.itemsize:
+        raise EventFormatError(path, f"the file ends at byte {offset + got} although it reached at least "
+                                     f"byte {offset + count * dtype.itemsize} when opened: it shrank while "
+                                     "being read", offset=offset + got)
+    return array
+
+
+def new_sibling_file(target, suffix: str = ".partial") -> Path:
+    """A new empty file with a name of our own next to ``target``, to be renamed onto it once complete.
+
+    Created with O_EXCL | O_NOFOLLOW, so it is never someone else's file or a
+    link planted under a guessable name; the mode follows the umask, as the
+    file written straight at ``target`` would.
+    """
+    target = Path(target)
+    for _ in range(100):
+        candidate = target.with_name(f".{target.name}.{secrets.token_hex(6)}{suffix}")
+        try:
+            os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666))
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise EventFormatError(target, f"cannot create a file next to it: {exc.strerror}") from None
+        return candidate
+    raise EventFormatError(target, "cannot find an unused name next to it")
+
+
+def publish_file(temporary, target, overwrite: bool) -> None:
+    """Rename the finished ``temporary`` onto ``target``; without ``overwrite``, never replace what is there."""
+    if overwrite:
+        os.replace(temporary, target)
+        return
+    try:  # a hard link fails where anything (a file, a link) took the name meanwhile
+        os.link(temporary, target, follow_symlinks=False)
+    except FileExistsError:
+        raise EventFormatError(target, "already exists (use --force to overwrite)") from None
+    except OSError:  # a file system without hard links: check, then rename
+        if os.path.lexists(target):
+            raise EventFormatError(target, "already exists (use --force to overwrite)") from None
+        os.rename(temporary, target)
+        return
+    os.unlink(temporary)
 
 
 class Recording:
@@ -193,8 +261,6 @@ def concat_or_empty(parts: list[np.ndarray]) -> np.ndarray:
 def check_coordinates(events: np.ndarray, sensor_size: SensorSize | None, path, what: str = "event",
                       offset: int | None = None, first_index: int = 0) -> None:
     """Reject events outside the sensor: they would index past the end of every frame downstream."""
-    from ..errors import EventFormatError
-
     if sensor_size is None or events.size == 0:
         return
     for name, limit in (("x", sensor_size.width), ("y", sensor_size.height)):

@@ -51,7 +51,7 @@ from numba import njit
 
 from ..errors import EventFormatError, SensorSizeError
 from ..events import EVENT_DTYPE, SensorSize, empty_events
-from .base import BLOCK_BYTES, Recording, concat_or_empty, warn_truncated
+from .base import BLOCK_BYTES, Recording, concat_or_empty, read_array, read_exactly, warn_truncated
 
 # ---------------------------------------------------------------------------
 # header
@@ -438,8 +438,8 @@ class _RawRecording(Recording):
         # One pass over the whole file into one buffer: no per-block
         # allocations and no final concatenation (twice as fast on big files).
         complete = self._complete_end()
-        words = np.fromfile(self.path, dtype=self._word_dtype, offset=self.data_offset,
-                            count=(complete - self.data_offset) // self.word_bytes)
+        words = read_array(self.path, self._word_dtype, self.data_offset,
+                           (complete - self.data_offset) // self.word_bytes)
         state = self._new_state()
         events = self._decode(words, state, self.data_offset)
         self._finish(state)
@@ -453,10 +453,7 @@ class _RawRecording(Recording):
         with open(self.path, "rb") as f:
             f.seek(offset)
             while offset < complete:
-                raw = f.read(min(block, complete - offset))
-                raw = raw[: len(raw) - len(raw) % self.word_bytes]
-                if not raw:
-                    break
+                raw = read_exactly(f, min(block, complete - offset), self.path, offset)
                 events = self._decode(np.frombuffer(raw, dtype=self._word_dtype), state, offset)
                 offset += len(raw)
                 yield events
@@ -504,16 +501,12 @@ class Evt2Recording(_RawRecording):
         data_bytes = self.file_size - self.data_offset
         if self.path.suffix.lower() != ".raw" or data_bytes % 4 or data_bytes == 0:
             return False
-        words = np.memmap(self.path, dtype="<u1", mode="r", offset=self.data_offset, shape=(1,))
+        words = read_array(self.path, "<u4", self.data_offset, data_bytes // 4)
         # expelliarmus takes any line starting with '%' for header, even after '% end': a first
         # word whose low byte is 0x25 (a TIME_HIGH of t >> 6 = 37) makes it drop events or hang.
-        first_byte_is_percent = int(words[0]) == 0x25
-        del words
-        if first_byte_is_percent:
+        if int(words[0]) & 0xFF == 0x25:
             return False
-        words = np.memmap(self.path, dtype="<u4", mode="r", offset=self.data_offset)
         _, outside, bad = _evt2_scan(words, self.sensor_size.width, self.sensor_size.height)
-        del words
         return outside == 0 and bad < 0
 
 
@@ -603,11 +596,7 @@ class DatRecording(Recording):
         with open(self.path, "rb") as f:
             f.seek(offset)
             while offset < complete:
-                raw = f.read(min(max(DAT_RECORD_BYTES, self.block_bytes - self.block_bytes % DAT_RECORD_BYTES),
-                                 complete - offset))
-                raw = raw[: len(raw) - len(raw) % DAT_RECORD_BYTES]
-                if not raw:
-                    break
+                raw = read_exactly(f, min(self.block_bytes, complete - offset), self.path, offset)
                 events = self._decode(np.frombuffer(raw, dtype=np.uint8),
                                       (offset - self.data_offset) // DAT_RECORD_BYTES, last_t)
                 if events.size:
@@ -626,7 +615,7 @@ class DatRecording(Recording):
         data_bytes = self.file_size - self.data_offset
         if self.path.suffix.lower() != ".dat" or data_bytes % DAT_RECORD_BYTES or data_bytes == 0:
             return super().read()
-        records = np.memmap(self.path, dtype="<u4", mode="r", offset=self.data_offset)
+        records = read_array(self.path, "<u4", self.data_offset, data_bytes // 4)
         width, height = (self.sensor_size.width, self.sensor_size.height) if self.sensor_size else (1 << 14, 1 << 14)
         clean = _dat_scan(records, width, height)
         del records

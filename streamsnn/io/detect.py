@@ -47,7 +47,7 @@ def check_readable_file(path) -> Path:
     if path.is_dir():
         raise EventFormatError(path, "is a folder, not an event file (a dataset folder is read with SampleFolder)")
     if not path.is_file():
-        raise EventFormatError(path, "is not a regular file")
+        raise EventFormatError(path, "is not a regular file (a device, pipe or socket): a recording is a file")
     if not os.access(path, os.R_OK):
         raise EventFormatError(path, "is not readable (permission denied)")
     return path

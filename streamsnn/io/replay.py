@@ -176,8 +176,12 @@ class FileReplaySource(Source):
         self.passes = 0
 
     def open(self, default_sensor_size=None) -> None:
-        if not self.path.is_file():
-            raise SourceError(f"{self.path}: no such file")
+        from .detect import check_readable_file
+
+        try:
+            check_readable_file(self.path)  # a device such as /dev/zero exists, but is no recording
+        except StreamsnnError as exc:
+            raise SourceError(str(exc)) from None
         self.format, self.sensor_size = _format_and_geometry(self.path, self._sensor_size_arg,
                                                              default_sensor_size)
 

@@ -353,8 +353,8 @@ def _tricky_events():
     return events
 
 
-@pytest.mark.parametrize("mapped,parallel", [(True, False), (False, False), (True, True)])
-def test_store_scaleoffset_decoder_equals_h5py_on_every_kind_of_chunk(tmp_path, monkeypatch, mapped, parallel):
+@pytest.mark.parametrize("direct,parallel", [(True, False), (False, False), (True, True)])
+def test_store_scaleoffset_decoder_equals_h5py_on_every_kind_of_chunk(tmp_path, monkeypatch, direct, parallel):
     from streamsnn.io import store
 
     monkeypatch.setattr(store, "_PARALLEL_MIN_CHUNKS", 1 if parallel else 10**9)
@@ -362,7 +362,7 @@ def test_store_scaleoffset_decoder_equals_h5py_on_every_kind_of_chunk(tmp_path, 
     write_store(tmp_path / "k.h5", events, (1280, 720))
     with StoreRecording(tmp_path / "k.h5") as rec:
         assert rec.format_version == 2 and rec._fast_path_ok() and rec._kind == "scaleoffset"
-        if not mapped:
+        if not direct:
             rec._src = False  # the read_direct_chunk path (as for a file a writer has open)
         fast = rec.read()
         parts = [rec.read_range(a, b) for a, b in ((0, 70_000), (70_000, 300_000), (300_000, len(events)))]
@@ -373,8 +373,8 @@ def test_store_scaleoffset_decoder_equals_h5py_on_every_kind_of_chunk(tmp_path, 
     np.testing.assert_array_equal(np.concatenate(parts), events)
 
 
-@pytest.mark.parametrize("mapped", [True, False])
-def test_store_damaged_scaleoffset_chunk_is_reported(tmp_path, mapped):
+@pytest.mark.parametrize("direct", [True, False])
+def test_store_damaged_scaleoffset_chunk_is_reported(tmp_path, direct):
     import h5py
 
     events = _tricky_events()[:100_000]
@@ -388,7 +388,7 @@ def test_store_damaged_scaleoffset_chunk_is_reported(tmp_path, mapped):
     data[x_chunk.byte_offset + 21] |= 0xF0  # x codes far past the sensor's width
     path.write_bytes(bytes(data))
     with StoreRecording(path) as rec:
-        if not mapped:
+        if not direct:
             rec._src = False
         with pytest.raises(EventFormatError, match="chunk 1 .* does not decompress"):
             rec.read_range(70_000, 70_010)

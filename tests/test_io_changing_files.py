@@ -1,0 +1,249 @@
+"""Files that change under a reader, stores left by a killed writer, and paths that are not files:
+each gets a clean error naming the file. Never SIGBUS, a hang, or a silent early end."""
+import os
+import re
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from streamsnn.errors import EventFormatError, SourceError
+from streamsnn.events import EVENT_DTYPE, make_events
+from streamsnn.io import open_recording, read_events
+from streamsnn.io.arrays import write_npy
+from streamsnn.io.prophesee import write_raw
+from streamsnn.io.replay import make_source
+from streamsnn.io.store import convert_to_store, write_store
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _events(n, width=128, height=128, seed=0):
+    rng = np.random.default_rng(seed)
+    events = np.zeros(n, EVENT_DTYPE)
+    events["t"] = np.cumsum(rng.integers(0, 4, n))
+    events["x"] = rng.integers(0, width, n)
+    events["y"] = rng.integers(0, height, n)
+    events["p"] = rng.integers(0, 2, n)
+    return events
+
+
+def _run_python(code, *args, timeout=120):
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+# In a child process: before the fix, the store was memory-mapped and this died of SIGBUS.
+_TRUNCATE_DURING_REPLAY = r"""
+import os, sys, threading
+from streamsnn.errors import SourceError
+from streamsnn.io import replay, store
+store.READ_BLOCK_EVENTS = 1 << 16   # several reads over this small store, as over a big one
+source = replay.make_source(sys.argv[1], speed=0)
+source.open()
+items = source.items(threading.Event(), slice_us=1000)
+try:
+    for k, item in enumerate(items):
+        if k == 5:
+            os.truncate(sys.argv[1], os.path.getsize(sys.argv[1]) // 2)
+    print("ENDED WITHOUT ERROR")
+except SourceError as exc:
+    print("SOURCE ERROR", exc)
+"""
+
+
+def test_store_truncated_during_replay_is_a_source_error_not_sigbus(tmp_path):
+    path = tmp_path / "big.h5"
+    write_store(path, _events(600_000), (128, 128))
+    result = _run_python(_TRUNCATE_DURING_REPLAY, path)
+    assert result.returncode == 0, f"child died (signal {-result.returncode}): {result.stderr[-2000:]}"
+    assert "SOURCE ERROR" in result.stdout and "shrank" in result.stdout, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("gather_slack", [1 << 20, -(1 << 40)])  # chunks read together / one by one
+def test_store_truncated_between_reads_is_a_clean_error(tmp_path, monkeypatch, gather_slack):
+    from streamsnn.io import store
+
+    monkeypatch.setattr(store, "_GATHER_SLACK_BYTES", gather_slack)
+    events = _events(400_000)
+    path = tmp_path / "s.h5"
+    write_store(path, events, (128, 128))
+    with store.StoreRecording(path) as rec:
+        np.testing.assert_array_equal(rec.read_range(0, 200_000), events[:200_000])
+        os.truncate(path, os.path.getsize(path) // 2)
+        with pytest.raises(EventFormatError, match=re.escape(str(path)) + ".*shrank"):
+            rec.read_range(200_000, 400_000)
+
+
+def _write_zero_records(path, header: bytes, record_bytes: int, n: int):
+    # all-zero records are valid in these formats (x = y = p = t = 0)
+    with open(path, "wb") as f:
+        f.write(header)
+        f.write(bytes(record_bytes * n))
+
+
+@pytest.mark.parametrize("fmt", ["evt2", "evt3", "dat", "atis_bin", "aedat2", "npy"])
+def test_recording_that_shrinks_while_read_is_an_error_not_a_silent_end(tmp_path, fmt):
+    events = _events(200_000)
+    sensor = None
+    if fmt in ("evt2", "evt3"):
+        path = tmp_path / "r.raw"
+        write_raw(path, events, (128, 128), encoding=fmt)
+    elif fmt == "dat":
+        path = tmp_path / "r.dat"
+        _write_zero_records(path, b"% Version 2\n\x0c\x08", 8, 200_000)
+    elif fmt == "atis_bin":
+        path, sensor = tmp_path / "r.bin", (34, 34)
+        _write_zero_records(path, b"", 5, 200_000)
+    elif fmt == "aedat2":
+        path = tmp_path / "r.aedat"
+        _write_zero_records(path, b"#!AER-DAT2.0\r\n", 8, 200_000)
+    else:
+        path = tmp_path / "r.npy"
+        write_npy(path, events)
+    with open_recording(path, sensor_size=sensor) as rec:
+        assert rec.format == fmt
+        if fmt == "npy":
+            rec.block_events = 1000
+        else:
+            rec.block_bytes = 4096
+        chunks = rec.chunks(n_events=100)
+        next(chunks)
+        os.truncate(path, os.path.getsize(path) // 2)
+        with pytest.raises(EventFormatError, match=re.escape(str(path)) + ".*shrank while being read"):
+            for _ in chunks:
+                pass
+
+
+# A writer killed after its flushes; the file stays marked "open for write" (SWMR).
+_KILLED_WRITER = r"""
+import os, signal, sys
+import numpy as np
+from streamsnn.events import make_events
+from streamsnn.io.store import EventStoreWriter
+w = EventStoreWriter(sys.argv[1], (1280, 720))
+for k in range(5):
+    t = np.arange(60_000 * k, 60_000 * (k + 1))
+    w.append(make_events(t % 1280, t % 720, t, t % 2))
+    w.flush()
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+_INFO_EACH = r"""
+import sys, time
+from streamsnn.errors import StreamsnnError
+from streamsnn.io import recording_info
+for path in sys.argv[1:]:
+    started = time.perf_counter()
+    try:
+        recording_info(path)
+        outcome = "read"
+    except StreamsnnError as exc:
+        outcome = "error " + str(exc).splitlines()[0]
+    print(f"{time.perf_counter() - started:.3f} {outcome}")
+"""
+
+
+def test_killed_writer_store_with_a_flipped_bit_fails_fast(tmp_path):
+    """HDF5 retries a SWMR file's damaged metadata 100 times, each wait twice the last: hours."""
+    path = tmp_path / "k.h5"
+    result = _run_python(_KILLED_WRITER, path)
+    assert result.returncode != 0 and path.exists()
+    data = path.read_bytes()
+    # object headers (root group first) and their continuation blocks, all checksummed metadata
+    headers = [m.start() for m in re.finditer(rb"OHDR|OCHK", data)][:4]
+    assert len(headers) == 4
+    damaged = []
+    for k, at in enumerate(headers):
+        copy = bytearray(data)
+        copy[at + 24] ^= 0b10
+        damaged.append(tmp_path / f"flip{k}.h5")
+        damaged[-1].write_bytes(bytes(copy))
+    result = _run_python(_INFO_EACH, path, *damaged, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert lines[0].endswith("read")  # the undamaged file: everything flushed is there
+    for line, damaged_path in zip(lines[1:], damaged):
+        seconds, outcome = line.split(" ", 1)
+        assert float(seconds) < 5.0, line
+        assert outcome.startswith(f"error {damaged_path}"), line
+
+
+def test_convert_never_writes_through_a_planted_partial_name(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    out = tmp_path / "o.h5"
+    os.symlink(victim, tmp_path / "o.h5.partial")
+    (tmp_path / ".o.h5.partial").write_text("someone else's")
+    source = tmp_path / "e.npy"
+    write_npy(source, _events(1000))
+    convert_to_store(source, out)
+    assert victim.read_text() == "keep me"
+    assert (tmp_path / ".o.h5.partial").read_text() == "someone else's"
+    assert out.is_file() and not out.is_symlink()
+    np.testing.assert_array_equal(read_events(out), _events(1000))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".o.h5.partial", "e.npy", "o.h5", "o.h5.partial",
+                                                          "victim.txt"]
+
+
+def test_convert_replaces_an_existing_output_only_when_forced(tmp_path):
+    source = tmp_path / "e.npy"
+    write_npy(source, _events(1000))
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    out = tmp_path / "o.h5"
+    os.symlink(victim, out)  # a link, even one to a file that is no event store, is an existing output
+    with pytest.raises(EventFormatError, match="already exists"):
+        convert_to_store(source, out)
+    assert out.is_symlink() and victim.read_text() == "keep me"
+    convert_to_store(source, out, overwrite=True)
+    assert not out.is_symlink() and victim.read_text() == "keep me"  # the link replaced, not followed
+    assert read_events(out).size == 1000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.npy", "o.h5", "victim.txt"]
+
+
+def test_convert_output_appearing_meanwhile_is_not_replaced(tmp_path, monkeypatch):
+    from streamsnn.io import base
+
+    source = tmp_path / "e.npy"
+    write_npy(source, _events(1000))
+    out = tmp_path / "o.h5"
+    real_link = os.link
+
+    def someone_writes_first(src, dst, **kwargs):
+        out.write_text("theirs")
+        return real_link(src, dst, **kwargs)
+
+    monkeypatch.setattr(base.os, "link", someone_writes_first)
+    with pytest.raises(EventFormatError, match="already exists"):
+        convert_to_store(source, out)
+    assert out.read_text() == "theirs"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.npy", "o.h5"]
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo"])
+def test_source_that_is_not_a_regular_file_says_so(tmp_path, kind):
+    if kind == "device":
+        path = "/dev/zero"
+    else:
+        path = tmp_path / "pipe"
+        os.mkfifo(path)
+    source = make_source(str(path))
+    done = threading.Event()
+    errors = []
+
+    def open_it():  # opening a FIFO for reading would block: never done
+        try:
+            source.open()
+        except SourceError as exc:
+            errors.append(exc)
+        done.set()
+
+    threading.Thread(target=open_it, daemon=True).start()
+    assert done.wait(10)
+    assert len(errors) == 1
+    message = str(errors[0])
+    assert "no such file" not in message and "not a regular file" in message and str(path) in message

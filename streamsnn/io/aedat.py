@@ -131,6 +131,51 @@ def _decompressor(compression: int, path, offset: int):
     raise EventFormatError(path, f"unknown AEDAT 4 compression type {compression}", offset=offset)
 
 
+class Aedat4Header:
+    """The FlatBuffer ``IOHeader`` of an AEDAT 4.0 file or a DV network stream (the same bytes in both).
+
+    ``where`` (a path or a ``dv://`` address) and ``offset`` name the bytes in errors.
+    """
+
+    def __init__(self, header: bytes, where, offset: int):
+        fb = _FlatBuffer(header, where, offset, "AEDAT 4 header")
+        table = fb.root()
+        self.compression = fb.scalar(table, 0, "i", 0)
+        self.data_table_position = fb.scalar(table, 1, "q", -1)
+        self.decompress = _decompressor(self.compression, where, offset)
+        self.streams = _parse_stream_info(fb.string(table, 2) or "", where, offset)
+        event_streams = sorted(sid for sid, s in self.streams.items() if s.get("typeIdentifier") == "EVTS")
+        self.event_stream = event_streams[0] if event_streams else None
+        self.sensor_size = None
+        if self.event_stream is not None:
+            s = self.streams[self.event_stream]
+            if s.get("sizeX", "").isdigit() and s.get("sizeY", "").isdigit():
+                self.sensor_size = SensorSize(int(s["sizeX"]), int(s["sizeY"]))
+
+
+def decode_event_packet(buffer: bytes, where, offset: int) -> np.ndarray:
+    """The events of one decompressed event packet (a size-prefixed ``EVTS`` FlatBuffer)."""
+    if len(buffer) < 12:
+        raise EventFormatError(where, "event packet shorter than a FlatBuffer header", offset=offset)
+    body = buffer[4:]
+    fb = _FlatBuffer(body, where, offset, "AEDAT 4 event packet")
+    if body[4:8] != b"EVTS":
+        raise EventFormatError(where, f"packet of the event stream has identifier {body[4:8]!r}, "
+                                      "expected b'EVTS'", offset=offset)
+    table = fb.root()
+    found = fb.vector(table, 0, AEDAT4_EVENT.itemsize)
+    if found is None:
+        return empty_events(0)
+    start, length = found
+    raw = np.frombuffer(body, dtype=AEDAT4_EVENT, count=length, offset=start)
+    events = np.empty(length, dtype=EVENT_DTYPE)
+    events["t"] = raw["t"]
+    events["x"] = raw["x"]
+    events["y"] = raw["y"]
+    events["p"] = raw["on"] != 0
+    return events
+
+
 class Aedat4Recording(Recording):
     format = "aedat4"
 
@@ -147,21 +192,14 @@ class Aedat4Recording(Recording):
                 raise EventFormatError(self.path, f"header length {header_size} does not fit the file "
                                                   f"({self.file_size} bytes)", offset=len(AEDAT4_MAGIC))
             header = f.read(header_size)
-        fb = _FlatBuffer(header, self.path, header_at, "AEDAT 4 header")
-        table = fb.root()
-        self.compression = fb.scalar(table, 0, "i", 0)
-        self.data_table_position = fb.scalar(table, 1, "q", -1)
-        info = fb.string(table, 2) or ""
-        self._decompress = _decompressor(self.compression, self.path, header_at)
+        header = Aedat4Header(header, self.path, header_at)
+        self.compression = header.compression
+        self.data_table_position = header.data_table_position
+        self._decompress = header.decompress
         self.data_offset = header_at + header_size
-        self.streams = _parse_stream_info(info, self.path, header_at)
-        event_streams = sorted(sid for sid, s in self.streams.items() if s.get("typeIdentifier") == "EVTS")
-        self.event_stream = event_streams[0] if event_streams else None
-        size = None
-        if self.event_stream is not None:
-            s = self.streams[self.event_stream]
-            if s.get("sizeX", "").isdigit() and s.get("sizeY", "").isdigit():
-                size = SensorSize(int(s["sizeX"]), int(s["sizeY"]))
+        self.streams = header.streams
+        self.event_stream = header.event_stream
+        size = header.sensor_size
         if size is not None:
             self.sensor_size, self.sensor_size_source = size, "header"
         elif sensor_size is not None:
@@ -203,26 +241,7 @@ class Aedat4Recording(Recording):
                 offset += 8 + size
 
     def _decode_packet(self, buffer: bytes, offset: int) -> np.ndarray:
-        if len(buffer) < 12:
-            raise EventFormatError(self.path, "event packet shorter than a FlatBuffer header", offset=offset)
-        # Size-prefixed FlatBuffer: uint32 size, then the buffer proper.
-        body = buffer[4:]
-        fb = _FlatBuffer(body, self.path, offset, "AEDAT 4 event packet")
-        if body[4:8] != b"EVTS":
-            raise EventFormatError(self.path, f"packet of the event stream has identifier {body[4:8]!r}, "
-                                              "expected b'EVTS'", offset=offset)
-        table = fb.root()
-        found = fb.vector(table, 0, AEDAT4_EVENT.itemsize)
-        if found is None:
-            return empty_events(0)
-        start, length = found
-        raw = np.frombuffer(body, dtype=AEDAT4_EVENT, count=length, offset=start)
-        events = np.empty(length, dtype=EVENT_DTYPE)
-        events["t"] = raw["t"]
-        events["x"] = raw["x"]
-        events["y"] = raw["y"]
-        events["p"] = raw["on"] != 0
-        return events
+        return decode_event_packet(buffer, self.path, offset)
 
     def _blocks(self):
         if self.event_stream is None:

@@ -172,7 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_keys)
 
     p = sub.add_parser("demo", help="replay N-MNIST through the bundled checkpoint and show decisions")
-    p.add_argument("--data", default=None, metavar="DIR", help="N-MNIST root holding Test/ (or STREAMSNN_DATA)")
+    p.add_argument("--data", default=None, metavar="DIR",
+                   help="N-MNIST root holding Test/ (or STREAMSNN_DATA); default: the 100 bundled Test samples")
+    p.add_argument("--download", default=None, metavar="DIR",
+                   help="first fetch the full N-MNIST Test split with tonic into DIR (needs a network)")
     p.add_argument("--publish", default="tcp://127.0.0.1:5556", metavar="ENDPOINT")
     # Real time by default, so a newcomer watches decisions arrive as a camera would give them.
     p.add_argument("--speed", type=float, default=1.0, help="1 real time (default), 0 as fast as possible")

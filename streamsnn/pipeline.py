@@ -768,16 +768,28 @@ def _find_data(arg: str | None) -> Path | None:
 
 
 def demo_main(args) -> int:
-    """``streamsnn demo``: the N-MNIST Test split through the bundled checkpoint, decisions shown live."""
-    root = _find_data(args.data)
-    if root is None:
-        given = args.data or os.environ.get("STREAMSNN_DATA")
-        where = f"{given!r} holds no Test/ folder" if given else "no data folder given"
-        print(f"streamsnn demo: {where}.\n"
-              "  Put N-MNIST in the archive layout, DIR/Test/<digit>/<sample>.bin (the official N-MNIST\n"
-              "  archive extracted, or tonic's NMNIST download), then run\n"
-              "    streamsnn demo --data DIR        or   STREAMSNN_DATA=DIR streamsnn demo", file=sys.stderr)
-        return 2
+    """``streamsnn demo``: the N-MNIST Test split through the bundled checkpoint, decisions shown live.
+
+    The data is, in this order: what ``--download DIR`` fetched, ``--data DIR`` or ``STREAMSNN_DATA``,
+    else the 100-sample split bundled in the package.
+    """
+    from .datasets import bundled_nmnist_root, download_nmnist
+
+    given = args.data or os.environ.get("STREAMSNN_DATA")
+    if args.download:
+        root = _find_data(str(download_nmnist(args.download)))
+    elif given:
+        root = _find_data(given)
+        if root is None:
+            print(f"streamsnn demo: {given!r} holds no Test/ folder.\n"
+                  "  Put N-MNIST in the archive layout, DIR/Test/<digit>/<sample>.bin (the official N-MNIST\n"
+                  "  archive extracted, or tonic's NMNIST download), then run\n"
+                  "    streamsnn demo --data DIR        or   STREAMSNN_DATA=DIR streamsnn demo\n"
+                  "  (with neither, the demo runs on the 100 Test samples bundled in the package)",
+                  file=sys.stderr)
+            return 2
+    else:
+        root = bundled_nmnist_root()
     checkpoint = Path(args.checkpoint) if args.checkpoint else BUNDLED_CHECKPOINT
     if not checkpoint.is_file():
         raise ConfigError(f"{checkpoint}: checkpoint not found" + (

@@ -11,8 +11,8 @@ import time
 import pytest
 import zmq
 
-from streamsnn.bus import (Publisher, Subscriber, decision_topic, generate_keys, is_loopback, normalize_endpoint,
-                           status_topic)
+from streamsnn.stream.bus import Publisher, Subscriber, generate_keys, is_loopback, normalize_endpoint
+from streamsnn.stream.messages import decision_topic, status_topic
 from streamsnn.errors import ConfigError
 
 PY = sys.executable

@@ -19,11 +19,13 @@ import numpy as np
 import pytest
 
 from conftest import copy_sample, free_port
-from streamsnn.bus import Subscriber
-from streamsnn.decision_log import read_decision_log
+from streamsnn.stream.bus import Subscriber
+from streamsnn.stream.log import read_decision_log
 from streamsnn.errors import ConfigError
-from streamsnn.pipeline import EventQueue, Pipeline, sample_frame_count
-from streamsnn.pipeline_config import PipelineConfig, SourceConfig, load_config, parse_config
+from streamsnn.stream.job import Pipeline
+from streamsnn.stream.queue import EventQueue
+from streamsnn.stream.scheduler import sample_frame_count
+from streamsnn.stream.config import PipelineConfig, SourceConfig, load_config, parse_config
 
 PY = sys.executable
 REPO = Path(__file__).resolve().parents[1]
@@ -341,7 +343,7 @@ def test_burst_with_drop_policy_bounds_memory_and_counts_drops(tmp_path, ckpt128
 
 
 def test_event_queue_policies():
-    from streamsnn.io.replay import Chunk, WindowStart
+    from streamsnn.stream.sources import Chunk, WindowStart
 
     def chunk(n):
         return Chunk(np.zeros(n, dtype=[("t", "<i8")]), 0, 0)
@@ -559,7 +561,7 @@ def test_job_with_curve_keys_serves_only_allowed_subscribers(tmp_path, ckpt34, n
     made = subprocess.run([PY, "-m", "streamsnn.cli", "keys", str(keys), "--name", "ops"], capture_output=True,
                           text=True, timeout=60)
     assert made.returncode == 0, made.stderr
-    from streamsnn.bus import generate_keys
+    from streamsnn.stream.bus import generate_keys
 
     other = generate_keys(tmp_path / "other", ["intruder"])
     (tmp_path / "other" / "clients" / "intruder" / "server.key").write_bytes((keys / "server.key").read_bytes())

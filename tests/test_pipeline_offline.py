@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from streamsnn.decision_log import read_decision_log
+from streamsnn.stream.log import read_decision_log
 
 PY = sys.executable
 

@@ -12,7 +12,7 @@ import pytest
 from conftest import copy_sample, free_port
 from streamsnn.errors import ConfigError, SourceError
 from streamsnn.io import read_events
-from streamsnn.io.replay import Chunk, FileReplaySource, FolderSource, Pacer, WindowEnd, WindowStart, make_source
+from streamsnn.stream.sources import Chunk, FileReplaySource, FolderSource, Pacer, WindowEnd, WindowStart, make_source
 
 PY = sys.executable
 
@@ -163,7 +163,7 @@ import os, sys, time
 import numpy as np
 import dv_processing as dv
 from streamsnn.io import read_events
-from streamsnn.io.live import array_to_event_store
+from streamsnn.stream.sources import array_to_event_store
 
 path, port, speed = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 events = read_events(path)

@@ -382,10 +382,11 @@ def _chain(graph) -> list[str]:
 
 
 def _probe(entry: dict, h: torch.Tensor, name: str, kind: str) -> torch.Tensor:
-    """Run a zero sample through the new layer: its output shape, or CheckpointError when shapes do not fit."""
+    """Run a sample through the new layer on the meta device (shapes only, no memory, no weight
+    initialisation): its output, or CheckpointError when the shapes do not fit."""
     try:
-        layer = layer_from_spec(entry)
-        with torch.no_grad():
+        with torch.device("meta"), torch.no_grad():
+            layer = layer_from_spec(entry)
             return h if isinstance(layer, LIF) else layer(h)
     except Exception as exc:
         raise CheckpointError(f"node {name!r} ({kind}) does not fit its input of shape {list(h.shape[1:])}: "
@@ -456,7 +457,7 @@ def from_nir(graph, dt: float | None = None) -> tuple[SpikingNet, dict]:
     if len(input_size) != 3:
         raise CheckpointError(f"node {order[0]!r} (Input): shape {input_size}; streamsnn feeds frames shaped "
                               "(polarities, height, width)")
-    h = torch.zeros((1, *input_size))
+    h = torch.zeros((1, *input_size), device="meta")
     layers: list[tuple[dict, dict]] = []
     names: set[str] = set()
     spiking = False
@@ -571,3 +572,38 @@ def read_nir(path, dt: float | None = None) -> tuple[SpikingNet, dict]:
         raise CheckpointError(f"{path}: {exc}") from exc
     meta["nir"]["file"] = str(path)
     return model, meta
+
+
+def _summary(model: SpikingNet, meta: dict, dt: float) -> dict:
+    lifs = [m for m in model.body.children() if isinstance(m, LIF)]
+    return {"model": meta.get("model"), "layers": [f"{n}:{type(m).__name__}" for n, m in model.body.named_children()],
+            "dt_s": dt, "lif": sorted({(m.decay, m.threshold) for m in lifs}),
+            "frame_length_us": (meta.get("binning") or {}).get("time_window"), "timesteps": meta.get("timesteps"),
+            "cutoff": meta.get("cutoff", {}).get("policy") if isinstance(meta.get("cutoff"), dict) else None}
+
+
+def export_checkpoint(checkpoint, out, dt: float | None = None) -> dict:
+    """``streamsnn export``: a checkpoint (or NIR file) -> a NIR file; returns what was written."""
+    from .checkpoint import load_checkpoint
+
+    model, meta = load_checkpoint(checkpoint)
+    try:
+        graph = to_nir(model, meta, dt)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{checkpoint}: {exc}") from exc
+    path = write_nir(out, model, meta, graph.metadata["dt"])
+    summary = _summary(model, meta, graph.metadata["dt"])
+    summary.update(written=str(path), nodes=[f"{n}:{type(v).__name__}" for n, v in graph.nodes.items()])
+    del summary["layers"]
+    return summary
+
+
+def import_nir(nir_path, out, dt: float | None = None) -> dict:
+    """``streamsnn import-nir``: a NIR file -> a streamsnn checkpoint; returns what was written."""
+    from .checkpoint import save_checkpoint
+
+    model, meta = read_nir(nir_path, dt)
+    path = save_checkpoint(out, model, meta)
+    summary = _summary(model, meta, meta["nir"]["dt"])
+    summary["written"] = str(path)
+    return summary

@@ -77,10 +77,16 @@ def save_checkpoint(path, model, meta: dict | None = None) -> Path:
     _check_plain(full)
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     payload = {"format": FORMAT, "version": VERSION, "meta": full, "state_dict": state}
+    return write_atomically(path, lambda tmp: torch.save(payload, tmp))
+
+
+def write_atomically(path, write) -> Path:
+    """``write(tmp_path)`` then rename to ``path``, so a crash never leaves half a file behind."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     try:
-        torch.save(payload, tmp)
+        write(tmp)
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections import OrderedDict
 from pathlib import Path
 
@@ -62,6 +61,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from .checkpoint import write_atomically
 from .models import LIF, SpikingNet, build_from_layers, layer_from_spec
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -252,19 +252,13 @@ def _pair_of(value) -> tuple:
 
 def write_nir(path, model: SpikingNet, meta: dict | None = None, dt: float | None = None) -> Path:
     """Write ``to_nir(model, meta, dt)`` to ``path`` (HDF5, NIR's file format); temporary file, then rename."""
+    return _write_graph(path, to_nir(model, meta, dt))
+
+
+def _write_graph(path, graph) -> Path:
     import nir
 
-    path = Path(path)
-    graph = to_nir(model, meta, dt)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    try:
-        nir.write(tmp, graph)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return write_atomically(path, lambda tmp: nir.write(tmp, graph))
 
 
 # --------------------------------------------------------------------------- import
@@ -591,7 +585,7 @@ def export_checkpoint(checkpoint, out, dt: float | None = None) -> dict:
         graph = to_nir(model, meta, dt)
     except CheckpointError as exc:
         raise CheckpointError(f"{checkpoint}: {exc}") from exc
-    path = write_nir(out, model, meta, graph.metadata["dt"])
+    path = _write_graph(out, graph)
     summary = _summary(model, meta, graph.metadata["dt"])
     summary.update(written=str(path), nodes=[f"{n}:{type(v).__name__}" for n, v in graph.nodes.items()])
     del summary["layers"]

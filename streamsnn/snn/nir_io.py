@@ -440,8 +440,9 @@ def from_nir(graph, dt: float | None = None) -> tuple[SpikingNet, dict]:
     if dt is None:
         dt = metadata.get("dt")
     if dt is None:
-        raise CheckpointError("the graph does not state its time step (metadata 'dt'); give the time step dt "
-                              "(seconds per frame) its LIF time constants were meant for")
+        raise CheckpointError("the graph does not state its time step (metadata 'dt'); give the time step "
+                              "(seconds per frame) its LIF time constants were meant for: "
+                              "streamsnn import-nir IN.nir OUT.pt --dt SECONDS, then use OUT.pt")
     dt = float(np.asarray(dt))
     if not (math.isfinite(dt) and dt > 0):
         raise CheckpointError(f"time step dt must be a positive number of seconds, got {dt}")

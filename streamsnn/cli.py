@@ -155,6 +155,20 @@ def _run_config(args):
     return validate(config)
 
 
+def _cmd_export(args) -> int:
+    from .snn.nir_io import export_checkpoint
+
+    print(json.dumps(export_checkpoint(args.checkpoint, args.output, dt=args.dt)))
+    return 0
+
+
+def _cmd_import_nir(args) -> int:
+    from .snn.nir_io import import_nir
+
+    print(json.dumps(import_nir(args.input, args.output, dt=args.dt)))
+    return 0
+
+
 def _cmd_run(args) -> int:
     """``streamsnn run``: exit code 0 at the end of the sources, 1 after a source error,
     130 after Ctrl-C, 143 after SIGTERM (both clean: log closed, last messages sent)."""
@@ -420,12 +434,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.set_defaults(handler=_cmd_eval)
 
+    p = sub.add_parser("export", help="write a checkpoint's network as a NIR graph (for other simulators and chips)")
+    p.add_argument("checkpoint", metavar="CKPT")
+    p.add_argument("output", metavar="OUT.nir")
+    p.add_argument("--dt", type=float, default=None, metavar="SECONDS",
+                   help="time step the LIF time constants are stated for (default: the frame length; "
+                        "snnTorch's importer assumes 1e-4)")
+    p.set_defaults(handler=_cmd_export)
+
+    p = sub.add_parser("import-nir", help="build a streamsnn checkpoint from a NIR graph")
+    p.add_argument("input", metavar="IN.nir")
+    p.add_argument("output", metavar="OUT.pt")
+    p.add_argument("--dt", type=float, default=None, metavar="SECONDS",
+                   help="time step the graph's time constants are meant for (default: the graph's metadata 'dt')")
+    p.set_defaults(handler=_cmd_import_nir)
+
     p = sub.add_parser("run", help="the streaming job: source -> binner -> SNN -> cutoff -> ZeroMQ")
     p.add_argument("pipeline", nargs="?", default=None, metavar="PIPELINE.toml",
                    help="a pipeline definition; command-line options override its values")
     p.add_argument("--source", action="append", default=None, metavar="SRC",
                    help="file, folder of samples, dv://HOST:PORT or camera[:SERIAL]; repeat for several streams")
-    p.add_argument("--checkpoint", default=None, metavar="CKPT")
+    p.add_argument("--checkpoint", default=None, metavar="CKPT", help="a streamsnn checkpoint or a NIR file (.nir)")
     p.add_argument("--publish", default=None, metavar="ENDPOINT", help="default tcp://127.0.0.1:5556")
     p.add_argument("--speed", type=float, default=None, help="replay speed: 1 real time, 0 as fast as possible")
     p.add_argument("--loop", action="store_true", default=None, help="replay files forever")

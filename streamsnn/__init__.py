@@ -25,6 +25,14 @@ _EXPORTS = {
     "Frame": "streamsnn.binning",
     "recording_info": "streamsnn.io",
     "convert_to_store": "streamsnn.io",
+    # the message schema of the streaming job (decisions and status on the bus and in the log)
+    "SCHEMA_VERSION": "streamsnn.stream.messages",
+    "DECISION_FIELDS": "streamsnn.stream.messages",
+    "DECISION_OPTIONAL_FIELDS": "streamsnn.stream.messages",
+    "STATUS_FIELDS": "streamsnn.stream.messages",
+    "decision_topic": "streamsnn.stream.messages",
+    "status_topic": "streamsnn.stream.messages",
+    "Subscriber": "streamsnn.stream.bus",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

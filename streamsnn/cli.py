@@ -1,16 +1,24 @@
 """The ``streamsnn`` command.
 
-Each subcommand is a small handler that parses nothing itself and calls the
-library; errors of the project's own type are printed as one line and give
+Every argparse handler of the project lives here: each subcommand is a small
+handler that turns the parsed options into the library's typed configs
+(PipelineConfig, TrainConfig, ...) and calls the library; errors of the project's own type are printed as one line and give
 exit code 2, so users see the message (file, offset, field), not a traceback.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
+import shlex
+import signal
 import sys
+import threading
+import time
+from pathlib import Path
 
-from .errors import StreamsnnError
+from .errors import ConfigError, StreamsnnError
 
 
 def _cmd_info(args) -> int:
@@ -37,46 +45,332 @@ def _cmd_convert(args) -> int:
     return 0
 
 
-def _cmd_train(args) -> int:
-    from .training.trainer import train_main
+# --------------------------------------------------------------------------- training
 
-    return train_main(args)
+def _train_config(args):
+    """The TrainConfig of ``streamsnn train``: the README recipe, the options over it."""
+    from .training.loop import TrainConfig
+    from .training.trainer import RECIPE
+
+    if args.timesteps < 1:
+        raise ConfigError(f"--timesteps must be >= 1, got {args.timesteps}")
+    if args.time_window <= 0:
+        raise ConfigError(f"--time-window must be > 0 us, got {args.time_window}")
+    cfg = TrainConfig(model=args.model, timesteps=args.timesteps, time_window=args.time_window, reg=args.reg,
+                      reg_strength=args.reg_strength, seed=args.seed, **RECIPE)
+    if args.epochs is not None:
+        cfg.epochs = args.epochs
+    if args.batch_size is not None:
+        cfg.batch_size = args.batch_size
+    if args.lr is not None:
+        cfg.lr = args.lr
+    if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0:
+        raise ConfigError("--epochs and --batch-size must be >= 1 and --lr > 0")
+    return cfg
+
+
+def _train_command(args) -> str:
+    """The command line that reproduces this run: the argv when run as ``streamsnn``, else rebuilt."""
+    argv = list(sys.argv)
+    if argv and Path(argv[0]).name == "streamsnn" and "train" in argv[1:]:
+        return "streamsnn " + " ".join(shlex.quote(a) for a in argv[1:])
+    parts = ["streamsnn", "train", "--data", str(args.data), "--model", args.model, "--reg", args.reg]
+    optional = [("--timesteps", args.timesteps, 10), ("--time-window", args.time_window, 30_000.0),
+                ("--reg-strength", args.reg_strength, None), ("--epochs", args.epochs, None),
+                ("--batch-size", args.batch_size, None), ("--lr", args.lr, None), ("--seed", args.seed, 0)]
+    for flag, value, default in optional:
+        if value is not None and value != default:
+            parts += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+    parts += ["--out", str(args.out)]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def _cmd_train(args) -> int:
+    from .snn import build_model
+    from .training.trainer import configure_threads, train
+
+    configure_threads()
+    cfg = _train_config(args)
+    build_model(cfg.model)  # unknown names fail before any binning
+    train(args.data, args.out, cfg, cache=args.cache, device=args.device, progress=not args.no_progress,
+          command=_train_command(args))
+    return 0
 
 
 def _cmd_eval(args) -> int:
-    from .training.evaluate import eval_main
+    from .training.evaluate import evaluate_checkpoint, plot_report
+    from .training.trainer import configure_threads
 
-    return eval_main(args)
+    configure_threads()
+    report, _, _ = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.cache, args.device)
+    c = report.get("checkpoint_cutoff")
+    print(f"{args.split}: {report['samples']} samples, accuracy at T = {report['timesteps']}: "
+          f"{report['full_accuracy']:.4f}; oracle mean timesteps {report['oracle_mean_timesteps']:.2f}")
+    if c:
+        print(f"checkpoint cutoff ({c['policy']} {c.get('epsilon', c.get('beta'))}): accuracy {c['accuracy']:.4f} "
+              f"at {c['mean_timesteps']:.2f} mean timesteps")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+        print(f"report written to {args.json}")
+    if args.plot:
+        plot_report(report, args.plot, title=f"{report['model']} ({report['reg']}) on {args.split}")
+        print(f"plot written to {args.plot}")
+    return 0
+
+
+# --------------------------------------------------------------------------- the streaming job
+
+def _run_config(args):
+    """``streamsnn run [PIPELINE.toml] --source ... --checkpoint ...``: the file, then the options over it."""
+    from .stream.config import PipelineConfig, SourceConfig, load_config, validate
+
+    config = load_config(args.pipeline) if getattr(args, "pipeline", None) else PipelineConfig()
+    if getattr(args, "pipeline", None) is None:
+        config.origin = "command line"
+    speed = getattr(args, "speed", None)
+    loop = getattr(args, "loop", None)
+    if args.source:
+        # --source replaces the file's sources; the file's first [[source]] (if any) gives the other settings
+        template = config.sources[0] if config.sources else SourceConfig(uri="")
+        config.sources = [dataclasses.replace(template, uri=uri, stream=template.stream if len(args.source) == 1
+                                              else None) for uri in args.source]
+    for source in config.sources:
+        if speed is not None:
+            source.speed = speed
+        if loop is not None:
+            source.loop = loop
+    for attr, option in (("checkpoint", "checkpoint"), ("endpoint", "publish"), ("log", "log"),
+                         ("cutoff_epsilon", "cutoff_epsilon"), ("max_timesteps", "max_timesteps"),
+                         ("queue_policy", "queue_policy"), ("curve_keys", "curve_keys"), ("device", "device")):
+        value = getattr(args, option, None)
+        if value is not None:
+            setattr(config, attr, value)
+    if not config.sources:
+        raise ConfigError(f"{config.origin}: no source; give --source SRC (file, dataset folder, "
+                          "dv://HOST:PORT or camera[:SERIAL]) or a [[source]] table")
+    if not config.checkpoint:
+        raise ConfigError(f"{config.origin}: no checkpoint; give --checkpoint CKPT or [model].checkpoint")
+    return validate(config)
+
+
+def _cmd_export(args) -> int:
+    from .snn.nir_io import export_checkpoint
+
+    print(json.dumps(export_checkpoint(args.checkpoint, args.output, dt=args.dt)))
+    return 0
+
+
+def _cmd_import_nir(args) -> int:
+    from .snn.nir_io import import_nir
+
+    print(json.dumps(import_nir(args.input, args.output, dt=args.dt)))
+    return 0
 
 
 def _cmd_run(args) -> int:
-    from .pipeline import run_main
+    """``streamsnn run``: exit code 0 at the end of the sources, 1 after a source error,
+    130 after Ctrl-C, 143 after SIGTERM (both clean: log closed, last messages sent)."""
+    from .stream.job import EXIT_SIGINT, EXIT_SIGTERM, Pipeline
 
-    return run_main(args)
+    config = _run_config(args)
+    pipeline = Pipeline(config)
+    pipeline.open()
+    names = ", ".join(f"{w.name} ({w.source.uri}, {w.queue.policy})" for w in pipeline.workers)
+    print(f"streamsnn run: {names} -> {pipeline.endpoint}"
+          + (f", log {config.log}" if config.log else "")
+          + f"; T={pipeline.max_timesteps}, window {pipeline.time_window} us, cutoff {pipeline.policy!r}",
+          file=sys.stderr, flush=True)
+
+    def on_signal(signum, frame):
+        code = EXIT_SIGINT if signum == signal.SIGINT else EXIT_SIGTERM
+        pipeline.stop(signal.Signals(signum).name, code)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = pipeline.run()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    for status in pipeline.final_status:
+        p50 = status["latency_p50_ms_total"]
+        p99 = status["latency_p99_ms_total"]
+        line = (f"streamsnn run: {status['stream']}: {status['state']}, {status['decisions']} decisions, "
+                f"{status['frames']} frames, {status['events_processed']} events, "
+                f"{status['dropped_events']} dropped")
+        if p50 is not None:
+            line += f", latency p50 {p50:.3f} ms p99 {p99:.3f} ms"
+        if status.get("accuracy") is not None:
+            line += f", accuracy {status['accuracy']:.4f}"
+        if status.get("error"):
+            line += f"; error: {status['error']}"
+        print(line, file=sys.stderr, flush=True)
+    return code
 
 
-def _cmd_subscribe(args) -> int:
-    from .bus import subscribe_main
-
-    return subscribe_main(args)
-
-
-def _cmd_keys(args) -> int:
-    from .bus import keys_main
-
-    return keys_main(args)
+def _find_data(arg: str | None) -> Path | None:
+    for candidate in (arg, os.environ.get("STREAMSNN_DATA")):
+        if not candidate:
+            continue
+        root = Path(candidate).expanduser()
+        for folder in (root, root / "NMNIST", root / "nmnist_small"):
+            if (folder / "Test").is_dir():
+                return folder
+        if root.name == "Test" and root.is_dir():
+            return root.parent
+    return None
 
 
 def _cmd_demo(args) -> int:
-    from .pipeline import demo_main
+    """``streamsnn demo``: the N-MNIST Test split through the bundled checkpoint, decisions shown live."""
+    import numpy as np
 
-    return demo_main(args)
+    from .stream.bus import Subscriber
+    from .stream.config import PipelineConfig, SourceConfig
+    from .stream.job import BUNDLED_CHECKPOINT, EXIT_SIGINT, Pipeline
 
+    from .datasets import bundled_nmnist_root, download_nmnist
+
+    # The data, in this order: what --download fetched, --data or STREAMSNN_DATA, else the bundled split.
+    given = args.data or os.environ.get("STREAMSNN_DATA")
+    if args.download:
+        root = _find_data(str(download_nmnist(args.download)))
+    elif given:
+        root = _find_data(given)
+        if root is None:
+            print(f"streamsnn demo: {given!r} holds no Test/ folder.\n"
+                  "  Put N-MNIST in the archive layout, DIR/Test/<digit>/<sample>.bin (the official N-MNIST\n"
+                  "  archive extracted, or tonic's NMNIST download), then run\n"
+                  "    streamsnn demo --data DIR        or   STREAMSNN_DATA=DIR streamsnn demo\n"
+                  "  (with neither, the demo runs on the 100 Test samples bundled in the package)",
+                  file=sys.stderr)
+            return 2
+    else:
+        root = bundled_nmnist_root()
+    checkpoint = Path(args.checkpoint) if args.checkpoint else BUNDLED_CHECKPOINT
+    if not checkpoint.is_file():
+        raise ConfigError(f"{checkpoint}: checkpoint not found" + (
+            "" if args.checkpoint else " (the bundled N-MNIST checkpoint is missing from this installation; "
+                                       "train one with `streamsnn train` and pass --checkpoint)"))
+    config = PipelineConfig(
+        name="demo", sources=[SourceConfig(uri=str(root / "Test"), stream="nmnist", speed=float(args.speed),
+                                           limit=args.limit)],
+        checkpoint=str(checkpoint), endpoint=args.publish, origin="streamsnn demo",
+        wait_subscribers=1, wait_timeout_s=5.0, settle_s=0.1)
+    pipeline = Pipeline(config)
+    pipeline.open()
+    subscriber = Subscriber(pipeline.endpoint, topic="decision")
+    total = len(pipeline.workers[0].source.samples)
+    T = pipeline.max_timesteps
+    print(f"streamsnn demo: {total} samples from {root / 'Test'} through {checkpoint.name} "
+          f"(T = {T}, cutoff {pipeline.policy!r}), publishing on {pipeline.endpoint}", file=sys.stderr)
+    received = []
+
+    def on_signal(signum, frame):
+        pipeline.stop(signal.Signals(signum).name, EXIT_SIGINT)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    runner = threading.Thread(target=pipeline.run, name="pipeline", daemon=True)
+    runner.start()
+    tty = sys.stderr.isatty()
+    last_print, printed = 0.0, 0
+    try:
+        while True:
+            item = subscriber.recv(timeout_s=0.1)
+            if item is not None:
+                received.append(item[1])
+            elif not runner.is_alive():
+                break
+            now = time.monotonic()
+            # At most five lines a second, each only when a new decision came, and always the last one.
+            if len(received) > printed and (now - last_print > 0.2 or len(received) == total):
+                last_print, printed = now, len(received)
+                line = _demo_line(received, total, T)
+                print(("\r" + line) if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
+        runner.join()
+    finally:
+        subscriber.close()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if tty:
+        print(file=sys.stderr)
+    if not received:
+        print("streamsnn demo: no decisions received", file=sys.stderr)
+        return pipeline.exit_code or 1
+    lat = np.array([m["latency_ms"] for m in received])
+    steps = np.array([m["timesteps"] for m in received])
+    acc = np.mean([m["label"] == m["target"] for m in received if "target" in m])
+    print(f"samples       {len(received)} / {total}\n"
+          f"accuracy      {acc:.4f}\n"
+          f"timesteps     {steps.mean():.2f} on average of T = {T} (speed-up {T / steps.mean():.2f}x)\n"
+          f"latency       p50 {np.percentile(lat, 50):.3f} ms, p99 {np.percentile(lat, 99):.3f} ms "
+          f"(last event of the deciding frame -> message sent)\n"
+          f"wall time     {pipeline.wall_s:.2f} s")
+    return pipeline.exit_code
+
+
+def _demo_line(received, total, T) -> str:
+    import numpy as np
+
+    n = len(received)
+    with_target = [m for m in received if "target" in m]
+    acc = sum(m["label"] == m["target"] for m in with_target) / max(1, len(with_target))
+    steps = sum(m["timesteps"] for m in received) / n
+    lat = np.percentile([m["latency_ms"] for m in received], 50)
+    return (f"samples {n}/{total}  accuracy {acc:.3f}  mean timesteps {steps:.2f}/{T}  "
+            f"latency p50 {lat:.2f} ms")
+
+
+def _cmd_subscribe(args) -> int:
+    """``streamsnn subscribe ENDPOINT``: one JSON line per message (topic added as ``topic``)."""
+    from .stream.bus import Subscriber
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    subscriber = Subscriber(args.endpoint, streams=[args.stream] if args.stream else None,
+                            topic=args.topic, curve_keys=args.curve_keys)
+    received = 0
+    try:
+        while args.count is None or received < args.count:
+            item = subscriber.recv(timeout_s=0.5)
+            if item is None:
+                continue
+            topic, message = item
+            line = json.dumps({"topic": topic, **message}, separators=(",", ":"))
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+            received += 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        subscriber.close()
+    return 0
+
+
+def _cmd_keys(args) -> int:
+    from .stream.bus import generate_keys
+
+    names = args.name or ["client"]
+    written = generate_keys(args.directory, names)
+    print(f"server key pair: {written['server_secret']} (publisher: streamsnn run --curve-keys {args.directory})")
+    for name, folder in written["clients"].items():
+        print(f"client {name!r}: {folder} (subscriber: streamsnn subscribe ENDPOINT --curve-keys {folder})")
+    return 0
+
+
+# --------------------------------------------------------------------------- looking at events
 
 def _cmd_view(args) -> int:
-    from .view import view_main
+    from .view import render_recording, show_frames
 
-    return view_main(args)
+    if args.time_window <= 0:
+        raise ConfigError(f"--time-window must be > 0 microseconds, got {args.time_window}")
+    frames, out = render_recording(args.source, args.out, args.time_window, max_frames=args.frames,
+                                   sensor_size=args.sensor_size)
+    print(f"wrote {len(frames)} frame(s) of {args.time_window / 1000:g} ms to {out}")
+    if args.show:
+        show_frames(frames, args.time_window)
+    return 0
 
 
 def _sensor_size(text: str):
@@ -140,12 +434,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.set_defaults(handler=_cmd_eval)
 
+    p = sub.add_parser("export", help="write a checkpoint's network as a NIR graph (for other simulators and chips)")
+    p.add_argument("checkpoint", metavar="CKPT")
+    p.add_argument("output", metavar="OUT.nir")
+    p.add_argument("--dt", type=float, default=None, metavar="SECONDS",
+                   help="time step the LIF time constants are stated for (default: the frame length; "
+                        "snnTorch's importer assumes 1e-4)")
+    p.set_defaults(handler=_cmd_export)
+
+    p = sub.add_parser("import-nir", help="build a streamsnn checkpoint from a NIR graph")
+    p.add_argument("input", metavar="IN.nir")
+    p.add_argument("output", metavar="OUT.pt")
+    p.add_argument("--dt", type=float, default=None, metavar="SECONDS",
+                   help="time step the graph's time constants are meant for (default: the graph's metadata 'dt')")
+    p.set_defaults(handler=_cmd_import_nir)
+
     p = sub.add_parser("run", help="the streaming job: source -> binner -> SNN -> cutoff -> ZeroMQ")
     p.add_argument("pipeline", nargs="?", default=None, metavar="PIPELINE.toml",
                    help="a pipeline definition; command-line options override its values")
     p.add_argument("--source", action="append", default=None, metavar="SRC",
                    help="file, folder of samples, dv://HOST:PORT or camera[:SERIAL]; repeat for several streams")
-    p.add_argument("--checkpoint", default=None, metavar="CKPT")
+    p.add_argument("--checkpoint", default=None, metavar="CKPT", help="a streamsnn checkpoint or a NIR file (.nir)")
     p.add_argument("--publish", default=None, metavar="ENDPOINT", help="default tcp://127.0.0.1:5556")
     p.add_argument("--speed", type=float, default=None, help="replay speed: 1 real time, 0 as fast as possible")
     p.add_argument("--loop", action="store_true", default=None, help="replay files forever")
@@ -172,7 +481,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_keys)
 
     p = sub.add_parser("demo", help="replay N-MNIST through the bundled checkpoint and show decisions")
-    p.add_argument("--data", default=None, metavar="DIR", help="N-MNIST root holding Test/ (or STREAMSNN_DATA)")
+    p.add_argument("--data", default=None, metavar="DIR",
+                   help="N-MNIST root holding Test/ (or STREAMSNN_DATA); default: the 100 bundled Test samples")
+    p.add_argument("--download", default=None, metavar="DIR",
+                   help="first fetch the full N-MNIST Test split with tonic into DIR (needs a network)")
     p.add_argument("--publish", default="tcp://127.0.0.1:5556", metavar="ENDPOINT")
     # Real time by default, so a newcomer watches decisions arrive as a camera would give them.
     p.add_argument("--speed", type=float, default=1.0, help="1 real time (default), 0 as fast as possible")

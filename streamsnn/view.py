@@ -77,18 +77,21 @@ def render_frames(frames: np.ndarray, out: str | os.PathLike, time_window_us: fl
     return out
 
 
-def view_main(args) -> int:
+def render_recording(source, out, time_window_us: float, max_frames: int | None = None,
+                     sensor_size=None) -> tuple[np.ndarray, Path]:
+    """Bin the start of a recording into frames of ``time_window_us`` and render them to ``out``
+    (PNG grid or GIF); returns (the frames drawn, the path written)."""
     from .binning import to_frame
     from .io import open_recording
 
-    if args.time_window <= 0:
-        raise ConfigError(f"--time-window must be > 0 microseconds, got {args.time_window}")
-    with open_recording(args.source, sensor_size=args.sensor_size) as recording:
+    if time_window_us <= 0:
+        raise ConfigError(f"time window must be > 0 microseconds, got {time_window_us}")
+    with open_recording(source, sensor_size=sensor_size) as recording:
         sensor_size = recording.sensor_size
-        limit = args.frames or (GIF_FRAME_LIMIT if str(args.out).lower().endswith(".gif") else PNG_GRID_LIMIT)
+        limit = max_frames or (GIF_FRAME_LIMIT if str(out).lower().endswith(".gif") else PNG_GRID_LIMIT)
         # Read only as much of the recording as the frames to be drawn need.
         chunks, start = [], None
-        for chunk in recording.chunks(time_window=args.time_window):
+        for chunk in recording.chunks(time_window=time_window_us):
             if len(chunk) and start is None:
                 start = int(chunk["t"][0])
             chunks.append(chunk)
@@ -96,14 +99,11 @@ def view_main(args) -> int:
                 break
         events = np.concatenate(chunks) if chunks else np.zeros(0)
     if sensor_size is None:
-        sensor_size = _infer_geometry(args.source, events)
-    frames = to_frame(events, sensor_size, time_window=args.time_window, include_incomplete=True)[:limit]
-    out = render_frames(frames, args.out, args.time_window,
-                        title=f"{Path(args.source).name} ({recording.format}, {sensor_size[0]}x{sensor_size[1]})")
-    print(f"wrote {len(frames[:GIF_FRAME_LIMIT])} frame(s) of {args.time_window / 1000:g} ms to {out}")
-    if getattr(args, "show", False):
-        show_frames(frames, args.time_window)
-    return 0
+        sensor_size = _infer_geometry(source, events)
+    frames = to_frame(events, sensor_size, time_window=time_window_us, include_incomplete=True)[:limit]
+    written = render_frames(frames, out, time_window_us,
+                            title=f"{Path(source).name} ({recording.format}, {sensor_size[0]}x{sensor_size[1]})")
+    return frames[:GIF_FRAME_LIMIT], written
 
 
 def show_frames(frames: np.ndarray, time_window_us: float) -> None:

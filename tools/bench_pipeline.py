@@ -41,7 +41,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from streamsnn.bus import Subscriber  # noqa: E402
+from streamsnn.stream.bus import Subscriber  # noqa: E402
 
 
 def _free_port() -> int:

@@ -1,4 +1,4 @@
-"""Event readers, the HDF5 event store, and (in replay/live) event sources.
+"""Event readers and the HDF5 event store (the streaming sources live in ``streamsnn.stream.sources``).
 
 ``read_events(path)`` and ``open_recording(path)`` find the format from the
 content (header magic) first and the extension second, and hand the file to

@@ -1,4 +1,4 @@
-"""``streamsnn eval``: anytime evaluation of a checkpoint on a dataset split (JSON + PNG).
+"""The anytime evaluation of a checkpoint on a dataset split (JSON + PNG), behind ``streamsnn eval``.
 
 JSON keys (accuracies are fractions in [0, 1]):
 
@@ -14,7 +14,6 @@ JSON keys (accuracies are fractions in [0, 1]):
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -111,25 +110,3 @@ def evaluate_checkpoint(checkpoint, data, split="Test", cache=None, device=None,
     report = anytime_report(logits, labels, meta.get("cutoff"))
     report.update(split=split, checkpoint=str(checkpoint), model=meta.get("model"), reg=meta.get("reg"))
     return report, logits, labels
-
-
-def eval_main(args) -> int:
-    from .trainer import configure_threads
-
-    configure_threads()
-    report, _, _ = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.cache, args.device)
-    c = report.get("checkpoint_cutoff")
-    print(f"{args.split}: {report['samples']} samples, accuracy at T = {report['timesteps']}: "
-          f"{report['full_accuracy']:.4f}; oracle mean timesteps {report['oracle_mean_timesteps']:.2f}")
-    if c:
-        print(f"checkpoint cutoff ({c['policy']} {c.get('epsilon', c.get('beta'))}): accuracy {c['accuracy']:.4f} "
-              f"at {c['mean_timesteps']:.2f} mean timesteps")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
-        print(f"report written to {args.json}")
-    if args.plot:
-        plot_report(report, args.plot, title=f"{report['model']} ({report['reg']}) on {args.split}")
-        print(f"plot written to {args.plot}")
-    return 0

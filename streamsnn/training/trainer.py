@@ -1,4 +1,4 @@
-"""``streamsnn train``: bin (and cache) a dataset, train with TET + STR/RCS, save a checkpoint.
+"""Training behind ``streamsnn train``: bin (and cache) a dataset, train with TET + STR/RCS, save a checkpoint.
 
 Single process by default; under ``torchrun --nproc_per_node=N`` (WORLD_SIZE > 1
 in the environment) it trains data-parallel with DistributedDataParallel:
@@ -8,12 +8,9 @@ checkpoint and prints; the others wait at a barrier.
 from __future__ import annotations
 
 import os
-import shlex
-import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -162,47 +159,3 @@ def train(data, out, cfg: TrainConfig, cache=None, device=None, progress=True, c
     finally:
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
-
-
-def config_from_args(args) -> TrainConfig:
-    if args.timesteps < 1:
-        raise ConfigError(f"--timesteps must be >= 1, got {args.timesteps}")
-    if args.time_window <= 0:
-        raise ConfigError(f"--time-window must be > 0 us, got {args.time_window}")
-    cfg = TrainConfig(model=args.model, timesteps=args.timesteps, time_window=args.time_window, reg=args.reg,
-                      reg_strength=args.reg_strength, seed=args.seed, **RECIPE)
-    if args.epochs is not None:
-        cfg.epochs = args.epochs
-    if args.batch_size is not None:
-        cfg.batch_size = args.batch_size
-    if args.lr is not None:
-        cfg.lr = args.lr
-    if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0:
-        raise ConfigError("--epochs and --batch-size must be >= 1 and --lr > 0")
-    return cfg
-
-
-def command_from_args(args) -> str:
-    """The command line that reproduces this run: the argv when run as ``streamsnn``, else rebuilt."""
-    argv = list(sys.argv)
-    if argv and Path(argv[0]).name == "streamsnn" and "train" in argv[1:]:
-        return "streamsnn " + " ".join(shlex.quote(a) for a in argv[1:])
-    parts = ["streamsnn", "train", "--data", str(args.data), "--model", args.model, "--reg", args.reg]
-    optional = [("--timesteps", args.timesteps, 10), ("--time-window", args.time_window, 30_000.0),
-                ("--reg-strength", args.reg_strength, None), ("--epochs", args.epochs, None),
-                ("--batch-size", args.batch_size, None), ("--lr", args.lr, None), ("--seed", args.seed, 0)]
-    for flag, value, default in optional:
-        if value is not None and value != default:
-            parts += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
-    parts += ["--out", str(args.out)]
-    return " ".join(shlex.quote(p) for p in parts)
-
-
-def train_main(args) -> int:
-    configure_threads()
-    cfg = config_from_args(args)
-    build_model(cfg.model)  # unknown names fail before any binning
-    command = command_from_args(args)
-    train(args.data, args.out, cfg, cache=args.cache, device=args.device, progress=not args.no_progress,
-          command=command)
-    return 0

@@ -1,8 +1,8 @@
 """The HDF5 decision log: every published decision, one row each.
 
 Layout: one resizable, chunked compound dataset ``/decisions`` with the
-fields of the message contract (``target`` is -1 when the source does not
-know it) and the file attribute ``schema``. Rows are buffered and written
+fields of the message schema (:mod:`streamsnn.stream.messages`; ``target`` is
+-1 when the source does not know it) and the file attribute ``schema``. Rows are buffered and written
 every ``flush_every`` rows or ``flush_interval_s`` seconds, and always on
 :meth:`DecisionLog.close`, which the pipeline calls on every way out (end of
 the source, source error, Ctrl-C, SIGTERM). Opening an existing log appends.
@@ -16,23 +16,19 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .errors import ConfigError
+from ..errors import ConfigError
+from .messages import DECISION_FIELDS, SCHEMA_VERSION
 
-LOG_SCHEMA = 1
+LOG_SCHEMA = SCHEMA_VERSION
 STREAM_BYTES = 64
-LOG_DTYPE = np.dtype([
-    ("stream", f"S{STREAM_BYTES}"),
-    ("seq", "<i8"),
-    ("label", "<i4"),
-    ("confidence", "<f4"),
-    ("timesteps", "<i4"),
-    ("max_timesteps", "<i4"),
-    ("window_start_us", "<i8"),
-    ("window_end_us", "<i8"),
-    ("published_ns", "<i8"),
-    ("latency_ms", "<f4"),
-    ("target", "<i4"),
-])
+# the column type of each logged field of the message schema (``schema`` is a file attribute)
+_COLUMN_TYPES = {
+    "stream": f"S{STREAM_BYTES}", "seq": "<i8", "label": "<i4", "confidence": "<f4", "timesteps": "<i4",
+    "max_timesteps": "<i4", "window_start_us": "<i8", "window_end_us": "<i8", "published_ns": "<i8",
+    "latency_ms": "<f4", "target": "<i4",
+}
+LOGGED_FIELDS = tuple(name for name in DECISION_FIELDS if name != "schema") + ("target",)
+LOG_DTYPE = np.dtype([(name, _COLUMN_TYPES[name]) for name in LOGGED_FIELDS])
 
 
 class DecisionLog:
@@ -63,12 +59,15 @@ class DecisionLog:
         self.rows = int(dataset.shape[0])
 
     def append(self, message: dict) -> None:
-        target = message.get("target")
-        self._pending.append((
-            str(message["stream"]).encode("utf-8")[:STREAM_BYTES], int(message["seq"]), int(message["label"]),
-            float(message["confidence"]), int(message["timesteps"]), int(message["max_timesteps"]),
-            int(message["window_start_us"]), int(message["window_end_us"]), int(message["published_ns"]),
-            float(message["latency_ms"]), -1 if target is None else int(target)))
+        row = []
+        for name in LOGGED_FIELDS:
+            value = message.get(name)
+            if name == "stream":
+                value = str(value).encode("utf-8")[:STREAM_BYTES]
+            elif name == "target" and value is None:
+                value = -1
+            row.append(value)
+        self._pending.append(tuple(row))
         if len(self._pending) >= self.flush_every or time.monotonic() - self._last_flush >= self.flush_interval_s:
             self.flush()
 

@@ -30,14 +30,13 @@ the file's folder, the log path to the working directory; ``${VAR}`` and
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 @dataclass
@@ -306,34 +305,3 @@ def validate(config: PipelineConfig) -> PipelineConfig:
     if config.torch_threads < 1:
         fail("[model].torch_threads", "a positive integer", config.torch_threads)
     return config
-
-
-def config_from_args(args) -> PipelineConfig:
-    """``streamsnn run [PIPELINE.toml] --source ... --checkpoint ...``: the file, then the options over it."""
-    config = load_config(args.pipeline) if getattr(args, "pipeline", None) else PipelineConfig()
-    if getattr(args, "pipeline", None) is None:
-        config.origin = "command line"
-    speed = getattr(args, "speed", None)
-    loop = getattr(args, "loop", None)
-    if args.source:
-        # --source replaces the file's sources; the file's first [[source]] (if any) gives the other settings
-        template = config.sources[0] if config.sources else SourceConfig(uri="")
-        config.sources = [dataclasses.replace(template, uri=uri, stream=template.stream if len(args.source) == 1
-                                              else None) for uri in args.source]
-    for source in config.sources:
-        if speed is not None:
-            source.speed = speed
-        if loop is not None:
-            source.loop = loop
-    for attr, option in (("checkpoint", "checkpoint"), ("endpoint", "publish"), ("log", "log"),
-                         ("cutoff_epsilon", "cutoff_epsilon"), ("max_timesteps", "max_timesteps"),
-                         ("queue_policy", "queue_policy"), ("curve_keys", "curve_keys"), ("device", "device")):
-        value = getattr(args, option, None)
-        if value is not None:
-            setattr(config, attr, value)
-    if not config.sources:
-        raise ConfigError(f"{config.origin}: no source; give --source SRC (file, dataset folder, "
-                          "dv://HOST:PORT or camera[:SERIAL]) or a [[source]] table")
-    if not config.checkpoint:
-        raise ConfigError(f"{config.origin}: no checkpoint; give --checkpoint CKPT or [model].checkpoint")
-    return validate(config)

@@ -1,14 +1,7 @@
-"""Decision messages on ZeroMQ: the message contract, the publisher, the subscriber, CurveZMQ keys.
+"""Decision messages on ZeroMQ: the publisher, the subscriber, CurveZMQ keys.
 
-Message contract (DESIGN.md): two frames, a UTF-8 topic ``decision.<stream>``
-or ``status.<stream>`` and a UTF-8 JSON object. Decisions carry ``schema``,
-``stream``, ``seq`` (per stream, from 0, no gaps), ``label``, ``confidence``,
-``timesteps``, ``max_timesteps``, ``window_start_us``, ``window_end_us``,
-``published_ns`` (``time.time_ns()`` when sent), ``latency_ms`` (from the
-moment the last event of the deciding frame was available to the pipeline
-until the message was sent) and ``target`` when the source knows it. They
-also carry ``frame_available_ns`` (the wall-clock time, ``time.time_ns()``,
-of that moment) so that a subscriber can measure end-to-end latency.
+The messages themselves (two frames: topic and JSON object; their fields)
+are defined in :mod:`streamsnn.stream.messages`.
 
 Design choices, on purpose:
 
@@ -32,22 +25,18 @@ Design choices, on purpose:
 """
 from __future__ import annotations
 
-import json
 import os
-import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 import zmq
 
-from .errors import ConfigError
+from ..errors import ConfigError
+from .messages import decode, encode
 
-SCHEMA_VERSION = 1
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5556"
-DECISION_FIELDS = ("schema", "stream", "seq", "label", "confidence", "timesteps", "max_timesteps",
-                   "window_start_us", "window_end_us", "published_ns", "latency_ms")
 _LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
@@ -75,26 +64,6 @@ def is_loopback(endpoint: str) -> bool:
         return True
     host = rest.rsplit(":", 1)[0]
     return host in _LOOPBACK
-
-
-# --------------------------------------------------------------------------- messages
-
-def decision_topic(stream: str) -> str:
-    return f"decision.{stream}"
-
-
-def status_topic(stream: str) -> str:
-    return f"status.{stream}"
-
-
-def encode(topic: str, message: dict) -> list[bytes]:
-    return [topic.encode("utf-8"), json.dumps(message, separators=(",", ":")).encode("utf-8")]
-
-
-def decode(frames: list[bytes]) -> tuple[str, dict]:
-    if len(frames) != 2:
-        raise ValueError(f"expected a two-frame message (topic, JSON), got {len(frames)} frames")
-    return frames[0].decode("utf-8"), json.loads(frames[1].decode("utf-8"))
 
 
 # --------------------------------------------------------------------------- CurveZMQ keys
@@ -183,15 +152,6 @@ def _load_client_keys(directory: Path) -> tuple[bytes, bytes, bytes]:
     public, private = zmq.auth.load_certificate(secret)
     server_public, _ = zmq.auth.load_certificate(folder / f"{SERVER_KEY_NAME}.key")
     return public, private, server_public
-
-
-def keys_main(args) -> int:
-    names = args.name or ["client"]
-    written = generate_keys(args.directory, names)
-    print(f"server key pair: {written['server_secret']} (publisher: streamsnn run --curve-keys {args.directory})")
-    for name, folder in written["clients"].items():
-        print(f"client {name!r}: {folder} (subscriber: streamsnn subscribe ENDPOINT --curve-keys {folder})")
-    return 0
 
 
 # --------------------------------------------------------------------------- publisher
@@ -358,28 +318,3 @@ class Subscriber:
 
     def __exit__(self, *exc):
         self.close()
-
-
-def subscribe_main(args) -> int:
-    """``streamsnn subscribe ENDPOINT``: one JSON line per message (topic added as ``topic``)."""
-    import signal
-
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    subscriber = Subscriber(args.endpoint, streams=[args.stream] if args.stream else None,
-                            topic=args.topic, curve_keys=args.curve_keys)
-    received = 0
-    try:
-        while args.count is None or received < args.count:
-            item = subscriber.recv(timeout_s=0.5)
-            if item is None:
-                continue
-            topic, message = item
-            line = json.dumps({"topic": topic, **message}, separators=(",", ":"))
-            sys.stdout.write(line + "\n")
-            sys.stdout.flush()
-            received += 1
-    except KeyboardInterrupt:
-        pass
-    finally:
-        subscriber.close()
-    return 0

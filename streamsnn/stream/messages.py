@@ -1,0 +1,108 @@
+"""The one message schema of the streaming job: decisions and status, as the bus, the log and tests see them.
+
+A message on the bus is two ZeroMQ frames: a UTF-8 topic ``decision.<stream>``
+or ``status.<stream>`` and a UTF-8 JSON object. The fields below are the
+contract (DESIGN.md); the publisher (``stream/bus.py``), the HDF5 log
+(``stream/log.py``), the job and the tests all take them from here.
+
+Decisions carry every field of :data:`DECISION_FIELDS`; ``latency_ms`` runs
+from the moment the last event of the deciding frame was available to the
+pipeline (``frame_available_ns``, wall clock) until the message was sent
+(``published_ns``), so a subscriber on the same machine can measure the
+end-to-end latency itself. The optional fields appear when they are known.
+"""
+from __future__ import annotations
+
+import json
+
+SCHEMA_VERSION = 1
+
+# name -> Python type of the JSON value; every decision has all of them
+DECISION_FIELDS: dict[str, type] = {
+    "schema": int,
+    "stream": str,
+    "seq": int,                  # per stream, from 0, no gaps
+    "label": int,                # class index, argmax of the accumulated logits
+    "confidence": float,         # max softmax of the accumulated logits at the decision
+    "timesteps": int,            # frames used, 1..max_timesteps
+    "max_timesteps": int,
+    "window_start_us": int,      # event time of the first frame of the window
+    "window_end_us": int,        # event time of the end of the deciding frame
+    "published_ns": int,         # time.time_ns() at the send
+    "latency_ms": float,         # frame_available_ns -> published_ns
+}
+# present when known: the true class (sample folders), the class's name, the sample's file,
+# whether the cutoff never fired (the decision was taken at max_timesteps or at the end of a stream)
+DECISION_OPTIONAL_FIELDS: dict[str, type] = {
+    "target": int,
+    "frame_available_ns": int,
+    "forced": bool,
+    "class_name": str,
+    "sample": str,
+}
+
+# status.<stream>, once per status interval and once at the end (final = true)
+STATUS_FIELDS: dict[str, type] = {
+    "schema": int,
+    "stream": str,
+    "state": str,                # starting, running, finished, stopped, error
+    "source": str,
+    "queue_policy": str,
+    "events_in": int,            # events the source has read
+    "events_processed": int,     # events taken from the queue by the job
+    "dropped_events": int,
+    "dropped_chunks": int,
+    "frames": int,
+    "decisions": int,
+    "event_time_s": float,       # recording time covered so far
+    "published_ns": int,
+}
+
+DECISION, STATUS = "decision", "status"
+
+
+def decision_topic(stream: str) -> str:
+    return f"{DECISION}.{stream}"
+
+
+def status_topic(stream: str) -> str:
+    return f"{STATUS}.{stream}"
+
+
+def encode(topic: str, message: dict) -> list[bytes]:
+    return [topic.encode("utf-8"), json.dumps(message, separators=(",", ":")).encode("utf-8")]
+
+
+def decode(frames: list[bytes]) -> tuple[str, dict]:
+    if len(frames) != 2:
+        raise ValueError(f"expected a two-frame message (topic, JSON), got {len(frames)} frames")
+    return frames[0].decode("utf-8"), json.loads(frames[1].decode("utf-8"))
+
+
+def check_message(message: dict, fields: dict[str, type], optional: dict[str, type] | None = None) -> dict:
+    """The message itself when every field of ``fields`` is there with its type (and every optional
+    field present has its type); otherwise ValueError naming the field."""
+    def check(name, kind):
+        value = message[name]
+        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        if kind is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not ok:
+            raise ValueError(f"message field {name!r} must be {kind.__name__}, got {value!r}")
+
+    for name, kind in fields.items():
+        if name not in message:
+            raise ValueError(f"message lacks the field {name!r}")
+        check(name, kind)
+    for name, kind in (optional or {}).items():
+        if name in message and message[name] is not None:
+            check(name, kind)
+    return message
+
+
+def check_decision(message: dict) -> dict:
+    return check_message(message, DECISION_FIELDS, DECISION_OPTIONAL_FIELDS)
+
+
+def check_status(message: dict) -> dict:
+    return check_message(message, STATUS_FIELDS)

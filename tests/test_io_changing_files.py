@@ -14,7 +14,7 @@ from streamsnn.events import EVENT_DTYPE, make_events
 from streamsnn.io import open_recording, read_events
 from streamsnn.io.arrays import write_npy
 from streamsnn.io.prophesee import write_raw
-from streamsnn.io.replay import make_source
+from streamsnn.stream.sources import make_source
 from streamsnn.io.store import convert_to_store, write_store
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,7 +40,8 @@ def _run_python(code, *args, timeout=120):
 _TRUNCATE_DURING_REPLAY = r"""
 import os, sys, threading
 from streamsnn.errors import SourceError
-from streamsnn.io import replay, store
+from streamsnn.io import store
+from streamsnn.stream import sources as replay
 store.READ_BLOCK_EVENTS = 1 << 16   # several reads over this small store, as over a big one
 source = replay.make_source(sys.argv[1], speed=0)
 source.open()

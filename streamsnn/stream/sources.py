@@ -189,7 +189,7 @@ class FileReplaySource(Source):
         self.passes = 0
 
     def open(self, default_sensor_size=None) -> None:
-        from .detect import check_readable_file
+        from ..io.detect import check_readable_file
 
         try:
             check_readable_file(self.path)  # a device such as /dev/zero exists, but is no recording

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import shlex
 import signal
@@ -328,11 +329,17 @@ def _cmd_subscribe(args) -> int:
 
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     subscriber = Subscriber(args.endpoint, streams=[args.stream] if args.stream else None,
-                            topic=args.topic, curve_keys=args.curve_keys)
+                            topic=args.topic, curve_keys=args.curve_keys, max_bytes=args.max_bytes,
+                            rcvhwm=args.rcvhwm)
     received = 0
+    reported, reported_at = 0, -1e9
     try:
         while args.count is None or received < args.count:
             item = subscriber.recv(timeout_s=0.5)
+            # a flood of garbage from a rogue peer gets one line a second, not one per message
+            if subscriber.malformed > reported and time.monotonic() - reported_at >= 1.0:
+                reported, reported_at = subscriber.malformed, time.monotonic()
+                _report_malformed(subscriber)
             if item is None:
                 continue
             topic, message = item
@@ -343,8 +350,17 @@ def _cmd_subscribe(args) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        if subscriber.malformed > reported:
+            _report_malformed(subscriber)
         subscriber.close()
     return 0
+
+
+def _report_malformed(subscriber) -> None:
+    dropped = (f"; the publisher was disconnected {subscriber.disconnects} time(s) (a frame over --max-bytes, "
+               "or it went away) and reconnected" if subscriber.disconnects else "")
+    print(f"streamsnn subscribe: skipped {subscriber.malformed} malformed message(s) so far "
+          f"(last: {subscriber.last_malformed}){dropped}", file=sys.stderr, flush=True)
 
 
 def _cmd_keys(args) -> int:
@@ -384,7 +400,36 @@ def _sensor_size(text: str):
     return values if len(values) == 3 else values + (2,)
 
 
+_INT32_MAX = 2**31 - 1
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 1 <= value <= _INT32_MAX:
+        raise argparse.ArgumentTypeError(f"expected an integer from 1 to {_INT32_MAX}, got {text}")
+    return value
+
+
+def _number(minimum: float, *, inclusive: bool = True):
+    """An argparse type: a finite float >= minimum (> minimum when not inclusive); NaN and inf refused."""
+    def convert(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value) or value < minimum or (value == minimum and not inclusive):
+            raise argparse.ArgumentTypeError(f"expected a finite number {'>=' if inclusive else '>'} {minimum:g}, "
+                                             f"got {text}")
+        return value
+    return convert
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .stream.messages import MAX_MESSAGE_BYTES, RECEIVE_QUEUE_MESSAGES
+
     parser = argparse.ArgumentParser(
         prog="streamsnn",
         description="Event-camera streams to early decisions with stateful spiking networks.")
@@ -410,13 +455,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, metavar="DIR",
                    help="dataset root in the N-MNIST archive layout (Train/<class>/*.bin, Test/<class>/*.bin)")
     p.add_argument("--model", default="nmnist", help="model name (nmnist, dvsgesture, cifar10dvs)")
-    p.add_argument("--timesteps", type=int, default=10, help="frames per sample, T")
-    p.add_argument("--time-window", type=float, default=30_000.0, help="frame length in microseconds")
+    p.add_argument("--timesteps", type=_positive_int, default=10, help="frames per sample, T")
+    p.add_argument("--time-window", type=_number(0, inclusive=False), default=30_000.0,
+                   help="frame length in microseconds")
     p.add_argument("--reg", choices=["none", "str", "rcs"], default="str", help="regulariser on top of TET")
-    p.add_argument("--reg-strength", type=float, default=None, help="regulariser weight (default per method)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the README recipe)")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--reg-strength", type=_number(0), default=None, help="regulariser weight (default per method)")
+    p.add_argument("--epochs", type=_positive_int, default=None, help="training epochs (default: the README recipe)")
+    p.add_argument("--batch-size", type=_positive_int, default=None)
+    p.add_argument("--lr", type=_number(0, inclusive=False), default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", default=None, metavar="DIR", help="folder for the binned-frame HDF5 cache")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -437,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write a checkpoint's network as a NIR graph (for other simulators and chips)")
     p.add_argument("checkpoint", metavar="CKPT")
     p.add_argument("output", metavar="OUT.nir")
-    p.add_argument("--dt", type=float, default=None, metavar="SECONDS",
+    p.add_argument("--dt", type=_number(0, inclusive=False), default=None, metavar="SECONDS",
                    help="time step the LIF time constants are stated for (default: the frame length; "
                         "snnTorch's importer assumes 1e-4)")
     p.set_defaults(handler=_cmd_export)
@@ -445,7 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("import-nir", help="build a streamsnn checkpoint from a NIR graph")
     p.add_argument("input", metavar="IN.nir")
     p.add_argument("output", metavar="OUT.pt")
-    p.add_argument("--dt", type=float, default=None, metavar="SECONDS",
+    p.add_argument("--dt", type=_number(0, inclusive=False), default=None, metavar="SECONDS",
                    help="time step the graph's time constants are meant for (default: the graph's metadata 'dt')")
     p.set_defaults(handler=_cmd_import_nir)
 
@@ -456,11 +502,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="file, folder of samples, dv://HOST:PORT or camera[:SERIAL]; repeat for several streams")
     p.add_argument("--checkpoint", default=None, metavar="CKPT", help="a streamsnn checkpoint or a NIR file (.nir)")
     p.add_argument("--publish", default=None, metavar="ENDPOINT", help="default tcp://127.0.0.1:5556")
-    p.add_argument("--speed", type=float, default=None, help="replay speed: 1 real time, 0 as fast as possible")
+    p.add_argument("--speed", type=_number(0), default=None, help="replay speed: 1 real time, 0 as fast as possible")
     p.add_argument("--loop", action="store_true", default=None, help="replay files forever")
     p.add_argument("--log", default=None, metavar="decisions.h5", help="append every decision to this HDF5 log")
-    p.add_argument("--cutoff-epsilon", type=float, default=None, help="confidence cutoff: exit when max softmax > 1 - E")
-    p.add_argument("--max-timesteps", type=int, default=None)
+    p.add_argument("--cutoff-epsilon", type=_number(0), default=None, help="confidence cutoff: exit when max softmax > 1 - E")
+    p.add_argument("--max-timesteps", type=_positive_int, default=None)
     p.add_argument("--queue-policy", choices=["block", "drop"], default=None,
                    help="when inference falls behind: block the source or drop the oldest events")
     p.add_argument("--curve-keys", default=None, metavar="DIR", help="CurveZMQ: server key and allowed clients")
@@ -471,8 +517,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("endpoint", metavar="ENDPOINT")
     p.add_argument("--stream", default=None, help="only this stream")
     p.add_argument("--topic", choices=["decision", "status", "all"], default="all")
-    p.add_argument("--count", type=int, default=None, help="exit after this many messages")
+    p.add_argument("--count", type=_positive_int, default=None, help="exit after this many messages")
     p.add_argument("--curve-keys", default=None, metavar="DIR", help="client key pair and the server public key")
+    p.add_argument("--max-bytes", type=_positive_int, default=MAX_MESSAGE_BYTES, metavar="N",
+                   help="largest message frame accepted; a peer sending more is disconnected "
+                        f"(default {MAX_MESSAGE_BYTES})")
+    p.add_argument("--rcvhwm", type=_positive_int, default=RECEIVE_QUEUE_MESSAGES, metavar="N",
+                   help="messages queued before they are printed; beyond, they are dropped "
+                        f"(default {RECEIVE_QUEUE_MESSAGES})")
     p.set_defaults(handler=_cmd_subscribe)
 
     p = sub.add_parser("keys", help="generate CurveZMQ key pairs for access control")
@@ -487,16 +539,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="first fetch the full N-MNIST Test split with tonic into DIR (needs a network)")
     p.add_argument("--publish", default="tcp://127.0.0.1:5556", metavar="ENDPOINT")
     # Real time by default, so a newcomer watches decisions arrive as a camera would give them.
-    p.add_argument("--speed", type=float, default=1.0, help="1 real time (default), 0 as fast as possible")
+    p.add_argument("--speed", type=_number(0), default=1.0, help="1 real time (default), 0 as fast as possible")
     p.add_argument("--checkpoint", default=None, metavar="CKPT", help="default: the bundled N-MNIST checkpoint")
-    p.add_argument("--limit", type=int, default=None, help="at most this many samples")
+    p.add_argument("--limit", type=_positive_int, default=None, help="at most this many samples")
     p.set_defaults(handler=_cmd_demo)
 
     p = sub.add_parser("view", help="render events or binned frames to PNG/GIF")
     p.add_argument("source", metavar="FILE|SRC")
     p.add_argument("--out", required=True, metavar="OUT.png|OUT.gif")
-    p.add_argument("--time-window", type=float, default=30_000.0, help="frame length in microseconds")
-    p.add_argument("--frames", type=int, default=None, help="at most this many frames")
+    p.add_argument("--time-window", type=_number(0, inclusive=False), default=30_000.0,
+                   help="frame length in microseconds")
+    p.add_argument("--frames", type=_positive_int, default=None, help="at most this many frames")
     p.add_argument("--sensor-size", type=_sensor_size, default=None)
     p.add_argument("--show", action="store_true", help="also open a window (needs a display)")
     p.set_defaults(handler=_cmd_view)

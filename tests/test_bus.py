@@ -12,7 +12,7 @@ import pytest
 import zmq
 
 from streamsnn.stream.bus import Publisher, Subscriber, generate_keys, is_loopback, normalize_endpoint
-from streamsnn.stream.messages import decision_topic, status_topic
+from streamsnn.stream.messages import STATUS_FIELDS, decision_topic, status_topic
 from streamsnn.errors import ConfigError
 
 PY = sys.executable
@@ -74,7 +74,8 @@ def test_stream_filter_is_exact():
         assert pub.wait_for_subscribers(1, timeout_s=5, settle_s=0) == 1   # counts decision subscriptions
         time.sleep(0.05)                                                   # the status one arrives alongside
         pub.send(decision_topic("cam2"), _message(0, "cam2"))
-        pub.send(status_topic("cam"), {"stream": "cam", "state": "running"})
+        status = {name: kind() for name, kind in STATUS_FIELDS.items()}   # a subscriber takes only whole ones
+        pub.send(status_topic("cam"), {**status, "stream": "cam", "state": "running"})
         pub.send(decision_topic("cam"), _message(1, "cam"))
         topics = [sub.recv(timeout_s=5)[0] for _ in range(2)]
         assert sub.recv(timeout_s=0.2) is None

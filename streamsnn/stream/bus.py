@@ -34,9 +34,10 @@ from typing import Iterable
 import zmq
 
 from ..errors import ConfigError
-from .messages import decode, encode
+from .messages import MAX_MESSAGE_BYTES, RECEIVE_QUEUE_MESSAGES, decode, encode
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5556"
+_INT32_MAX = 2**31 - 1  # ZeroMQ's integer socket options are C ints
 _LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
@@ -173,7 +174,10 @@ class Publisher:
         socket = self.context.socket(zmq.XPUB)
         socket.setsockopt(zmq.SNDHWM, int(sndhwm))
         socket.setsockopt(zmq.LINGER, int(linger_ms))
-        socket.setsockopt(zmq.XPUB_VERBOSE, 1)   # see every subscription, also repeated ones
+        # every subscription and every unsubscription, also repeated ones: with XPUB_VERBOSE alone,
+        # ZeroMQ passes an unsubscription only when the last subscriber of a topic leaves, so
+        # subscribers that left went on being counted
+        socket.setsockopt(zmq.XPUB_VERBOSER, 1)
         if curve_keys is not None:
             from zmq.auth.thread import ThreadAuthenticator
 
@@ -270,15 +274,27 @@ class Publisher:
 # --------------------------------------------------------------------------- subscriber
 
 class Subscriber:
-    """SUB socket for decisions and status messages, optionally a CurveZMQ client."""
+    """SUB socket for decisions and status messages, optionally a CurveZMQ client.
+
+    Robust to any peer: a message that is not one of ours (``messages.decode``
+    refuses it) is skipped and counted in ``malformed`` (``last_malformed``
+    says why), never raised; frames over ``max_bytes`` make ZeroMQ drop the
+    sender's connection (it reconnects); at most ``rcvhwm`` messages queue.
+    """
 
     def __init__(self, endpoint: str, *, streams: Iterable[str] | None = None, topic: str = "all",
-                 curve_keys: str | os.PathLike | None = None, rcvhwm: int = 100_000,
-                 context: zmq.Context | None = None):
+                 curve_keys: str | os.PathLike | None = None, rcvhwm: int = RECEIVE_QUEUE_MESSAGES,
+                 max_bytes: int = MAX_MESSAGE_BYTES, context: zmq.Context | None = None):
         self.endpoint = normalize_endpoint(endpoint)
+        for name, value in (("rcvhwm", rcvhwm), ("max_bytes", max_bytes)):
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _INT32_MAX:
+                raise ConfigError(f"subscriber {name} must be an integer from 1 to {_INT32_MAX}, got {value!r}")
+        self.malformed = 0
+        self.last_malformed: str | None = None
         self.context = context or zmq.Context.instance()
         socket = self.context.socket(zmq.SUB)
         socket.setsockopt(zmq.RCVHWM, int(rcvhwm))
+        socket.setsockopt(zmq.MAXMSGSIZE, int(max_bytes))
         socket.setsockopt(zmq.LINGER, 0)
         socket.setsockopt(zmq.RECONNECT_IVL, 50)
         if curve_keys is not None:
@@ -293,6 +309,13 @@ class Subscriber:
                 # "decision.S" also prefixes "decision.S2": the exact stream is checked in recv().
                 socket.setsockopt_string(zmq.SUBSCRIBE, f"{kind}." + (stream or ""))
         self._streams = None if streams == [None] else set(streams)
+        # ZeroMQ never reconnects after it dropped a peer for a protocol error (a frame over
+        # MAXMSGSIZE): watch for disconnections and connect again ourselves
+        self.disconnects = 0
+        self._monitor = socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._poller = zmq.Poller()
+        self._poller.register(socket, zmq.POLLIN)
+        self._poller.register(self._monitor, zmq.POLLIN)
         socket.connect(self.endpoint)
         self.socket = socket
 
@@ -300,17 +323,39 @@ class Subscriber:
         """The next message (topic, object), or None when timeout_s passes first."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
-            if deadline is not None:
-                remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
-                if not self.socket.poll(remaining_ms, zmq.POLLIN):
+            timeout_ms = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+            ready = dict(self._poller.poll(timeout_ms))
+            if self._monitor in ready:
+                self._reconnect_after_disconnects()
+            if self.socket not in ready:
+                if deadline is not None and time.monotonic() >= deadline:
                     return None
-            topic, message = decode(self.socket.recv_multipart())
+                continue
+            try:
+                topic, message = decode(self.socket.recv_multipart())
+            except ValueError as exc:
+                self.malformed += 1
+                self.last_malformed = str(exc)
+                continue
             if self._streams is not None and topic.split(".", 1)[1] not in self._streams:
                 continue
             return topic, message
 
+    def _reconnect_after_disconnects(self) -> None:
+        from zmq.utils.monitor import recv_monitor_message
+
+        dropped = False
+        while self._monitor.poll(0):
+            dropped |= recv_monitor_message(self._monitor)["event"] == zmq.EVENT_DISCONNECTED
+        if dropped:
+            self.disconnects += 1
+            self.socket.disconnect(self.endpoint)
+            self.socket.connect(self.endpoint)
+
     def close(self) -> None:
         if not self.socket.closed:
+            self.socket.disable_monitor()
+            self._monitor.close(0)
             self.socket.close(0)
 
     def __enter__(self):

@@ -60,6 +60,13 @@ STATUS_FIELDS: dict[str, type] = {
 
 DECISION, STATUS = "decision", "status"
 
+# A decision is a few hundred bytes and a status message about a kilobyte: a frame of more is not
+# from a streamsnn job, and a subscriber's ZeroMQ drops the connection of the peer that sent it.
+MAX_MESSAGE_BYTES = 64 * 1024
+# Messages a subscriber queues before it reads them (beyond, ZeroMQ drops them): with
+# MAX_MESSAGE_BYTES this bounds the queue to 64 MiB, whatever a peer sends.
+RECEIVE_QUEUE_MESSAGES = 1000
+
 
 def decision_topic(stream: str) -> str:
     return f"{DECISION}.{stream}"
@@ -74,9 +81,28 @@ def encode(topic: str, message: dict) -> list[bytes]:
 
 
 def decode(frames: list[bytes]) -> tuple[str, dict]:
+    """(topic, message) of a message as it came off the wire, its fields checked against the schema of
+    its kind; anything else (from a peer that is not a streamsnn job) is ValueError saying what."""
     if len(frames) != 2:
-        raise ValueError(f"expected a two-frame message (topic, JSON), got {len(frames)} frames")
-    return frames[0].decode("utf-8"), json.loads(frames[1].decode("utf-8"))
+        raise ValueError(f"expected a two-frame message (topic, JSON), got {len(frames)} frame(s)")
+    try:
+        topic = frames[0].decode("utf-8")
+        text = frames[1].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    kind = topic.split(".", 1)[0]
+    if kind not in (DECISION, STATUS) or "." not in topic:
+        raise ValueError(f"topic {topic[:80]!r} is neither decision.<stream> nor status.<stream>")
+    try:
+        message = json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+    except ValueError as exc:
+        raise ValueError(f"not JSON ({exc})") from None
+    if not isinstance(message, dict):
+        raise ValueError(f"JSON {type(message).__name__}, not an object")
+    (check_decision if kind == DECISION else check_status)(message)
+    return topic, message
 
 
 def check_message(message: dict, fields: dict[str, type], optional: dict[str, type] | None = None) -> dict:

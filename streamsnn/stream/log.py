@@ -6,6 +6,13 @@ fields of the message schema (:mod:`streamsnn.stream.messages`; ``target`` is
 every ``flush_every`` rows or ``flush_interval_s`` seconds, and always on
 :meth:`DecisionLog.close`, which the pipeline calls on every way out (end of
 the source, source error, Ctrl-C, SIGTERM). Opening an existing log appends.
+
+A new log is written complete (table and attributes, no rows) under a name of
+its own and renamed into place, so a log exists only as a readable file: a job
+killed at any moment leaves every row flushed so far, none before the first
+flush (at most ``flush_interval_s`` of rows are lost). A file that is not a
+decision log is never written to. Stream names longer than ``STREAM_BYTES``
+bytes of UTF-8 are cut at a character boundary.
 """
 from __future__ import annotations
 
@@ -16,8 +23,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..errors import ConfigError
-from .messages import DECISION_FIELDS, SCHEMA_VERSION
+from ..errors import ConfigError, StreamsnnError
+from .messages import DECISION_FIELDS, SCHEMA_VERSION, check_decision
 
 LOG_SCHEMA = SCHEMA_VERSION
 STREAM_BYTES = 64
@@ -39,31 +46,72 @@ class DecisionLog:
         self._pending: list[tuple] = []
         self._last_flush = time.monotonic()
         self.rows = 0
+        self._file = None
+        if not os.path.lexists(self.path):
+            self._create()
+        self._file = self._open_existing()
+        self._dataset = self._file["decisions"]
+        self.rows = int(self._dataset.shape[0])
+
+    def _fail(self, what: str):
+        raise ConfigError(f"decision log {self.path}: {what}")
+
+    def _create(self) -> None:
+        from ..io.base import new_sibling_file, publish_file
+
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = h5py.File(self.path, "a")
+            temporary = new_sibling_file(self.path)
+        except (OSError, StreamsnnError) as exc:
+            self._fail(f"cannot be created ({exc})")
+        try:
+            with h5py.File(temporary, "w") as f:
+                f.create_dataset("decisions", shape=(0,), maxshape=(None,), dtype=LOG_DTYPE, chunks=(1024,))
+                f.attrs["schema"] = LOG_SCHEMA
+                f.attrs["fields"] = ",".join(LOG_DTYPE.names)
+            try:
+                publish_file(temporary, self.path, overwrite=False)
+            except StreamsnnError:
+                pass  # another writer created it meanwhile: it is checked like any existing file
+        finally:
+            if os.path.lexists(temporary):
+                os.unlink(temporary)
+
+    def _open_existing(self):
+        from ..io.detect import HDF5_MAGIC
+
+        if self.path.is_dir():
+            self._fail("is a folder")
+        try:
+            with open(self.path, "rb") as f:
+                magic = f.read(len(HDF5_MAGIC))
+        except OSError as exc:
+            self._fail(f"cannot be read ({exc.strerror})")
+        if magic != HDF5_MAGIC:
+            self._fail("exists and is not an HDF5 file, so not a decision log; refusing to write to it "
+                       "(give a new file name)")
+        try:
+            file = h5py.File(self.path, "r+")
         except (OSError, ValueError) as exc:
-            raise ConfigError(f"decision log {self.path}: cannot open for writing ({exc})") from exc
-        if "decisions" in self._file:
-            dataset = self._file["decisions"]
-            if dataset.dtype != LOG_DTYPE:
-                self._file.close()
-                raise ConfigError(f"decision log {self.path}: /decisions has another layout; "
-                                  "use a new file")
-        else:
-            dataset = self._file.create_dataset("decisions", shape=(0,), maxshape=(None,), dtype=LOG_DTYPE,
-                                                chunks=(1024,))
-            self._file.attrs["schema"] = LOG_SCHEMA
-            self._file.attrs["fields"] = ",".join(LOG_DTYPE.names)
-        self._dataset = dataset
-        self.rows = int(dataset.shape[0])
+            self._fail(f"cannot be opened for writing ({exc})")
+        dataset = file.get("decisions")
+        if not isinstance(dataset, h5py.Dataset) or "schema" not in file.attrs:
+            file.close()
+            self._fail("is an HDF5 file but not a decision log (no /decisions table with a 'schema' "
+                       "attribute); refusing to add to it (give a new file name)")
+        if dataset.dtype != LOG_DTYPE or dataset.ndim != 1 or dataset.maxshape != (None,):
+            file.close()
+            self._fail("/decisions has another layout; use a new file")
+        return file
 
     def append(self, message: dict) -> None:
+        """Queue one decision (a message of the schema: ValueError otherwise) for the next flush."""
+        check_decision(message)
         row = []
         for name in LOGGED_FIELDS:
             value = message.get(name)
             if name == "stream":
-                value = str(value).encode("utf-8")[:STREAM_BYTES]
+                value = stream_name_bytes(value)
             elif name == "target" and value is None:
                 value = -1
             row.append(value)
@@ -99,6 +147,11 @@ class DecisionLog:
         self.close()
 
 
+def stream_name_bytes(stream: str) -> bytes:
+    """The stream name as stored: UTF-8, cut to STREAM_BYTES at a character boundary."""
+    return str(stream).encode("utf-8")[:STREAM_BYTES].decode("utf-8", "ignore").encode("utf-8")
+
+
 def read_decision_log(path: str | os.PathLike) -> list[dict]:
     """All rows of a decision log as message-like dicts (``target`` None when unknown)."""
     with h5py.File(path, "r") as f:
@@ -106,7 +159,8 @@ def read_decision_log(path: str | os.PathLike) -> list[dict]:
     out = []
     for row in rows:
         item = {name: row[name].item() for name in LOG_DTYPE.names}
-        item["stream"] = row["stream"].decode("utf-8")
+        # logs written before names were cut at character boundaries may end inside one
+        item["stream"] = row["stream"].decode("utf-8", "replace")
         if item["target"] < 0:
             item["target"] = None
         out.append(item)

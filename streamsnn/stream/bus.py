@@ -312,6 +312,7 @@ class Subscriber:
         # ZeroMQ never reconnects after it dropped a peer for a protocol error (a frame over
         # MAXMSGSIZE): watch for disconnections and connect again ourselves
         self.disconnects = 0
+        self._reconnect_pending = False
         self._monitor = socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self._poller = zmq.Poller()
         self._poller.register(socket, zmq.POLLIN)
@@ -326,8 +327,10 @@ class Subscriber:
             timeout_ms = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
             ready = dict(self._poller.poll(timeout_ms))
             if self._monitor in ready:
-                self._reconnect_after_disconnects()
+                self._note_disconnects()
             if self.socket not in ready:
+                if self._reconnect_pending:  # only with nothing queued: a disconnect drops the queue
+                    self._reconnect()
                 if deadline is not None and time.monotonic() >= deadline:
                     return None
                 continue
@@ -341,16 +344,18 @@ class Subscriber:
                 continue
             return topic, message
 
-    def _reconnect_after_disconnects(self) -> None:
+    def _note_disconnects(self) -> None:
         from zmq.utils.monitor import recv_monitor_message
 
-        dropped = False
         while self._monitor.poll(0):
-            dropped |= recv_monitor_message(self._monitor)["event"] == zmq.EVENT_DISCONNECTED
-        if dropped:
-            self.disconnects += 1
-            self.socket.disconnect(self.endpoint)
-            self.socket.connect(self.endpoint)
+            if recv_monitor_message(self._monitor)["event"] == zmq.EVENT_DISCONNECTED:
+                self.disconnects += 1
+                self._reconnect_pending = True
+
+    def _reconnect(self) -> None:
+        self._reconnect_pending = False
+        self.socket.disconnect(self.endpoint)
+        self.socket.connect(self.endpoint)
 
     def close(self) -> None:
         if not self.socket.closed:

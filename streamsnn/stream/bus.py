@@ -25,7 +25,9 @@ Design choices, on purpose:
 """
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import time
 import warnings
 from pathlib import Path
@@ -38,7 +40,8 @@ from .messages import MAX_MESSAGE_BYTES, RECEIVE_QUEUE_MESSAGES, decode, encode
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5556"
 _INT32_MAX = 2**31 - 1  # ZeroMQ's integer socket options are C ints
-_LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+# names of loopback in an endpoint; "lo" (Linux) and "lo0" (macOS, BSD) are the interface itself
+_LOOPBACK = ("localhost", "lo", "lo0")
 
 
 # --------------------------------------------------------------------------- endpoints
@@ -50,12 +53,17 @@ def normalize_endpoint(endpoint: str | int | None) -> str:
         return DEFAULT_ENDPOINT
     text = str(endpoint).strip()
     if text.isdigit():
-        return f"tcp://127.0.0.1:{text}"
+        text = f"tcp://127.0.0.1:{text}"
     if "://" not in text:
         raise ConfigError(f"publish endpoint {text!r}: expected tcp://HOST:PORT, ipc://PATH or a port number")
     scheme, rest = text.split("://", 1)
-    if scheme == "tcp" and rest.startswith(":"):
-        return f"tcp://127.0.0.1{rest}"
+    if scheme == "tcp":
+        port = rest.rsplit(":", 1)[1] if ":" in rest else ""
+        # ZeroMQ takes a port number modulo 65536: 99999 would silently be 34463
+        if not (port in ("*", "!") or (port.isdigit() and 1 <= int(port) <= 65535)):
+            raise ConfigError(f"endpoint {text!r}: the port must be 1 to 65535 (or * for any free one)")
+        if rest.startswith(":"):
+            return f"tcp://127.0.0.1{rest}"
     return text
 
 
@@ -63,8 +71,13 @@ def is_loopback(endpoint: str) -> bool:
     scheme, rest = endpoint.split("://", 1)
     if scheme in ("ipc", "inproc"):
         return True
-    host = rest.rsplit(":", 1)[0]
-    return host in _LOOPBACK
+    host = rest.rsplit(":", 1)[0].strip("[]")
+    if host in _LOOPBACK:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback   # all of 127.0.0.0/8
+    except ValueError:
+        return False
 
 
 # --------------------------------------------------------------------------- CurveZMQ keys
@@ -98,8 +111,10 @@ def generate_keys(directory: str | os.PathLike, client_names: Iterable[str] = ("
     authorized.mkdir(exist_ok=True)
     written = {"server_public": str(server_public), "server_secret": str(server_secret), "clients": {}}
     for name in client_names:
-        if not name or "/" in name or name == SERVER_KEY_NAME:
-            raise ConfigError(f"client key name {name!r} is not allowed")
+        # a folder name of its own under DIR/clients: no path separators, "." or "..", no hidden names
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name or "") or name == SERVER_KEY_NAME:
+            raise ConfigError(f"client key name {name!r} is not allowed: letters, digits, '_', '-' and '.', "
+                              f"starting with a letter or digit, at most 64, not {SERVER_KEY_NAME!r}")
         folder = root / CLIENTS_DIR / name
         if folder.exists():
             raise ConfigError(f"{folder}: a client key pair named {name!r} exists already")

@@ -30,6 +30,7 @@ the file's folder, the log path to the working directory; ``${VAR}`` and
 """
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -83,7 +84,13 @@ class PipelineConfig:
 def _number(value):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError
-    return float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an integer beyond any float
+        raise TypeError from None
+    if not math.isfinite(value):  # TOML has nan and inf literals
+        raise TypeError
+    return value
 
 
 def _integer(value):
@@ -256,52 +263,100 @@ def parse_config(data: dict, origin: str = "<pipeline>", base: Path | None = Non
 
 def load_config(path: str | os.PathLike) -> PipelineConfig:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder, not a pipeline definition (a TOML file)")
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(f"{path}: pipeline definition not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the pipeline definition ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a pipeline definition: TOML is UTF-8 text, and byte {exc.start} "
+                          "is not UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
     return parse_config(data, origin=str(path), base=path.resolve().parent)
 
 
+_INT32_MAX = 2**31 - 1   # ZeroMQ's socket options and the log's int32 columns
+_INT64_MAX = 2**63 - 1
+_COORDINATE_MAX = 2**15 - 1   # x and y are int16
+_HOUR_US = 3_600_000_000
+# torch creates this many threads at once: 100,000 crashed it (SIGSEGV); more than cores never helps
+TORCH_THREADS_MAX = 1024
+STATUS_INTERVAL_MIN_S = 0.01
+
+
+def _in_range(value, low, high) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and (not isinstance(value, float) or math.isfinite(value)) and low <= value <= high)
+
+
 def validate(config: PipelineConfig) -> PipelineConfig:
-    """Range checks shared by TOML files and command-line options."""
+    """Range checks shared by TOML files and command-line options: every number finite, within what the
+    option means and what its C type holds; file options of the right kind."""
     o = config.origin
 
     def fail(where, expected, value):
         raise ConfigError(f"{o}: {where} must be {expected}, got {value!r}")
 
+    def check(where, value, low, high, what="an integer"):
+        if value is not None and not _in_range(value, low, high):
+            fail(where, f"{what} from {low:,} to {high:,}", value)
+
     for i, source in enumerate(config.sources):
-        if source.speed < 0:
-            fail(f"source #{i + 1} speed", "a number >= 0", source.speed)
-        if source.limit is not None and source.limit < 1:
-            fail(f"source #{i + 1} limit", "a positive integer", source.limit)
+        where = f"source #{i + 1}"
+        check(f"{where} speed", source.speed, 0, 10**9, "a finite number")
+        check(f"{where} limit", source.limit, 1, _INT64_MAX)
+        if source.sensor_size is not None:
+            size = tuple(source.sensor_size)
+            if len(size) not in (2, 3) or not all(_in_range(v, 1, _COORDINATE_MAX + 1) for v in size[:2]):
+                fail(f"{where} sensor_size", f"[width, height(, polarities)], each from 1 to {_COORDINATE_MAX + 1:,}",
+                     list(size))
     streams = [s.stream for s in config.sources if s.stream]
     if len(set(streams)) != len(streams):
         raise ConfigError(f"{o}: two sources have the same stream name; give each a distinct `stream`")
-    if config.time_window is not None and config.time_window <= 0:
-        fail("[binning].time_window", "a positive integer number of microseconds", config.time_window)
-    if config.crop is not None and (config.crop[0] < 0 or config.crop[1] < 0 or config.crop[2] <= 0
-                                    or config.crop[3] <= 0):
-        fail("[binning].crop", "[x0 >= 0, y0 >= 0, width > 0, height > 0]", list(config.crop))
-    if config.downsample is not None and min(config.downsample) < 1:
-        fail("[binning].downsample", "factors >= 1", list(config.downsample))
-    if config.denoise_us < 0:
-        fail("[binning].denoise_us", "an integer >= 0", config.denoise_us)
-    if config.cutoff_epsilon is not None and not 0 <= config.cutoff_epsilon <= 1:
-        fail("[cutoff].epsilon", "a number in [0, 1]", config.cutoff_epsilon)
-    if config.max_timesteps is not None and config.max_timesteps < 1:
-        fail("[cutoff].max_timesteps", "a positive integer", config.max_timesteps)
-    if config.queue_max_events < 1:
-        fail("[queue].max_events", "a positive integer", config.queue_max_events)
-    if config.queue_max_chunks < 1:
-        fail("[queue].max_chunks", "a positive integer", config.queue_max_chunks)
-    if config.sndhwm < 1:
-        fail("[publish].sndhwm", "a positive integer", config.sndhwm)
-    if config.status_interval_s <= 0:
-        fail("[publish].status_interval_s", "a positive number", config.status_interval_s)
-    if config.torch_threads < 1:
-        fail("[model].torch_threads", "a positive integer", config.torch_threads)
+    check("[binning].time_window", config.time_window, 1, _HOUR_US, "an integer number of microseconds")
+    if config.crop is not None and not (len(config.crop) == 4
+                                        and all(_in_range(v, 0, _COORDINATE_MAX) for v in config.crop[:2])
+                                        and all(_in_range(v, 1, _COORDINATE_MAX + 1) for v in config.crop[2:])):
+        fail("[binning].crop", f"[x0 >= 0, y0 >= 0, width > 0, height > 0] within {_COORDINATE_MAX + 1:,}",
+             list(config.crop))
+    if config.downsample is not None and not all(_in_range(v, 1, _COORDINATE_MAX) for v in config.downsample):
+        fail("[binning].downsample", f"factors from 1 to {_COORDINATE_MAX}", list(config.downsample))
+    check("[binning].denoise_us", config.denoise_us, 0, _HOUR_US, "an integer number of microseconds")
+    check("[cutoff].epsilon", config.cutoff_epsilon, 0, 1, "a number")
+    check("[cutoff].max_timesteps", config.max_timesteps, 1, _INT32_MAX)
+    check("[queue].max_events", config.queue_max_events, 1, _INT64_MAX)
+    check("[queue].max_chunks", config.queue_max_chunks, 1, _INT32_MAX)
+    check("[publish].sndhwm", config.sndhwm, 1, _INT32_MAX)
+    check("[publish].settle_s", config.settle_s, 0, 3600, "a number of seconds")
+    check("[publish].wait_subscribers", config.wait_subscribers, 0, _INT32_MAX)
+    check("[publish].wait_timeout_s", config.wait_timeout_s, 0, 86400, "a number of seconds")
+    check("[publish].status_interval_s", config.status_interval_s, STATUS_INTERVAL_MIN_S, 3600, "a number of seconds")
+    check("[model].torch_threads", config.torch_threads, 1, TORCH_THREADS_MAX)
+    from .bus import normalize_endpoint
+
+    try:
+        normalize_endpoint(config.endpoint)
+    except ConfigError as exc:
+        raise ConfigError(f"{o}: [publish].endpoint: {exc}") from None
+    _check_files(config, fail)
     return config
+
+
+def _check_files(config: PipelineConfig, fail) -> None:
+    if config.checkpoint and os.path.exists(config.checkpoint) and not os.path.isfile(config.checkpoint):
+        fail("[model].checkpoint", "a checkpoint file", config.checkpoint)
+    if config.curve_keys and os.path.exists(config.curve_keys) and not os.path.isdir(config.curve_keys):
+        fail("[publish].curve_keys", "a folder written by `streamsnn keys`", config.curve_keys)
+    if config.log:
+        if os.path.isdir(config.log):
+            fail("[log].path", "a decision log file, not a folder", config.log)
+        for i, source in enumerate(config.sources):
+            # a log written into a recording being replayed would change it under its reader
+            if os.path.exists(config.log) and os.path.exists(source.uri) and os.path.samefile(config.log, source.uri):
+                raise ConfigError(f"{config.origin}: [log].path {config.log} is the file of source #{i + 1}; "
+                                  "the decision log needs a file of its own")

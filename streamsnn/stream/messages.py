@@ -45,7 +45,7 @@ DECISION_OPTIONAL_FIELDS: dict[str, type] = {
 STATUS_FIELDS: dict[str, type] = {
     "schema": int,
     "stream": str,
-    "state": str,                # starting, running, finished, stopped, error
+    "state": str,                # starting, running, stalled (a live source sends nothing), finished, stopped, error
     "source": str,
     "queue_policy": str,
     "events_in": int,            # events the source has read

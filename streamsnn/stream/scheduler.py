@@ -365,7 +365,10 @@ class StreamWorker:
         }
         if self.with_target:
             message["accuracy"] = self.correct / self.with_target
-        message.update({k: v for k, v in self.source.stats().items() if k.startswith("pacing") or k == "speed"})
+        source = self.source.stats()
+        message.update({k: v for k, v in source.items() if k.startswith(("pacing", "source_")) or k == "speed"})
+        if source.get("source_stalled") and message["state"] == "running":
+            message["state"] = "stalled"  # a live sender that went quiet without closing the connection
         if self.error is not None:
             message["error"] = self.error
         return message

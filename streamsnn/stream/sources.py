@@ -23,10 +23,12 @@ pacing drift over a run is measured, not assumed.
 
 Live sources (``dv://HOST:PORT`` and ``camera[:SERIAL]``) are clocked by the
 sensor (absolute microseconds); they cannot be slowed down, so the job's
-default queue policy for them is "drop" (counted). dv-processing's readers are
-non-blocking: ``getNextEventBatch()`` returns None when nothing has arrived,
-so the source polls with a short sleep and checks ``isRunning()`` to tell a
-quiet stream from a dropped one. dv-processing's event layout (timestamp
+default queue policy for them is "drop" (counted). A DV network stream is
+read with plain sockets (its bytes are those of an AEDAT 4 file), every wait
+bounded and every length checked; a camera through dv-processing, whose
+reader is non-blocking: ``getNextEventBatch()`` returns None when nothing has
+arrived, so the source polls with a short sleep and checks ``isRunning()`` to
+tell a quiet camera from a lost one. dv-processing's event layout (timestamp
 int64, x int16, y int16, polarity int8, 16 bytes) is byte for byte
 EVENT_DTYPE, so batches are reinterpreted, not converted. A DV stream carries
 no "end of recording": when the sender goes away the source raises
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import collections
 import os
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -319,7 +322,7 @@ class FolderSource(Source):
                 return
 
 
-# --------------------------------------------------------------------------- live (dv-processing)
+# --------------------------------------------------------------------------- live: DV network streams, cameras
 
 POLL_S = 0.0005
 
@@ -362,11 +365,172 @@ def array_to_event_store(events: np.ndarray):
     return store
 
 
-class _DvInputSource(Source):
+# --------------------------------------------------------------------------- DV network streams
+
+# A DV network stream is an AEDAT 4.0 file without its first line: a uint32 header length, the
+# IOHeader, then packets (int32 stream id, int32 length, a compressed FlatBuffer). Read here with
+# plain sockets, not dv-processing's NetworkReader, which holds the GIL while it waits for a peer
+# (a peer that never answers froze the whole job) and allocates whatever a length field says.
+DV_MAX_HEADER_BYTES = 1 << 20      # DV's headers are a few kB of XML
+DV_MAX_PACKET_BYTES = 64 << 20     # DV sends packets of a few thousand events (16 bytes each)
+DV_RECV_POLL_S = 0.1               # how often a wait for bytes looks at the stop event
+DV_STALL_S = 2.0                   # a live stream without a byte for this long is reported stalled
+
+
+class DvNetworkSource(Source):
+    """``dv://HOST:PORT``: iniVation DV software or any dv-processing NetworkWriter (TCP).
+
+    ``open()`` connects and reads the stream's header within ``connect_timeout_s``
+    (retrying the connection until then: the sender may start after the job),
+    so a peer that does not speak DV is an error, not a hang. While streaming,
+    the seconds since the last byte are in ``stats()`` (``source_idle_s``;
+    ``source_stalled`` after ``stall_s``), so a stalled sender is visible on the
+    status topic; a closed connection ends the source with SourceError.
+    """
+
+    kind = "dv"
     live = True
 
-    def _reader(self):
-        raise NotImplementedError
+    def __init__(self, host: str, port: int, stream: str, *, connect_timeout_s: float = 5.0,
+                 stall_s: float = DV_STALL_S):
+        super().__init__(f"dv://{host}:{port}", stream)
+        self.host, self.port = host, port
+        self.connect_timeout_s = connect_timeout_s
+        self.stall_s = stall_s
+        self._socket = None
+        self._header = None
+        self._last_bytes = None  # time.monotonic() of the last bytes received
+        self._offset = 0         # bytes received so far (for errors)
+
+    def open(self, default_sensor_size=None) -> None:
+        import socket
+
+        deadline = time.monotonic() + self.connect_timeout_s
+        while True:
+            try:
+                self._socket = socket.create_connection(
+                    (self.host, self.port), timeout=max(0.05, deadline - time.monotonic()))
+                break
+            except OSError as exc:
+                if time.monotonic() >= deadline:
+                    raise SourceError(f"{self.uri}: cannot connect to a DV event stream ({exc})") from None
+                time.sleep(0.1)
+        self._socket.settimeout(DV_RECV_POLL_S)
+        try:
+            self._read_header(deadline)
+        except BaseException:
+            self.close()
+            raise
+
+    def _read_header(self, deadline: float) -> None:
+        from ..io.aedat import Aedat4Header
+
+        (size,) = struct.unpack("<I", self._receive(4, deadline=deadline))
+        if not 8 < size <= DV_MAX_HEADER_BYTES:
+            raise SourceError(f"{self.uri}: not a DV event stream: its first bytes give a header of {size} "
+                              f"bytes (a DV header has 9 to {DV_MAX_HEADER_BYTES})")
+        try:
+            self._header = header = Aedat4Header(self._receive(size, deadline=deadline), self.uri, 4)
+        except StreamsnnError as exc:
+            raise SourceError(f"not a DV event stream: {exc}") from None
+        if header.event_stream is None:
+            kinds = sorted({s.get("typeIdentifier", "?") for s in header.streams.values()})
+            raise SourceError(f"{self.uri}: the DV stream carries no events (only {', '.join(kinds) or 'nothing'})")
+        if header.sensor_size is None:
+            raise SourceError(f"{self.uri}: the DV stream does not say its event resolution")
+        self.sensor_size = SensorSize(header.sensor_size.width, header.sensor_size.height, 2)
+        self.camera_name = header.streams[header.event_stream].get("source", "")
+
+    def _receive(self, n: int, *, deadline: float | None = None, stop: threading.Event | None = None):
+        """n bytes (None when stopped first). The buffer grows with the bytes that arrive, so a
+        length field alone never allocates."""
+        import socket
+
+        data = bytearray()
+        while len(data) < n:
+            if stop is not None and stop.is_set():
+                return None
+            if deadline is not None and time.monotonic() >= deadline:
+                raise SourceError(f"{self.uri}: no DV event stream header within {self.connect_timeout_s} s "
+                                  f"({self._offset + len(data)} bytes received): the peer does not speak DV")
+            try:
+                got = self._socket.recv(min(n - len(data), 1 << 20))
+            except socket.timeout:
+                continue
+            except OSError as exc:
+                raise SourceError(f"{self.uri}: the event stream failed after {self.events_read} events: "
+                                  f"{exc}") from None
+            if not got:
+                raise SourceError(f"{self.uri}: the event stream dropped after {self.events_read} events "
+                                  "(sender closed or connection lost)")
+            data += got
+            self._last_bytes = time.monotonic()
+        self._offset += n
+        return bytes(data)
+
+    def items(self, stop: threading.Event, slice_us: float) -> Iterator:
+        from ..io.aedat import COMPRESSION_NAMES, decode_event_packet
+        from ..io.base import check_coordinates
+
+        header = self._header
+        started = False
+        last_t = None
+        while not stop.is_set():
+            at = self._offset
+            head = self._receive(8, stop=stop)
+            if head is None:
+                return
+            stream_id, size = struct.unpack("<ii", head)
+            if not 0 <= size <= DV_MAX_PACKET_BYTES or stream_id not in header.streams:
+                raise SourceError(f"{self.uri} (byte {at}): packet header says stream {stream_id}, {size} bytes; "
+                                  f"the stream declares streams {sorted(header.streams)} and packets of at most "
+                                  f"{DV_MAX_PACKET_BYTES} bytes: not a DV stream, or corrupt")
+            body = self._receive(size, stop=stop)
+            if body is None:
+                return
+            if stream_id != header.event_stream:
+                continue
+            try:
+                buffer = header.decompress(body)
+                events = decode_event_packet(buffer, self.uri, at + 8)
+                check_coordinates(events, self.sensor_size, self.uri, what="streamed event", offset=at + 8)
+            except StreamsnnError as exc:
+                raise SourceError(str(exc)) from None
+            except Exception as exc:  # lz4 and zstd raise their own types for bad data
+                raise SourceError(f"{self.uri} (byte {at + 8}): packet does not decompress "
+                                  f"({COMPRESSION_NAMES.get(header.compression)}): {exc}") from None
+            if events.size == 0:
+                continue
+            available = time.time_ns()
+            if last_t is not None and events["t"][0] < last_t:
+                # a restarted sender: keep the contract (t sorted) by starting a new window
+                started = False
+            if not started:
+                yield WindowStart(start_us=int(events["t"][0]))
+                started = True
+            last_t = int(events["t"][-1])
+            self.events_read += events.size
+            yield Chunk(events, last_t, available)
+
+    def stats(self) -> dict:
+        out = super().stats()
+        if self._last_bytes is not None:
+            idle = time.monotonic() - self._last_bytes
+            out["source_idle_s"] = round(idle, 3)
+            out["source_stalled"] = idle >= self.stall_s
+        return out
+
+    def close(self) -> None:
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+
+
+class _DvInputSource(Source):
+    """A source reading dv-processing's non-blocking reader (a camera): ``getNextEventBatch()``
+    returns None when nothing has arrived, ``isRunning()`` tells a quiet device from a lost one."""
+
+    live = True
 
     def items(self, stop: threading.Event, slice_us: float) -> Iterator:
         reader = self.reader
@@ -397,38 +561,6 @@ class _DvInputSource(Source):
 
     def close(self) -> None:
         self.reader = None
-
-
-class DvNetworkSource(_DvInputSource):
-    """``dv://HOST:PORT``: iniVation DV software or any dv-processing NetworkWriter."""
-
-    kind = "dv"
-
-    def __init__(self, host: str, port: int, stream: str, *, connect_timeout_s: float = 5.0):
-        super().__init__(f"dv://{host}:{port}", stream)
-        self.host, self.port = host, port
-        self.connect_timeout_s = connect_timeout_s
-        self.reader = None
-
-    def open(self, default_sensor_size=None) -> None:
-        dv = _dv()
-        deadline = time.monotonic() + self.connect_timeout_s
-        while True:
-            try:
-                self.reader = dv.io.NetworkReader(self.host, int(self.port))
-                break
-            except Exception as exc:
-                if time.monotonic() >= deadline:
-                    raise SourceError(f"{self.uri}: cannot connect to a DV event stream ({exc})") from exc
-                time.sleep(0.1)
-        if not self.reader.isEventStreamAvailable():
-            raise SourceError(f"{self.uri}: the DV stream carries no events (only "
-                              f"{self.reader.getStreamDefinition().mTypeIdentifier!r} data)")
-        resolution = self.reader.getEventResolution()
-        if resolution is None:
-            raise SourceError(f"{self.uri}: the DV stream does not say its event resolution")
-        self.sensor_size = SensorSize(int(resolution[0]), int(resolution[1]), 2)
-        self.camera_name = self.reader.getCameraName()
 
 
 class CameraSource(_DvInputSource):

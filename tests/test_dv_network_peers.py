@@ -1,0 +1,174 @@
+"""``dv://`` peers that do not behave: silent, not speaking DV, lying about lengths, stalling. Each is a clean
+SourceError within the connect timeout, or visible in the source's stats; nothing hangs or allocates what a
+length field claims. The peers are plain sockets on loopback serving the bytes of a real AEDAT 4 stream
+(dv-processing writes it) or garbage."""
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from streamsnn.errors import SourceError
+from streamsnn.io.aedat import AEDAT4_MAGIC, Aedat4Header
+from streamsnn.stream.sources import Chunk, DvNetworkSource, WindowStart
+
+
+def _dv_stream_bytes(tmp_path, compression="NONE", n=3000):
+    """What a DV sender writes on a connection: the bytes of an AEDAT 4 file after its first line, up to the
+    data table (header length, IOHeader, packets)."""
+    dv = pytest.importorskip("dv_processing")
+    config = dv.io.MonoCameraWriter.EventOnlyConfig("test_camera", (64, 48))
+    config.compression = getattr(dv.CompressionType, compression)
+    path = tmp_path / f"{compression}.aedat4"
+    writer = dv.io.MonoCameraWriter(str(path), config)
+    store = dv.EventStore()
+    for i in range(n):
+        store.push_back(1_000 + 7 * i, i % 64, (i * 7) % 48, bool(i % 3))
+    writer.writeEvents(store)
+    del writer
+    data = path.read_bytes()[len(AEDAT4_MAGIC):]
+    (size,) = struct.unpack_from("<I", data)
+    end = Aedat4Header(data[4:4 + size], path, 0).data_table_position - len(AEDAT4_MAGIC)
+    return data[:4 + size], data[4 + size:end]
+
+
+class Peer:
+    """A TCP server on loopback that runs ``serve(connection, done)`` for its first client, then hangs up."""
+
+    def __init__(self, serve):
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(1)
+        self.port = self.listener.getsockname()[1]
+        self.done = threading.Event()
+
+        def run():
+            connection, _ = self.listener.accept()
+            try:
+                serve(connection, self.done)  # returns when the peer hangs up
+            except OSError:
+                pass
+            finally:
+                connection.close()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.done.set()
+        self.listener.close()
+
+
+def _source(peer, **kwargs):
+    return DvNetworkSource("127.0.0.1", peer.port, "dv", **kwargs)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("sent", [b"", b"HTTP/1.1 200 OK\r\n\r\n", b"\x00\x00\x00\x80", b"\x10\x00\x00\x00IOHE"])
+def test_a_peer_that_does_not_speak_dv_is_an_error_within_the_timeout(sent):
+    """Silent, HTTP, a 2 GiB header length, a header cut short: dv-processing's reader blocked forever
+    (holding the GIL) on the first and allocated 2 GiB on the third."""
+    def serve(connection, done):
+        connection.sendall(sent)
+        done.wait(30)  # and then nothing, connection open
+
+    peer = Peer(serve)
+    tracemalloc.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(SourceError, match=rf"dv://127.0.0.1:{peer.port}.*(not a DV event stream|the peer does not "
+                                              "speak DV)"):
+            _source(peer, connect_timeout_s=0.5).open()
+        elapsed = time.monotonic() - started
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        peer.close()
+    assert elapsed < 3.0
+    assert peak < 8 << 20
+
+
+def _serve_then(header, packets, then):
+    def serve(connection, done):
+        connection.sendall(header + packets)
+        then(connection, done)
+    return serve
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("compression", ["NONE", "LZ4", "ZSTD"])
+def test_a_real_dv_stream_is_read_whole(tmp_path, compression):
+    header, packets = _dv_stream_bytes(tmp_path, compression)
+    peer = Peer(_serve_then(header, packets, lambda connection, done: None))  # then the sender closes
+    source = _source(peer)
+    try:
+        source.open()
+        assert tuple(source.sensor_size) == (64, 48, 2)
+        items = []
+        with pytest.raises(SourceError, match="stream dropped after 3000 events"):
+            for item in source.items(threading.Event(), 1000):
+                items.append(item)
+    finally:
+        source.close()
+        peer.close()
+    assert isinstance(items[0], WindowStart) and items[0].start_us == 1_000
+    events = np.concatenate([i.events for i in items if isinstance(i, Chunk)])
+    np.testing.assert_array_equal(events["t"], 1_000 + 7 * np.arange(3000))
+    np.testing.assert_array_equal(events["x"], np.arange(3000) % 64)
+
+
+@pytest.mark.timeout(30)
+def test_a_bogus_packet_length_is_refused_and_never_allocated(tmp_path):
+    header, packets = _dv_stream_bytes(tmp_path)
+    bogus = struct.pack("<ii", 0, 2**31 - 1)  # a 2 GiB packet announced, a few bytes sent
+    peer = Peer(_serve_then(header, bogus + b"\x00" * 100, lambda connection, done: done.wait(30)))
+    source = _source(peer)
+    tracemalloc.start()
+    try:
+        source.open()
+        with pytest.raises(SourceError, match="packet header says stream 0, 2147483647 bytes"):
+            for _ in source.items(threading.Event(), 1000):
+                pass
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        source.close()
+        peer.close()
+    assert peak < 8 << 20
+
+
+@pytest.mark.timeout(30)
+def test_a_stalled_sender_shows_in_the_stats_and_stop_still_works(tmp_path):
+    header, packets = _dv_stream_bytes(tmp_path)
+    # the first packet whole, then half of a large one announced within the limit, then silence
+    peer = Peer(_serve_then(header, packets + struct.pack("<ii", 0, 40 << 20) + b"\x00" * 1000,
+                            lambda connection, done: done.wait(30)))
+    source = _source(peer, stall_s=0.3)
+    stop = threading.Event()
+    items = []
+    tracemalloc.start()
+    try:
+        source.open()
+        reader = threading.Thread(target=lambda: items.extend(source.items(stop, 1000)), daemon=True)
+        reader.start()
+        deadline = time.monotonic() + 10
+        while not any(isinstance(i, Chunk) for i in items) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert source.stats()["source_stalled"] is False or source.stats()["source_idle_s"] >= 0.3
+        time.sleep(0.6)
+        stats = source.stats()
+        assert stats["source_stalled"] is True and stats["source_idle_s"] >= 0.3
+        _, peak = tracemalloc.get_traced_memory()
+        stop.set()
+        reader.join(2.0)
+        assert not reader.is_alive()  # the wait for bytes looks at the stop event
+    finally:
+        tracemalloc.stop()
+        source.close()
+        peer.close()
+    assert peak < 8 << 20  # 40 MiB announced, 1 kB arrived: the buffer holds what arrived

@@ -205,3 +205,12 @@ def test_fuzz_parse_config_never_raises_anything_but_config_errors():
             validate(parse_config(data, origin="fuzz"))
         except ConfigError as exc:
             assert str(exc).startswith("fuzz") and "\n" not in str(exc)
+
+
+@pytest.mark.parametrize("speed", [float("nan"), float("inf"), -1.0])
+def test_replay_pacer_refuses_speeds_that_are_not_finite(speed):
+    """The library's own guard: with speed NaN the status carried NaN (not JSON) and pacing did nothing."""
+    from streamsnn.stream.sources import Pacer
+
+    with pytest.raises(ConfigError, match="replay speed must be a finite number >= 0"):
+        Pacer(speed)

@@ -38,6 +38,7 @@ turns into a non-zero exit code.
 from __future__ import annotations
 
 import collections
+import math
 import os
 import struct
 import threading
@@ -83,6 +84,8 @@ class Pacer:
 
     def __init__(self, speed: float, stop: threading.Event | None = None):
         self.speed = float(speed)
+        if not (math.isfinite(self.speed) and self.speed >= 0):  # NaN would pace nothing and report NaN
+            raise ConfigError(f"replay speed must be a finite number >= 0, got {speed!r}")
         self.stop = stop or threading.Event()
         self.wall_origin: float | None = None   # perf_counter seconds
         self.t_origin = 0                       # event time at wall_origin

@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -142,6 +143,28 @@ def copy_sample(nmnist_root: Path, target: Path, index: int = 0) -> Path:
     source = sorted((nmnist_root / "Test").glob("*/*.bin"))[index]
     shutil.copyfile(source, target)
     return target
+
+
+def decision_message(seq: int, stream: str = "s") -> dict:
+    """A decision message of the schema, as a job would publish it."""
+    return {"schema": 1, "stream": stream, "seq": seq, "label": 1, "confidence": 0.9, "timesteps": 3,
+            "max_timesteps": 10, "window_start_us": 0, "window_end_us": 1000, "published_ns": time.time_ns(),
+            "latency_ms": 0.1}
+
+
+def write_aedat4_with_dv(path: Path, compression: str = "NONE", n: int = 3000) -> Path:
+    """An AEDAT 4 file written by dv-processing: n events on a 64x48 sensor, t = 1000 + 7 i,
+    x = i % 64, y = 7 i % 48, ON when i % 3."""
+    dv = pytest.importorskip("dv_processing")
+    config = dv.io.MonoCameraWriter.EventOnlyConfig("test_camera", (64, 48))
+    config.compression = getattr(dv.CompressionType, compression)
+    writer = dv.io.MonoCameraWriter(str(path), config)
+    store = dv.EventStore()
+    for i in range(n):
+        store.push_back(1_000 + 7 * i, i % 64, (i * 7) % 48, bool(i % 3))
+    writer.writeEvents(store)
+    del writer  # closes the file
+    return path
 
 
 # CI runs the property tests on a fixed sequence of examples, so a landing does not hinge on a

@@ -10,18 +10,13 @@ import time
 
 import pytest
 import zmq
+from conftest import decision_message
 
 from streamsnn.stream.bus import Publisher, Subscriber, generate_keys, is_loopback, normalize_endpoint
 from streamsnn.stream.messages import STATUS_FIELDS, decision_topic, status_topic
 from streamsnn.errors import ConfigError
 
 PY = sys.executable
-
-
-def _message(seq, stream="s"):
-    return {"schema": 1, "stream": stream, "seq": seq, "label": 1, "confidence": 0.9, "timesteps": 3,
-            "max_timesteps": 10, "window_start_us": 0, "window_end_us": 1000, "published_ns": time.time_ns(),
-            "latency_ms": 0.1}
 
 
 def test_endpoints_default_to_loopback():
@@ -56,7 +51,7 @@ def test_subscriber_connected_before_start_receives_every_message():
         sub = Subscriber(pub.endpoint, topic="decision")
         assert pub.wait_for_subscribers(1, timeout_s=5, settle_s=0) == 1
         for i in range(500):
-            pub.send(decision_topic("s"), _message(i))
+            pub.send(decision_topic("s"), decision_message(i))
         got = []
         while len(got) < 500:
             item = sub.recv(timeout_s=5)
@@ -73,10 +68,10 @@ def test_stream_filter_is_exact():
         sub = Subscriber(pub.endpoint, streams=["cam"])
         assert pub.wait_for_subscribers(1, timeout_s=5, settle_s=0) == 1   # counts decision subscriptions
         time.sleep(0.05)                                                   # the status one arrives alongside
-        pub.send(decision_topic("cam2"), _message(0, "cam2"))
+        pub.send(decision_topic("cam2"), decision_message(0, "cam2"))
         status = {name: kind() for name, kind in STATUS_FIELDS.items()}   # a subscriber takes only whole ones
         pub.send(status_topic("cam"), {**status, "stream": "cam", "state": "running"})
-        pub.send(decision_topic("cam"), _message(1, "cam"))
+        pub.send(decision_topic("cam"), decision_message(1, "cam"))
         topics = [sub.recv(timeout_s=5)[0] for _ in range(2)]
         assert sub.recv(timeout_s=0.2) is None
         sub.close()
@@ -95,7 +90,7 @@ def test_a_subscriber_that_never_reads_does_not_block_the_publisher():
         payload = "x" * 10_000
         start = time.monotonic()
         for i in range(20_000):                     # 200 MB offered to a reader that reads nothing
-            message = _message(i)
+            message = decision_message(i)
             message["pad"] = payload
             pub.send(decision_topic("s"), message)
         elapsed = time.monotonic() - start
@@ -127,7 +122,7 @@ def test_curve_refuses_unknown_clients_and_accepts_allowed_ones(tmp_path):
         plain = Subscriber(pub.endpoint, topic="decision")                     # no CURVE at all
         assert pub.wait_for_subscribers(1, timeout_s=10, settle_s=0.5) == 1   # only alice got through
         for i in range(50):
-            pub.send(decision_topic("s"), _message(i))
+            pub.send(decision_topic("s"), decision_message(i))
         got = [alice.recv(timeout_s=5) for _ in range(50)]
         assert all(item is not None for item in got)
         assert mallory.recv(timeout_s=1.0) is None
@@ -162,9 +157,9 @@ def test_keys_and_subscribe_commands(tmp_path):
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             assert pub.wait_for_subscribers(1, timeout_s=20, settle_s=0) == 1
-            pub.send(decision_topic("b"), _message(0, "b"))
+            pub.send(decision_topic("b"), decision_message(0, "b"))
             for i in range(3):
-                pub.send(decision_topic("a"), _message(i, "a"))
+                pub.send(decision_topic("a"), decision_message(i, "a"))
             stdout, stderr = proc.communicate(timeout=20)
         finally:
             proc.kill()

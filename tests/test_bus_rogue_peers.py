@@ -11,6 +11,7 @@ import time
 
 import pytest
 import zmq
+from conftest import decision_message
 
 from streamsnn.stream.bus import Publisher, Subscriber
 from streamsnn.stream.log import DecisionLog, read_decision_log, stream_name_bytes
@@ -19,19 +20,13 @@ from streamsnn.stream.messages import MAX_MESSAGE_BYTES, check_decision, decisio
 PY = sys.executable
 
 
-def _decision(seq, stream="s"):
-    return {"schema": 1, "stream": stream, "seq": seq, "label": 1, "confidence": 0.9, "timesteps": 3,
-            "max_timesteps": 10, "window_start_us": 0, "window_end_us": 1000, "published_ns": time.time_ns(),
-            "latency_ms": 0.1}
-
-
 # the kinds of malformed messages the probe sent, each of which killed `subscribe`
 MALFORMED = {
     "one frame": [b"decision.x"],
     "three frames": [b"decision.x", b"{}", b"{}"],
     "not JSON": [b"decision.x", b"hello"],
     "payload not UTF-8": [b"decision.x", b"\xff\xfe\x00"],
-    "topic not UTF-8": [b"decision.\xff", json.dumps(_decision(0)).encode()],
+    "topic not UTF-8": [b"decision.\xff", json.dumps(decision_message(0)).encode()],
     "JSON list": [b"decision.x", b"[1, 2]"],
     "JSON number": [b"decision.x", b"42"],
     "JSON string": [b"decision.x", b'"text"'],
@@ -40,9 +35,9 @@ MALFORMED = {
     "empty frames": [b"", b""],
     "deeply nested": [b"decision.x", b"[" * 30_000 + b"]" * 30_000],  # within the size limit
     "object lacking fields": [b"decision.x", b'{"seq": 1}'],
-    "field of the wrong type": [b"decision.x", json.dumps({**_decision(0), "seq": "one"}).encode()],
+    "field of the wrong type": [b"decision.x", json.dumps({**decision_message(0), "seq": "one"}).encode()],
     "status lacking fields": [b"status.x", b'{"state": "running"}'],
-    "unknown topic kind": [b"decisionx", json.dumps(_decision(0)).encode()],
+    "unknown topic kind": [b"decisionx", json.dumps(decision_message(0)).encode()],
 }
 
 
@@ -57,7 +52,7 @@ def _wait_joined(publisher, subscriber, timeout_s=10.0):
     """Send probe decisions until the subscriber gets one (the slow-joiner gap closes)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        publisher.send_multipart(encode(decision_topic("probe"), _decision(0, "probe")))
+        publisher.send_multipart(encode(decision_topic("probe"), decision_message(0, "probe")))
         if subscriber.recv(timeout_s=0.05) is not None:
             while subscriber.recv(timeout_s=0.05) is not None:
                 pass
@@ -73,7 +68,7 @@ def test_subscriber_skips_and_counts_every_kind_of_malformed_message():
         seq = 0
         for frames in MALFORMED.values():
             publisher.send_multipart(frames)
-            publisher.send_multipart(encode(decision_topic("s"), _decision(seq)))
+            publisher.send_multipart(encode(decision_topic("s"), decision_message(seq)))
             seq += 1
         got = []
         while len(got) < seq:
@@ -93,11 +88,11 @@ def test_subscriber_disconnects_a_peer_sending_oversized_frames():
     publisher, endpoint = _rogue_publisher()
     with Subscriber(endpoint, max_bytes=4096) as subscriber:
         _wait_joined(publisher, subscriber)
-        big = {**_decision(1), "padding": "x" * 10_000}
+        big = {**decision_message(1), "padding": "x" * 10_000}
         publisher.send_multipart(encode(decision_topic("s"), big))
         assert subscriber.recv(timeout_s=0.5) is None  # refused: ZeroMQ dropped the connection instead
         _wait_joined(publisher, subscriber)  # the subscriber reconnects; small messages flow again
-        publisher.send_multipart(encode(decision_topic("s"), _decision(2)))
+        publisher.send_multipart(encode(decision_topic("s"), decision_message(2)))
         assert subscriber.recv(timeout_s=5)[1]["seq"] == 2
     publisher.close(0)
 
@@ -108,9 +103,9 @@ def _random_frames(rng: random.Random) -> list[bytes]:
         if kind == 0:
             return bytes(rng.randrange(256) for _ in range(rng.randrange(0, 200)))
         if kind == 1:
-            return json.dumps(_decision(rng.randrange(10))).encode()[:rng.randrange(1, 250)]
+            return json.dumps(decision_message(rng.randrange(10))).encode()[:rng.randrange(1, 250)]
         if kind == 2:
-            message = _decision(rng.randrange(10))
+            message = decision_message(rng.randrange(10))
             message[rng.choice(list(message))] = rng.choice([None, "x", -1, 1e308, [], {}, True, 2**70])
             return json.dumps(message).encode()
         if kind == 3:
@@ -140,7 +135,7 @@ def test_fuzz_rogue_publisher_at_a_subscriber_that_logs_decisions(tmp_path):
             frames = _random_frames(rng)
             publisher.send_multipart(frames)
             if i % 10 == 0:
-                message = _decision(len(sent_valid), stream=rng.choice(["a", "€" * 40, "b"]))
+                message = decision_message(len(sent_valid), stream=rng.choice(["a", "€" * 40, "b"]))
                 publisher.send_multipart(encode(decision_topic(message["stream"]), message))
                 sent_valid.append((message["stream"], message["seq"]))
             while (item := subscriber.recv(timeout_s=0)) is not None:
@@ -174,14 +169,14 @@ def test_subscribe_command_survives_a_rogue_publisher():
         deadline = time.monotonic() + 60
         import select
         while not printed and time.monotonic() < deadline:  # until the command is up and subscribed
-            publisher.send_multipart(encode(decision_topic("probe"), _decision(0, "probe")))
+            publisher.send_multipart(encode(decision_topic("probe"), decision_message(0, "probe")))
             if select.select([proc.stdout], [], [], 0.2)[0]:
                 printed.append(proc.stdout.readline())
         assert printed, "subscribe never printed"
         for round_ in range(5):
             for frames in MALFORMED.values():
                 publisher.send_multipart(frames)
-        publisher.send_multipart(encode(decision_topic("s"), _decision(77)))
+        publisher.send_multipart(encode(decision_topic("s"), decision_message(77)))
         line = ""
         while '"seq":77' not in line and time.monotonic() < deadline:
             line = proc.stdout.readline()

@@ -12,7 +12,6 @@ import sys
 import pytest
 
 from streamsnn.errors import ConfigError
-from streamsnn.stream import config as config_module
 from streamsnn.stream.bus import generate_keys, is_loopback, normalize_endpoint
 from streamsnn.stream.config import _SCHEMA, PipelineConfig, SourceConfig, load_config, parse_config, validate
 

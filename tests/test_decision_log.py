@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
-import numpy as np
 import pytest
+from conftest import decision_message
 
 from streamsnn.errors import ConfigError
 from streamsnn.events import make_events
@@ -17,11 +16,6 @@ from streamsnn.stream.log import STREAM_BYTES, DecisionLog, read_decision_log
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
-def _decision(seq, stream="s"):
-    return {"schema": 1, "stream": stream, "seq": seq, "label": 1, "confidence": 0.9, "timesteps": 3,
-            "max_timesteps": 10, "window_start_us": 0, "window_end_us": 1000, "published_ns": time.time_ns(),
-            "latency_ms": 0.1}
 
 
 _KILLED_BEFORE_FIRST_FLUSH = r"""
@@ -46,10 +40,10 @@ def test_a_log_killed_before_its_first_flush_is_readable(tmp_path):
 def test_appends_to_an_existing_log(tmp_path):
     path = tmp_path / "d.h5"
     with DecisionLog(path) as log:
-        log.append(_decision(0))
+        log.append(decision_message(0))
     with DecisionLog(path) as log:
         assert log.rows == 1
-        log.append(_decision(1))
+        log.append(decision_message(1))
     assert [r["seq"] for r in read_decision_log(path)] == [0, 1]
 
 
@@ -71,8 +65,8 @@ def test_refuses_files_that_are_not_decision_logs(tmp_path):
 def test_long_stream_names_are_cut_at_a_character_boundary(tmp_path):
     path = tmp_path / "d.h5"
     with DecisionLog(path) as log:
-        log.append(_decision(0, stream="€" * 30))     # 90 bytes of UTF-8
-        log.append(_decision(1, stream="a" * 100))
+        log.append(decision_message(0, stream="€" * 30))     # 90 bytes of UTF-8
+        log.append(decision_message(1, stream="a" * 100))
     rows = read_decision_log(path)
     assert rows[0]["stream"] == "€" * (STREAM_BYTES // 3)
     assert rows[1]["stream"] == "a" * STREAM_BYTES
@@ -81,6 +75,6 @@ def test_long_stream_names_are_cut_at_a_character_boundary(tmp_path):
 def test_a_row_that_is_not_a_decision_is_refused_before_it_reaches_the_file(tmp_path):
     with DecisionLog(tmp_path / "d.h5") as log:
         with pytest.raises(ValueError, match="seq"):
-            log.append({**_decision(0), "seq": "zero"})
-        log.append(_decision(1))
+            log.append({**decision_message(0), "seq": "zero"})
+        log.append(decision_message(1))
     assert [r["seq"] for r in read_decision_log(tmp_path / "d.h5")] == [1]

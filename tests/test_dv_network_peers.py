@@ -12,6 +12,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from conftest import write_aedat4_with_dv
 
 from streamsnn.errors import SourceError
 from streamsnn.io.aedat import AEDAT4_MAGIC, Aedat4Header
@@ -21,16 +22,7 @@ from streamsnn.stream.sources import Chunk, DvNetworkSource, WindowStart
 def _dv_stream_bytes(tmp_path, compression="NONE", n=3000):
     """What a DV sender writes on a connection: the bytes of an AEDAT 4 file after its first line, up to the
     data table (header length, IOHeader, packets)."""
-    dv = pytest.importorskip("dv_processing")
-    config = dv.io.MonoCameraWriter.EventOnlyConfig("test_camera", (64, 48))
-    config.compression = getattr(dv.CompressionType, compression)
-    path = tmp_path / f"{compression}.aedat4"
-    writer = dv.io.MonoCameraWriter(str(path), config)
-    store = dv.EventStore()
-    for i in range(n):
-        store.push_back(1_000 + 7 * i, i % 64, (i * 7) % 48, bool(i % 3))
-    writer.writeEvents(store)
-    del writer
+    path = write_aedat4_with_dv(tmp_path / f"{compression}.aedat4", compression, n)
     data = path.read_bytes()[len(AEDAT4_MAGIC):]
     (size,) = struct.unpack_from("<I", data)
     end = Aedat4Header(data[4:4 + size], path, 0).data_table_position - len(AEDAT4_MAGIC)

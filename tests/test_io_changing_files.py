@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from streamsnn.errors import EventFormatError, SourceError
-from streamsnn.events import EVENT_DTYPE, make_events
+from streamsnn.events import EVENT_DTYPE
 from streamsnn.io import open_recording, read_events
 from streamsnn.io.arrays import write_npy
 from streamsnn.io.prophesee import write_raw

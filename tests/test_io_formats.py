@@ -5,6 +5,7 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import write_aedat4_with_dv
 
 from streamsnn.errors import EventFormatError, StreamsnnError
 from streamsnn.events import EVENT_DTYPE, make_events, validate_events
@@ -65,16 +66,7 @@ def test_aedat4_matches_dv_processing(recordings):
 
 @pytest.mark.parametrize("compression", ["ZSTD", "LZ4", "NONE"])
 def test_aedat4_compressions(tmp_path, compression):
-    dv = pytest.importorskip("dv_processing")
-    config = dv.io.MonoCameraWriter.EventOnlyConfig("test_camera", (64, 48))
-    config.compression = getattr(dv.CompressionType, compression)
-    path = tmp_path / f"{compression}.aedat4"
-    writer = dv.io.MonoCameraWriter(str(path), config)
-    store = dv.EventStore()
-    for i in range(3000):
-        store.push_back(1_000 + 7 * i, i % 64, (i * 7) % 48, bool(i % 3))
-    writer.writeEvents(store)
-    del writer
+    path = write_aedat4_with_dv(tmp_path / f"{compression}.aedat4", compression)
     with open_recording(path) as rec:
         assert tuple(rec.sensor_size) == (64, 48, 2)
         events = rec.read()

@@ -368,6 +368,23 @@ def array_to_event_store(events: np.ndarray):
     return store
 
 
+def _live_items(source: Source, batches: Iterator[np.ndarray]) -> Iterator:
+    """The items of a live source from its non-empty event batches, each a Chunk as it arrives."""
+    started = False
+    last_t = None
+    for events in batches:
+        available = time.time_ns()
+        if last_t is not None and events["t"][0] < last_t:
+            # a restarted sender: keep the contract (t sorted) by starting a new window
+            started = False
+        if not started:
+            yield WindowStart(start_us=int(events["t"][0]))
+            started = True
+        last_t = int(events["t"][-1])
+        source.events_read += events.size
+        yield Chunk(events, last_t, available)
+
+
 # --------------------------------------------------------------------------- DV network streams
 
 # A DV network stream is an AEDAT 4.0 file without its first line: a uint32 header length, the
@@ -472,12 +489,13 @@ class DvNetworkSource(Source):
         return bytes(data)
 
     def items(self, stop: threading.Event, slice_us: float) -> Iterator:
+        return _live_items(self, self._batches(stop))
+
+    def _batches(self, stop: threading.Event) -> Iterator[np.ndarray]:
         from ..io.aedat import COMPRESSION_NAMES, decode_event_packet
         from ..io.base import check_coordinates
 
         header = self._header
-        started = False
-        last_t = None
         while not stop.is_set():
             at = self._offset
             head = self._receive(8, stop=stop)
@@ -502,18 +520,8 @@ class DvNetworkSource(Source):
             except Exception as exc:  # lz4 and zstd raise their own types for bad data
                 raise SourceError(f"{self.uri} (byte {at + 8}): packet does not decompress "
                                   f"({COMPRESSION_NAMES.get(header.compression)}): {exc}") from None
-            if events.size == 0:
-                continue
-            available = time.time_ns()
-            if last_t is not None and events["t"][0] < last_t:
-                # a restarted sender: keep the contract (t sorted) by starting a new window
-                started = False
-            if not started:
-                yield WindowStart(start_us=int(events["t"][0]))
-                started = True
-            last_t = int(events["t"][-1])
-            self.events_read += events.size
-            yield Chunk(events, last_t, available)
+            if events.size:
+                yield events
 
     def stats(self) -> dict:
         out = super().stats()
@@ -536,9 +544,10 @@ class _DvInputSource(Source):
     live = True
 
     def items(self, stop: threading.Event, slice_us: float) -> Iterator:
+        return _live_items(self, self._batches(stop))
+
+    def _batches(self, stop: threading.Event) -> Iterator[np.ndarray]:
         reader = self.reader
-        started = False
-        last_t = None
         while not stop.is_set():
             try:
                 batch = reader.getNextEventBatch()
@@ -550,17 +559,7 @@ class _DvInputSource(Source):
                                       "(sender closed or connection lost)")
                 time.sleep(POLL_S)
                 continue
-            events = event_store_to_array(batch)
-            available = time.time_ns()
-            if last_t is not None and events["t"][0] < last_t:
-                # a restarted sender: keep the contract (t sorted) by starting a new window
-                started = False
-            if not started:
-                yield WindowStart(start_us=int(events["t"][0]))
-                started = True
-            last_t = int(events["t"][-1])
-            self.events_read += events.size
-            yield Chunk(events, last_t, available)
+            yield event_store_to_array(batch)
 
     def close(self) -> None:
         self.reader = None

@@ -248,3 +248,16 @@ def test_source_that_is_not_a_regular_file_says_so(tmp_path, kind):
     assert len(errors) == 1
     message = str(errors[0])
     assert "no such file" not in message and "not a regular file" in message and str(path) in message
+
+
+def test_checkpoint_writes_never_follow_a_planted_temporary_name(tmp_path):
+    from streamsnn.snn.checkpoint import write_atomically
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    out = tmp_path / "model.pt"
+    for pid in range(os.getpid() - 2, os.getpid() + 3):  # the old name was OUT.tmp<pid>
+        os.symlink(victim, tmp_path / f"model.pt.tmp{pid}")
+    write_atomically(out, lambda tmp: tmp.write_bytes(b"weights"))
+    assert out.read_bytes() == b"weights" and victim.read_text() == "keep me"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".model.pt.")]

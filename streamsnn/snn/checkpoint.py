@@ -82,14 +82,17 @@ def save_checkpoint(path, model, meta: dict | None = None) -> Path:
 
 def write_atomically(path, write) -> Path:
     """``write(tmp_path)`` then rename to ``path``, so a crash never leaves half a file behind."""
+    from ..io.base import new_sibling_file
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    # a name of our own (created O_EXCL): never a file or link someone planted under a guessable one
+    tmp = new_sibling_file(path)
     try:
         write(tmp)
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
+        if os.path.lexists(tmp):
             tmp.unlink()
     return path
 

@@ -47,7 +47,7 @@ def test_pipeline_file_that_is_a_folder_or_not_utf8(tmp_path):
     ("queue", "max_chunks", "0", "from 1 to"),
     ("binning", "crop", "[0, 0, 70000, 10]", "within 32,768"),
     ("binning", "downsample", "-3", "factors from 1"),
-    ("publish", "endpoint", '"tcp://127.0.0.1:99999"', "port must be 1 to 65535"),
+    ("publish", "endpoint", '"tcp://127.0.0.1:99999"', "port must be 0 to 65535"),
 ])
 def test_numbers_that_do_not_fit_are_refused(tmp_path, table, key, value, expected):
     with pytest.raises(ConfigError, match=rf"p\.toml: \[{table}\]\.{key}.*{expected}"):
@@ -72,9 +72,9 @@ def test_command_line_numbers_are_finite_and_in_range(tmp_path):
 
 
 def test_ports_beyond_65535_are_refused_not_wrapped():
-    with pytest.raises(ConfigError, match="port must be 1 to 65535"):
+    with pytest.raises(ConfigError, match="port must be 0 to 65535"):
         normalize_endpoint("tcp://127.0.0.1:99999")
-    with pytest.raises(ConfigError, match="port must be 1 to 65535"):
+    with pytest.raises(ConfigError, match="port must be 0 to 65535"):
         normalize_endpoint("99999")
     assert normalize_endpoint("tcp://127.0.0.1:*") == "tcp://127.0.0.1:*"
     assert normalize_endpoint("65535") == "tcp://127.0.0.1:65535"

@@ -60,8 +60,8 @@ def normalize_endpoint(endpoint: str | int | None) -> str:
     if scheme == "tcp":
         port = rest.rsplit(":", 1)[1] if ":" in rest else ""
         # ZeroMQ takes a port number modulo 65536: 99999 would silently be 34463
-        if not (port in ("*", "!") or (port.isdigit() and 1 <= int(port) <= 65535)):
-            raise ConfigError(f"endpoint {text!r}: the port must be 1 to 65535 (or * for any free one)")
+        if not (port in ("*", "!") or (port.isdigit() and 0 <= int(port) <= 65535)):
+            raise ConfigError(f"endpoint {text!r}: the port must be 0 to 65535 (0 or * for any free one)")
         if rest.startswith(":"):
             return f"tcp://127.0.0.1{rest}"
     return text

@@ -8,19 +8,11 @@ from streamsnn.errors import EventFormatError
 from streamsnn.events import EVENT_DTYPE, validate_events
 from streamsnn.io import open_recording, read_events
 from streamsnn.io.atis import TIMESTAMP_WRAP
-from test_io_formats import REAL, scene_events, write_atis_bin
+from test_io_formats import nmnist_sample, scene_events, write_atis_bin  # noqa: F401 (nmnist_sample: a fixture)
 
 ATIS_FILES = sorted(name for name, figures in RECORDINGS.items() if figures[0] == "atis")
 # The data README: every N-MNIST sample has 1,069 to 7,152 events over about 300 ms.
 NMNIST_EVENTS_PER_SAMPLE = (1_069, 7_152)
-
-
-@pytest.fixture(params=["bundled", pytest.param("real", marks=REAL)])
-def nmnist_sample(request, nmnist_root):
-    """An N-MNIST sample: the first bundled one, and the real recording's nmnist_sample.bin."""
-    if request.param == "real":
-        return request.getfixturevalue("recordings") / "nmnist_sample.bin"
-    return sorted((nmnist_root / "Test").glob("*/*.bin"))[0]
 
 
 @pytest.mark.parametrize("name", ATIS_FILES)

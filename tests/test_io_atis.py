@@ -80,11 +80,12 @@ def test_nmnist_subset_totals(nmnist_full_root):
 
 
 def test_written_file_round_trips_across_counter_wraps(tmp_path):
-    # 200 ms around two wraps of the 23-bit µs counter
+    # 200 ms around the second wrap of the 23-bit µs counter
     events = scene_events(8_000, (128, 128), seed=3, t0=2 * TIMESTAMP_WRAP - 100_000, duration_us=200_000)
-    events["t"][-1000:] += TIMESTAMP_WRAP  # a silent gap longer than a whole wrap
+    events["t"][-1000:] += TIMESTAMP_WRAP  # a silent gap of more than a whole wrap
     path = write_atis_bin(tmp_path / "wraps.bin", events)
-    assert path.stat().st_size == 5 * (events.size + 3)  # two wraps before the first event, one in the gap
+    # overflow records: one before the first event, one where the stream crosses 2 * 2**23 µs, one in the gap
+    assert path.stat().st_size == 5 * (events.size + 3)
     np.testing.assert_array_equal(read_events(path), events)
 
 

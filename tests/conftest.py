@@ -33,15 +33,17 @@ RECORDINGS = {
     "dat_ncars_car.dat": ("dat", None, 4_407, 0, 99_937),
     "dat_ncars_sample.dat": ("dat", None, 2_009, 0, 99_952),
     "aedat4_dvxplorer_sample.aedat4": ("aedat4", (320, 240, 2), 111_954, None, None),
-    "nmnist_sample.bin": ("atis", (34, 34, 2), 4_325, 654, 311_175),
+    "nmnist_sample.bin": ("atis_bin", (34, 34, 2), 4_325, 654, 311_175),
     "aedat2_dvs128_walking.aedat": ("aedat2", (128, 128, 2), 125_028, None, None),
     "aedat2_dvs128_walking2.aedat": ("aedat2", (128, 128, 2), 70_304, None, None),
-    "atis40_dvs128_clip1.bin": ("atis", (128, 128, 2), 63_471, None, None),
-    "atis40_dvs128_clip2.bin": ("atis", (128, 128, 2), 84_260, None, None),
-    "atis40_dvs128_clip3.bin": ("atis", (128, 128, 2), 113_063, None, None),
-    "atis40_dvs128_clip4.bin": ("atis", (128, 128, 2), 151_879, None, None),
-    "atis40_dvs128_clip5.bin": ("atis", (128, 128, 2), 181_179, None, None),
+    "atis40_dvs128_clip1.bin": ("atis_bin", (128, 128, 2), 63_471, None, None),
+    "atis40_dvs128_clip2.bin": ("atis_bin", (128, 128, 2), 84_260, None, None),
+    "atis40_dvs128_clip3.bin": ("atis_bin", (128, 128, 2), 113_063, None, None),
+    "atis40_dvs128_clip4.bin": ("atis_bin", (128, 128, 2), 151_879, None, None),
+    "atis40_dvs128_clip5.bin": ("atis_bin", (128, 128, 2), 181_179, None, None),
 }
+# Parameters (and tests) that read the real recordings: skipped without the data folder.
+REAL = pytest.mark.requires_data
 # The bundled split: 100 samples of N-MNIST Test; samples per class 0..9.
 BUNDLED_TEST_CLASS_COUNTS = (8, 14, 8, 11, 14, 7, 10, 15, 2, 11)
 

@@ -12,12 +12,12 @@ import tonic
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import RECORDINGS
+from conftest import REAL, RECORDINGS
 from streamsnn import binning, to_frame
 from streamsnn.errors import ConfigError, EventValidationError
 from streamsnn.events import EVENT_DTYPE, make_events
 from streamsnn.io import read_events
-from test_io_formats import REAL, scene_events
+from generate import scene_events
 
 # Generated scenes: name -> (sensor size given to to_frame and tonic, scene_events arguments).
 # None: neither is told the size and both infer it from the events, as for the DAT recordings.

@@ -7,13 +7,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import RECORDINGS
+from conftest import REAL, RECORDINGS
 from streamsnn import StreamingBinner, binning, to_frame
 from streamsnn.binning import Frame
 from streamsnn.errors import ConfigError, EventValidationError
 from streamsnn.events import EVENT_DTYPE, make_events
 from streamsnn.io import read_events
-from test_io_formats import REAL, scene_events
+from generate import scene_events
 
 REAL_STREAMS = ["nmnist_sample.bin", "atis40_dvs128_clip2.bin", "aedat2_dvs128_walking2.aedat",
                 "aedat4_dvxplorer_sample.aedat4", "evt2_gen3_sparklers.raw", "evt3_gen41_sample.raw"]

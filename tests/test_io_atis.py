@@ -8,9 +8,10 @@ from streamsnn.errors import EventFormatError
 from streamsnn.events import EVENT_DTYPE, validate_events
 from streamsnn.io import open_recording, read_events
 from streamsnn.io.atis import TIMESTAMP_WRAP
-from test_io_formats import nmnist_sample, scene_events, write_atis_bin  # noqa: F401 (nmnist_sample: a fixture)
+from generate import scene_events, write_atis_bin
+from test_io_formats import nmnist_sample  # noqa: F401 (nmnist_sample: a fixture)
 
-ATIS_FILES = sorted(name for name, figures in RECORDINGS.items() if figures[0] == "atis")
+ATIS_FILES = sorted(name for name, figures in RECORDINGS.items() if figures[0] == "atis_bin")
 # The data README: every N-MNIST sample has 1,069 to 7,152 events over about 300 ms.
 NMNIST_EVENTS_PER_SAMPLE = (1_069, 7_152)
 

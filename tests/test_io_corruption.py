@@ -8,13 +8,13 @@ import warnings
 import numpy as np
 import pytest
 
-from conftest import copy_sample
+from conftest import REAL, copy_sample
 from streamsnn.errors import EventFormatError, StreamsnnError
 from streamsnn.events import EVENT_DTYPE
 from streamsnn.io import open_recording, read_events
 from streamsnn.io.prophesee import write_raw
 from streamsnn.io.store import convert_to_store
-from test_io_formats import REAL, scene_events, write_aedat2, write_aedat4, write_dat
+from generate import scene_events, write_aedat2, write_aedat4, write_dat
 
 # name, sensor for checking coordinates, sensor to pass for headerless formats
 SAMPLES = {

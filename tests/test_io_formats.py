@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import RECORDINGS
+from conftest import REAL, RECORDINGS
+from generate import AEDAT2_DVS128_HEADER, scene_events, write_aedat2, write_aedat4, write_atis_bin, write_dat
 from streamsnn.errors import EventFormatError, StreamsnnError
 from streamsnn.events import EVENT_DTYPE, make_events, validate_events
 from streamsnn.io import FORMATS, detect_format, open_recording, read_events, recording_info
@@ -22,108 +23,6 @@ SPANS_NOT_IN_RECORDINGS = {
     "aedat2_dvs128_walking.aedat": 8_043_874,
     "aedat2_dvs128_walking2.aedat": 9_243_604,
 }
-REAL = pytest.mark.requires_data
-
-
-def library_format(name: str) -> str:
-    """RECORDINGS says "atis" where the readers say "atis_bin"."""
-    fmt = RECORDINGS[name][0]
-    return "atis_bin" if fmt == "atis" else fmt
-
-
-# -- synthetic recordings, and writers for the formats streamsnn reads but does not write --------
-# test_io_atis, test_io_corruption, test_io_prophesee and the binning and preprocess tests import
-# these (candidates for conftest.py).
-
-AEDAT2_DVS128_HEADER = b"#!AER-DAT2.0\r\n# AEChip: ch.unizh.ini.jaer.chip.retina.DVS128\r\n"
-DAT_HEADER = b"% Data file containing Event2D events.\n% Version 2\n% Date 2026-12-01 12:00:00\n"
-ATIS_OVERFLOW_RECORD = bytes([0, 240, 0, 0, 0])
-
-
-def scene_events(n: int, sensor_size, *, seed: int = 0, t0: int = 0, duration_us: int | None = None) -> np.ndarray:
-    """A sensor-like stream: an edge sweeping across the sensor fires runs of neighbouring pixels on
-    a row at one timestamp (EVT 3.0 vector words; neighbours for denoise), and a fifth of the groups
-    are isolated noise events. Sorted by t, inside the sensor, both polarities."""
-    rng = np.random.default_rng(seed)
-    width, height = int(sensor_size[0]), int(sensor_size[1])
-    duration_us = 10 * n if duration_us is None else duration_us
-    lengths = np.minimum(rng.geometric(0.4, n), min(12, width))
-    noise = rng.random(n) < 0.2
-    lengths[noise] = 1
-    groups = int(np.searchsorted(np.cumsum(lengths), n)) + 1
-    lengths, noise = lengths[:groups], noise[:groups]
-    lengths[-1] -= int(lengths.sum() - n)
-    t = t0 + np.sort(rng.integers(0, duration_us + 1, groups))
-    edge = (t - t0) * 2 * width // max(duration_us, 1) % width  # sweeps the sensor twice
-    x0 = np.where(noise, rng.integers(0, width, groups), edge + rng.integers(-2, 3, groups))
-    x0 = np.clip(x0, 0, width - lengths)
-    y = np.where(noise, rng.integers(0, height, groups),
-                 (height // 2 + rng.normal(0, height / 5, groups)).astype(np.int64) % height)
-    starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
-    events = np.empty(n, dtype=EVENT_DTYPE)
-    events["t"] = np.repeat(t, lengths)
-    events["x"] = np.repeat(x0, lengths) + (np.arange(n) - starts)
-    events["y"] = np.repeat(y, lengths)
-    events["p"] = np.repeat(rng.integers(0, 2, groups), lengths)
-    return events
-
-
-def write_atis_bin(path, events) -> Path:
-    """ATIS 40-bit records; an overflow record wherever t passes a multiple of 2**23 µs."""
-    t = np.asarray(events["t"], dtype=np.int64)
-    records = np.empty((t.size, 5), dtype=np.uint8)
-    records[:, 0] = events["x"]
-    records[:, 1] = events["y"]
-    records[:, 2] = (np.asarray(events["p"], dtype=np.int64) << 7) | ((t >> 16) & 0x7F)
-    records[:, 3] = (t >> 8) & 0xFF
-    records[:, 4] = t & 0xFF
-    wraps = np.diff(t >> 23, prepend=0)
-    pieces, start = [], 0
-    for i in np.flatnonzero(wraps):
-        pieces += [records[start:i].tobytes(), ATIS_OVERFLOW_RECORD * int(wraps[i])]
-        start = i
-    pieces.append(records[start:].tobytes())
-    Path(path).write_bytes(b"".join(pieces))
-    return Path(path)
-
-
-def write_dat(path, events, sensor_size=None) -> Path:
-    """Prophesee DAT v2, Event2D records; "% Width"/"% Height" lines only when sensor_size is given."""
-    header = DAT_HEADER
-    if sensor_size is not None:
-        header += f"% Width {sensor_size[0]}\n% Height {sensor_size[1]}\n".encode()
-    records = np.empty((events.size, 2), dtype="<u4")
-    records[:, 0] = events["t"]
-    records[:, 1] = (events["x"].astype(np.uint32) | (events["y"].astype(np.uint32) << 14)
-                     | (events["p"].astype(np.uint32) << 28))
-    Path(path).write_bytes(header + bytes([0, 8]) + records.tobytes())
-    return Path(path)
-
-
-def write_aedat2(path, events) -> Path:
-    """jAER DVS128 AEDAT 2.0: big-endian (address, t); x mirrored, address bit 0 is 0 for ON."""
-    records = np.empty(events.size, dtype=[("a", ">u4"), ("t", ">i4")])
-    records["a"] = ((events["y"].astype(np.uint32) << 8) | ((127 - events["x"].astype(np.uint32)) << 1)
-                    | (1 - events["p"].astype(np.uint32)))
-    records["t"] = events["t"]
-    Path(path).write_bytes(AEDAT2_DVS128_HEADER + records.tobytes())
-    return Path(path)
-
-
-def write_aedat4(path, events, sensor_size, *, compression: str = "LZ4", packet_events: int = 4000) -> Path:
-    """AEDAT 4.0 through dv-processing's own writer, one writeEvents call per packet_events events."""
-    dv = pytest.importorskip("dv_processing")
-    from streamsnn.io.live import array_to_event_store
-
-    config = dv.io.MonoCameraWriter.EventOnlyConfig("streamsnn_test", (int(sensor_size[0]), int(sensor_size[1])))
-    config.compression = getattr(dv.CompressionType, compression)
-    writer = dv.io.MonoCameraWriter(str(path), config)
-    for start in range(0, events.size, packet_events):
-        writer.writeEvents(array_to_event_store(events[start:start + packet_events]))
-    del writer  # closes the file
-    return Path(path)
-
-
 # format: (the scene_events arguments, the sensor (w, h) the reader reports, or None)
 GENERATED = {
     "evt2": (dict(n=30_000, sensor_size=(640, 480), seed=1, t0=1_317_888), (640, 480)),
@@ -195,7 +94,7 @@ def test_every_recording_is_listed(recordings):
 @pytest.mark.parametrize("name", sorted(RECORDINGS))
 def test_real_recording(recordings, name):
     _, sensor, count, t_first, t_last = RECORDINGS[name]
-    fmt = library_format(name)
+    fmt = RECORDINGS[name][0]
     reported = None if fmt == "atis_bin" else sensor  # ATIS .bin has no header to say it
     assert detect_format(recordings / name) == fmt
     with open_recording(recordings / name) as rec:
@@ -271,7 +170,7 @@ def test_npy_any_integer_layout(tmp_path, nmnist_sample):
 
 
 def _real_formats(recordings, tmp_path):
-    paths = {library_format(n): recordings / n for n in
+    paths = {RECORDINGS[n][0]: recordings / n for n in
              ("evt2_gen3_sample.raw", "evt3_gen41_sample.raw", "dat_ncars_car.dat",
               "aedat4_dvxplorer_sample.aedat4", "aedat2_dvs128_walking2.aedat", "atis40_dvs128_clip2.bin")}
     events = read_events(recordings / "atis40_dvs128_clip1.bin")
@@ -351,7 +250,7 @@ def test_store_round_trip_is_exact(recordings, tmp_path, name):
     stats = convert_to_store(recordings / name, tmp_path / "out.h5")
     original = read_events(recordings / name)
     with open_recording(tmp_path / "out.h5") as rec:
-        assert rec.format == "hdf5" and rec.source_format == library_format(name)
+        assert rec.format == "hdf5" and rec.source_format == RECORDINGS[name][0]
         assert rec.sensor_size == open_recording(recordings / name).sensor_size
         np.testing.assert_array_equal(rec.read(), original)
     assert stats["events"] == original.size == RECORDINGS[name][2]
@@ -484,7 +383,7 @@ def test_info_on_every_generated_file(generated, fmt):
 @pytest.mark.parametrize("name", sorted(RECORDINGS))
 def test_info_on_every_recording(recordings, name):
     _, sensor, count, t_first, t_last = RECORDINGS[name]
-    fmt = library_format(name)
+    fmt = RECORDINGS[name][0]
     info = recording_info(recordings / name)
     assert info["format"] == fmt and info["events"] == count
     duration = t_last - t_first if t_first is not None else SPANS_NOT_IN_RECORDINGS.get(name)

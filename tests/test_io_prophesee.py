@@ -1,13 +1,13 @@
 import numpy as np
 import pytest
 
-from conftest import RECORDINGS
+from conftest import REAL, RECORDINGS
 from streamsnn.errors import EventFormatError, SensorSizeError, StreamsnnError
 from streamsnn.events import EVENT_DTYPE, make_events, validate_events
 from streamsnn.io import open_recording, read_events
 from streamsnn.io.prophesee import (DatRecording, Evt2Recording, encode_evt3, read_with_expelliarmus,
                                     write_raw)
-from test_io_formats import REAL, scene_events, write_dat
+from generate import scene_events, write_dat
 
 PROPHESEE = sorted(name for name, figures in RECORDINGS.items() if figures[0] in ("evt2", "evt3", "dat"))
 # The data README's figures beyond conftest's RECORDINGS: x and y ranges, (p0, p1) counts.

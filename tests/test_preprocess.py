@@ -14,7 +14,7 @@ from streamsnn.events import EVENT_DTYPE, SensorSize, make_events
 from streamsnn.preprocess import (Chain, Crop, Denoise, Downsample, MergePolarities, crop, denoise, downsample,
                                   merge_polarities)
 from test_binning import BUNDLED, SCENES, loaded, sensor_of, stream, streams  # noqa: F401 (loaded, stream: fixtures)
-from test_io_formats import REAL
+from conftest import REAL
 
 REAL_STREAMS = ["nmnist_sample.bin", "atis40_dvs128_clip3.bin", "aedat2_dvs128_walking.aedat",
                 "aedat4_dvxplorer_sample.aedat4", "evt2_gen3_sample.raw", "evt3_gen41_sample.raw",

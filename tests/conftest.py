@@ -34,15 +34,17 @@ RECORDINGS = {
     "dat_ncars_car.dat": ("dat", None, 4_407, 0, 99_937),
     "dat_ncars_sample.dat": ("dat", None, 2_009, 0, 99_952),
     "aedat4_dvxplorer_sample.aedat4": ("aedat4", (320, 240, 2), 111_954, None, None),
-    "nmnist_sample.bin": ("atis", (34, 34, 2), 4_325, 654, 311_175),
+    "nmnist_sample.bin": ("atis_bin", (34, 34, 2), 4_325, 654, 311_175),
     "aedat2_dvs128_walking.aedat": ("aedat2", (128, 128, 2), 125_028, None, None),
     "aedat2_dvs128_walking2.aedat": ("aedat2", (128, 128, 2), 70_304, None, None),
-    "atis40_dvs128_clip1.bin": ("atis", (128, 128, 2), 63_471, None, None),
-    "atis40_dvs128_clip2.bin": ("atis", (128, 128, 2), 84_260, None, None),
-    "atis40_dvs128_clip3.bin": ("atis", (128, 128, 2), 113_063, None, None),
-    "atis40_dvs128_clip4.bin": ("atis", (128, 128, 2), 151_879, None, None),
-    "atis40_dvs128_clip5.bin": ("atis", (128, 128, 2), 181_179, None, None),
+    "atis40_dvs128_clip1.bin": ("atis_bin", (128, 128, 2), 63_471, None, None),
+    "atis40_dvs128_clip2.bin": ("atis_bin", (128, 128, 2), 84_260, None, None),
+    "atis40_dvs128_clip3.bin": ("atis_bin", (128, 128, 2), 113_063, None, None),
+    "atis40_dvs128_clip4.bin": ("atis_bin", (128, 128, 2), 151_879, None, None),
+    "atis40_dvs128_clip5.bin": ("atis_bin", (128, 128, 2), 181_179, None, None),
 }
+# Parameters (and tests) that read the real recordings: skipped without the data folder.
+REAL = pytest.mark.requires_data
 # The bundled split: 100 samples of N-MNIST Test; samples per class 0..9.
 BUNDLED_TEST_CLASS_COUNTS = (8, 14, 8, 11, 14, 7, 10, 15, 2, 11)
 
@@ -150,21 +152,6 @@ def decision_message(seq: int, stream: str = "s") -> dict:
     return {"schema": 1, "stream": stream, "seq": seq, "label": 1, "confidence": 0.9, "timesteps": 3,
             "max_timesteps": 10, "window_start_us": 0, "window_end_us": 1000, "published_ns": time.time_ns(),
             "latency_ms": 0.1}
-
-
-def write_aedat4_with_dv(path: Path, compression: str = "NONE", n: int = 3000) -> Path:
-    """An AEDAT 4 file written by dv-processing: n events on a 64x48 sensor, t = 1000 + 7 i,
-    x = i % 64, y = 7 i % 48, ON when i % 3."""
-    dv = pytest.importorskip("dv_processing")
-    config = dv.io.MonoCameraWriter.EventOnlyConfig("test_camera", (64, 48))
-    config.compression = getattr(dv.CompressionType, compression)
-    writer = dv.io.MonoCameraWriter(str(path), config)
-    store = dv.EventStore()
-    for i in range(n):
-        store.push_back(1_000 + 7 * i, i % 64, (i * 7) % 48, bool(i % 3))
-    writer.writeEvents(store)
-    del writer  # closes the file
-    return path
 
 
 # CI runs the property tests on a fixed sequence of examples, so a landing does not hinge on a

@@ -12,9 +12,10 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from conftest import write_aedat4_with_dv
+from generate import write_aedat4
 
 from streamsnn.errors import SourceError
+from streamsnn.events import make_events
 from streamsnn.io.aedat import AEDAT4_MAGIC, Aedat4Header
 from streamsnn.stream.sources import Chunk, DvNetworkSource, WindowStart
 
@@ -22,7 +23,9 @@ from streamsnn.stream.sources import Chunk, DvNetworkSource, WindowStart
 def _dv_stream_bytes(tmp_path, compression="NONE", n=3000):
     """What a DV sender writes on a connection: the bytes of an AEDAT 4 file after its first line, up to the
     data table (header length, IOHeader, packets)."""
-    path = write_aedat4_with_dv(tmp_path / f"{compression}.aedat4", compression, n)
+    i = np.arange(n)
+    events = make_events(i % 64, (i * 7) % 48, 1_000 + 7 * i, (i % 3) != 0)
+    path = write_aedat4(tmp_path / f"{compression}.aedat4", events, (64, 48), compression=compression)
     data = path.read_bytes()[len(AEDAT4_MAGIC):]
     (size,) = struct.unpack_from("<I", data)
     end = Aedat4Header(data[4:4 + size], path, 0).data_table_position - len(AEDAT4_MAGIC)

@@ -8,26 +8,16 @@ import threading
 
 import numpy as np
 import pytest
+from generate import scene_events, write_aedat2, write_atis_bin, write_dat
 
 from streamsnn.errors import EventFormatError, SourceError
-from streamsnn.events import EVENT_DTYPE
 from streamsnn.io import open_recording, read_events
 from streamsnn.io.arrays import write_npy
 from streamsnn.io.prophesee import write_raw
-from streamsnn.stream.sources import make_source
 from streamsnn.io.store import convert_to_store, write_store
+from streamsnn.stream.sources import make_source
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _events(n, width=128, height=128, seed=0):
-    rng = np.random.default_rng(seed)
-    events = np.zeros(n, EVENT_DTYPE)
-    events["t"] = np.cumsum(rng.integers(0, 4, n))
-    events["x"] = rng.integers(0, width, n)
-    events["y"] = rng.integers(0, height, n)
-    events["p"] = rng.integers(0, 2, n)
-    return events
 
 
 def _run_python(code, *args, timeout=120):
@@ -58,7 +48,7 @@ except SourceError as exc:
 
 def test_store_truncated_during_replay_is_a_source_error_not_sigbus(tmp_path):
     path = tmp_path / "big.h5"
-    write_store(path, _events(600_000), (128, 128))
+    write_store(path, scene_events(600_000, (128, 128)), (128, 128))
     result = _run_python(_TRUNCATE_DURING_REPLAY, path)
     assert result.returncode == 0, f"child died (signal {-result.returncode}): {result.stderr[-2000:]}"
     assert "SOURCE ERROR" in result.stdout and "shrank" in result.stdout, result.stdout + result.stderr
@@ -69,7 +59,7 @@ def test_store_truncated_between_reads_is_a_clean_error(tmp_path, monkeypatch, g
     from streamsnn.io import store
 
     monkeypatch.setattr(store, "_GATHER_SLACK_BYTES", gather_slack)
-    events = _events(400_000)
+    events = scene_events(400_000, (128, 128))
     path = tmp_path / "s.h5"
     write_store(path, events, (128, 128))
     with store.StoreRecording(path) as rec:
@@ -79,33 +69,24 @@ def test_store_truncated_between_reads_is_a_clean_error(tmp_path, monkeypatch, g
             rec.read_range(200_000, 400_000)
 
 
-def _write_zero_records(path, header: bytes, record_bytes: int, n: int):
-    # all-zero records are valid in these formats (x = y = p = t = 0)
-    with open(path, "wb") as f:
-        f.write(header)
-        f.write(bytes(record_bytes * n))
-
-
 @pytest.mark.parametrize("fmt", ["evt2", "evt3", "dat", "atis_bin", "aedat2", "npy"])
 def test_recording_that_shrinks_while_read_is_an_error_not_a_silent_end(tmp_path, fmt):
-    events = _events(200_000)
-    sensor = None
+    sensor = {"atis_bin": (34, 34), "aedat2": (128, 128)}.get(fmt, (128, 128))
+    events = scene_events(200_000, sensor)
+    given = None
     if fmt in ("evt2", "evt3"):
         path = tmp_path / "r.raw"
-        write_raw(path, events, (128, 128), encoding=fmt)
+        write_raw(path, events, sensor, encoding=fmt)
     elif fmt == "dat":
-        path = tmp_path / "r.dat"
-        _write_zero_records(path, b"% Version 2\n\x0c\x08", 8, 200_000)
+        path = write_dat(tmp_path / "r.dat", events, sensor)
     elif fmt == "atis_bin":
-        path, sensor = tmp_path / "r.bin", (34, 34)
-        _write_zero_records(path, b"", 5, 200_000)
+        path, given = write_atis_bin(tmp_path / "r.bin", events), sensor
     elif fmt == "aedat2":
-        path = tmp_path / "r.aedat"
-        _write_zero_records(path, b"#!AER-DAT2.0\r\n", 8, 200_000)
+        path = write_aedat2(tmp_path / "r.aedat", events)
     else:
         path = tmp_path / "r.npy"
         write_npy(path, events)
-    with open_recording(path, sensor_size=sensor) as rec:
+    with open_recording(path, sensor_size=given) as rec:
         assert rec.format == fmt
         if fmt == "npy":
             rec.block_events = 1000
@@ -180,19 +161,19 @@ def test_convert_never_writes_through_a_planted_partial_name(tmp_path):
     os.symlink(victim, tmp_path / "o.h5.partial")
     (tmp_path / ".o.h5.partial").write_text("someone else's")
     source = tmp_path / "e.npy"
-    write_npy(source, _events(1000))
+    write_npy(source, scene_events(1000, (128, 128)))
     convert_to_store(source, out)
     assert victim.read_text() == "keep me"
     assert (tmp_path / ".o.h5.partial").read_text() == "someone else's"
     assert out.is_file() and not out.is_symlink()
-    np.testing.assert_array_equal(read_events(out), _events(1000))
+    np.testing.assert_array_equal(read_events(out), scene_events(1000, (128, 128)))
     assert sorted(p.name for p in tmp_path.iterdir()) == [".o.h5.partial", "e.npy", "o.h5", "o.h5.partial",
                                                           "victim.txt"]
 
 
 def test_convert_replaces_an_existing_output_only_when_forced(tmp_path):
     source = tmp_path / "e.npy"
-    write_npy(source, _events(1000))
+    write_npy(source, scene_events(1000, (128, 128)))
     victim = tmp_path / "victim.txt"
     victim.write_text("keep me")
     out = tmp_path / "o.h5"
@@ -210,7 +191,7 @@ def test_convert_output_appearing_meanwhile_is_not_replaced(tmp_path, monkeypatc
     from streamsnn.io import base
 
     source = tmp_path / "e.npy"
-    write_npy(source, _events(1000))
+    write_npy(source, scene_events(1000, (128, 128)))
     out = tmp_path / "o.h5"
     real_link = os.link
 

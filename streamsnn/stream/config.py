@@ -327,7 +327,8 @@ def validate(config: PipelineConfig) -> PipelineConfig:
     if config.downsample is not None and not all(_in_range(v, 1, _COORDINATE_MAX) for v in config.downsample):
         fail("[binning].downsample", f"factors from 1 to {_COORDINATE_MAX}", list(config.downsample))
     check("[binning].denoise_us", config.denoise_us, 0, _HOUR_US, "an integer number of microseconds")
-    check("[cutoff].epsilon", config.cutoff_epsilon, 0, 1, "a number")
+    if config.cutoff_epsilon is not None and not _in_range(config.cutoff_epsilon, 0, 1):
+        fail("[cutoff].epsilon", "a number in [0, 1]", config.cutoff_epsilon)
     check("[cutoff].max_timesteps", config.max_timesteps, 1, _INT32_MAX)
     check("[queue].max_events", config.queue_max_events, 1, _INT64_MAX)
     check("[queue].max_chunks", config.queue_max_chunks, 1, _INT32_MAX)

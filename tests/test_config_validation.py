@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import subprocess
 import sys
@@ -24,9 +25,14 @@ def _load(tmp_path, text: str, name="p.toml"):
     return load_config(path)
 
 
-def test_pipeline_file_that_is_a_folder_or_not_utf8(tmp_path):
+def test_pipeline_file_that_is_a_folder_a_fifo_or_not_utf8(tmp_path):
     with pytest.raises(ConfigError, match="is a folder, not a pipeline definition"):
         load_config(tmp_path)
+    os.mkfifo(tmp_path / "fifo.toml")  # opening it would wait for a writer forever
+    with pytest.raises(ConfigError, match="fifo.toml: is not a regular file"):
+        load_config(tmp_path / "fifo.toml")
+    with pytest.raises(ConfigError, match=r"\[log\].path must be a decision log file, not a device"):
+        validate(PipelineConfig(log=str(tmp_path / "fifo.toml")))
     path = tmp_path / "latin1.toml"
     path.write_bytes('[pipeline]\nname = "caf\xe9"\n'.encode("latin-1"))
     with pytest.raises(ConfigError, match=r"latin1.toml: not a pipeline definition: TOML is UTF-8 text, and byte 22"):

@@ -59,6 +59,9 @@ def test_refuses_files_that_are_not_decision_logs(tmp_path):
         DecisionLog(store)
     with pytest.raises(ConfigError, match="is a folder"):
         DecisionLog(tmp_path)
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(ConfigError, match="fifo: is not a regular file"):
+        DecisionLog(tmp_path / "fifo")
     assert {p: p.read_bytes() for p in (text, store)} == before  # untouched
 
 

@@ -265,6 +265,8 @@ def load_config(path: str | os.PathLike) -> PipelineConfig:
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{path}: is a folder, not a pipeline definition (a TOML file)")
+    if path.exists() and not path.is_file():  # reading a FIFO or a device would wait or never end
+        raise ConfigError(f"{path}: is not a regular file (a device, pipe or socket), not a pipeline definition")
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
@@ -356,6 +358,8 @@ def _check_files(config: PipelineConfig, fail) -> None:
     if config.log:
         if os.path.isdir(config.log):
             fail("[log].path", "a decision log file, not a folder", config.log)
+        if os.path.exists(config.log) and not os.path.isfile(config.log):
+            fail("[log].path", "a decision log file, not a device, pipe or socket", config.log)
         for i, source in enumerate(config.sources):
             # a log written into a recording being replayed would change it under its reader
             if os.path.exists(config.log) and os.path.exists(source.uri) and os.path.samefile(config.log, source.uri):

@@ -82,6 +82,8 @@ class DecisionLog:
 
         if self.path.is_dir():
             self._fail("is a folder")
+        if not self.path.is_file():  # opening a FIFO would wait for a writer
+            self._fail("is not a regular file (a device, pipe or socket)")
         try:
             with open(self.path, "rb") as f:
                 magic = f.read(len(HDF5_MAGIC))

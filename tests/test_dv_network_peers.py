@@ -4,28 +4,34 @@ length field claims. The peers are plain sockets on loopback serving the bytes o
 (dv-processing writes it) or garbage."""
 from __future__ import annotations
 
+import signal
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import free_port
 from generate import write_aedat4
 
 from streamsnn.errors import SourceError
 from streamsnn.events import make_events
 from streamsnn.io.aedat import AEDAT4_MAGIC, Aedat4Header
+from streamsnn.stream.bus import Subscriber
 from streamsnn.stream.sources import Chunk, DvNetworkSource, WindowStart
 
 
-def _dv_stream_bytes(tmp_path, compression="NONE", n=3000):
+def _dv_stream_bytes(tmp_path, compression="NONE", n=3000, sensor=(64, 48)):
     """What a DV sender writes on a connection: the bytes of an AEDAT 4 file after its first line, up to the
-    data table (header length, IOHeader, packets)."""
+    data table (header length, IOHeader, packets). Event i: t = 1000 + 7 i, x = i % width, y = 7 i % height."""
     i = np.arange(n)
-    events = make_events(i % 64, (i * 7) % 48, 1_000 + 7 * i, (i % 3) != 0)
-    path = write_aedat4(tmp_path / f"{compression}.aedat4", events, (64, 48), compression=compression)
+    events = make_events(i % sensor[0], (i * 7) % sensor[1], 1_000 + 7 * i, (i % 3) != 0)
+    path = write_aedat4(tmp_path / f"{compression}.aedat4", events, sensor, compression=compression)
     data = path.read_bytes()[len(AEDAT4_MAGIC):]
     (size,) = struct.unpack_from("<I", data)
     end = Aedat4Header(data[4:4 + size], path, 0).data_table_position - len(AEDAT4_MAGIC)
@@ -167,3 +173,34 @@ def test_a_stalled_sender_shows_in_the_stats_and_stop_still_works(tmp_path):
         source.close()
         peer.close()
     assert peak < 8 << 20  # 40 MiB announced, 1 kB arrived: the buffer holds what arrived
+
+
+@pytest.mark.timeout(120)
+def test_a_stalled_sender_shows_as_stalled_on_the_job_status_topic(tmp_path):
+    """The job end to end: a DV sender that goes quiet without closing leaves the job running, and its
+    status says so (state "stalled", source_idle_s), instead of looking like a healthy quiet stream."""
+    header, packets = _dv_stream_bytes(tmp_path, sensor=(34, 34))  # the bundled N-MNIST model's geometry
+    peer = Peer(_serve_then(header, packets, lambda connection, done: done.wait(60)))
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    definition = tmp_path / "dv.toml"
+    definition.write_text(f'[[source]]\nuri = "dv://127.0.0.1:{peer.port}"\nstream = "cam"\n'
+                          f'[publish]\nendpoint = "{endpoint}"\nstatus_interval_s = 0.2\n')
+    checkpoint = Path(__file__).resolve().parents[1] / "streamsnn" / "checkpoints" / "nmnist_str.pt"
+    subscriber = Subscriber(endpoint, topic="status")
+    job = subprocess.Popen([sys.executable, "-m", "streamsnn.cli", "run", str(definition), "--checkpoint",
+                            str(checkpoint)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        states = []
+        deadline = time.monotonic() + 60
+        while "stalled" not in states and time.monotonic() < deadline and job.poll() is None:
+            item = subscriber.recv(timeout_s=0.5)
+            if item is not None:
+                states.append(item[1]["state"])
+                last = item[1]
+        assert "stalled" in states, (states, job.poll())
+        assert last["source_stalled"] is True and last["source_idle_s"] >= 2.0 and last["events_in"] == 3000
+    finally:
+        job.send_signal(signal.SIGINT)
+        job.communicate(timeout=30)
+        subscriber.close()
+        peer.close()

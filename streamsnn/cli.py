@@ -163,7 +163,7 @@ def _cmd_run(args) -> int:
     config = _run_config(args)
     pipeline = Pipeline(config)
     pipeline.open()
-    names = ", ".join(f"{w.name} ({w.source.uri}, {w.queue.policy})" for w in pipeline.workers)
+    names = ", ".join(f"{w.name} ({w.source.uri}, {w.queue.policy})" for w in pipeline.streams)
     print(f"streamsnn run: {names} -> {pipeline.endpoint}"
           + (f", log {config.log}" if config.log else "")
           + f"; T={pipeline.max_timesteps}, window {pipeline.time_window} us, cutoff {pipeline.policy!r}",
@@ -238,7 +238,7 @@ def _cmd_demo(args) -> int:
     pipeline = Pipeline(config)
     pipeline.open()
     subscriber = Subscriber(pipeline.endpoint, topic="decision")
-    total = len(pipeline.workers[0].source.samples)
+    total = len(pipeline.streams[0].source.samples)
     T = pipeline.max_timesteps
     print(f"streamsnn demo: {total} samples from {root / 'Test'} through {checkpoint.name} "
           f"(T = {T}, cutoff {pipeline.policy!r}), publishing on {pipeline.endpoint}", file=sys.stderr)

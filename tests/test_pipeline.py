@@ -23,7 +23,7 @@ from streamsnn.stream.log import read_decision_log
 from streamsnn.errors import ConfigError
 from streamsnn.stream.job import Pipeline
 from streamsnn.stream.queue import EventQueue
-from streamsnn.stream.scheduler import sample_frame_count
+from streamsnn.stream.frames import sample_frame_count
 from streamsnn.stream.config import PipelineConfig, SourceConfig, load_config, parse_config
 
 PY = sys.executable

@@ -36,10 +36,11 @@ turns into a non-zero exit code.
 from __future__ import annotations
 
 import collections
+import math
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -455,6 +456,30 @@ class CameraSource(_DvInputSource):
             raise SourceError(f"{self.uri}: the camera has no event output")
         self.sensor_size = SensorSize(int(resolution[0]), int(resolution[1]), 2)
         self.camera_name = self.reader.getCameraName()
+
+
+def pacing_slice_us(time_window: int, speed: float, kind: str = "file") -> int:
+    """How much event time a replay hands over at once (a divisor of the frame length, so that frames
+    close on time).
+
+    * A recording file: about 1 ms, so a dense recording (a Gen3 sensor gives ~10 M events/s) is
+      binned as it arrives rather than a whole frame at once when the frame closes.
+    * A folder of samples: one frame. Samples are small (N-MNIST: ~700 events a 30 ms frame) and a
+      frame is only complete at its end, so handing its events over then costs no latency, and it
+      takes 30 times fewer thread wake-ups -- what lets dozens of streams share 2 cores.
+    * As fast as possible (speed 0): one frame, ten for folders (fewer thread hand-overs, ~12 % more
+      throughput); files keep one frame a chunk, so chunks stay small at any event rate.
+    """
+    time_window = int(time_window)
+    if speed <= 0:
+        return time_window * (10 if kind == "folder" else 1)
+    if kind == "folder":
+        return time_window
+    k0 = max(1, math.ceil(time_window / 1000))
+    for k in range(k0, 4 * k0 + 1):
+        if time_window % k == 0:
+            return time_window // k
+    return time_window
 
 
 def make_source(uri: str, stream: str | None = None, *, speed: float = 1.0, loop: bool = False,

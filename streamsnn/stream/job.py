@@ -156,6 +156,7 @@ class Pipeline:
         self.log = None
         self.streams: list[Stream] = []
         self.started_ns = None
+        self.sources_started: float | None = None     # perf_counter() when the first source thread started
         self.wall_s = 0.0
         self._opened = False
         self._closed = False
@@ -268,6 +269,9 @@ class Pipeline:
         self._cpu0 = time.process_time()
         self.scheduler.start()
         self.frame_worker.start()
+        # warm start: model and kernels warmed in open(), the publisher settled above; only now may a
+        # replay's clock start (at its first chunk)
+        self.sources_started = time.perf_counter()
         for stream in list(self.streams):
             self._attach(stream)
         if not self.streams:

@@ -1,4 +1,4 @@
-"""Decision messages on ZeroMQ: the publisher, the subscriber, CurveZMQ keys.
+"""Decision messages on ZeroMQ: the publisher, the subscriber, the broker, CurveZMQ keys.
 
 The messages themselves (two frames: topic and JSON object; their fields)
 are defined in :mod:`streamsnn.stream.messages`.
@@ -22,10 +22,14 @@ Design choices, on purpose:
   clients whose public keys are in ``DIR/authorized/`` (``streamsnn keys``
   writes that layout); other clients never complete the handshake and
   receive nothing.
+* Beyond one machine: several jobs publish, one :class:`Broker` (XSUB/XPUB
+  proxy) gives subscribers one endpoint; a :class:`Subscriber` may also
+  connect to several endpoints itself.
 """
 from __future__ import annotations
 
 import os
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -154,6 +158,44 @@ def _load_client_keys(directory: Path) -> tuple[bytes, bytes, bytes]:
     return public, private, server_public
 
 
+# --------------------------------------------------------------------------- socket set-up
+
+def _serve(socket, endpoint: str, curve_keys, context, what: str):
+    """Bind a sending socket to ``endpoint``, as a CurveZMQ server when ``curve_keys`` is given (clients
+    must be in ``curve_keys/authorized/``). Returns the authenticator to stop at the end (or None)."""
+    authenticator = None
+    if curve_keys is not None:
+        from zmq.auth.thread import ThreadAuthenticator
+
+        keys = Path(curve_keys)
+        public, secret = _load_server_keys(keys)
+        authenticator = ThreadAuthenticator(context)
+        authenticator.start()
+        authenticator.configure_curve(domain="*", location=str(keys / AUTHORIZED_DIR))
+        socket.curve_secretkey = secret
+        socket.curve_publickey = public
+        socket.curve_server = True
+    elif not is_loopback(endpoint):
+        warnings.warn(f"{what} on {endpoint} beyond loopback without --curve-keys: "
+                      "anyone who can reach this port receives the decisions", stacklevel=3)
+    try:
+        socket.bind(endpoint)
+    except zmq.ZMQError as exc:
+        socket.close(0)
+        if authenticator is not None:
+            authenticator.stop()
+        raise ConfigError(f"cannot bind the {what} to {endpoint}: {exc}") from exc
+    return authenticator
+
+
+def _curve_client(socket, curve_keys) -> None:
+    """Make a receiving socket a CurveZMQ client with the key pair in ``curve_keys`` (see generate_keys)."""
+    public, secret, server_public = _load_client_keys(Path(curve_keys))
+    socket.curve_publickey = public
+    socket.curve_secretkey = secret
+    socket.curve_serverkey = server_public
+
+
 # --------------------------------------------------------------------------- publisher
 
 class Publisher:
@@ -174,26 +216,7 @@ class Publisher:
         socket.setsockopt(zmq.SNDHWM, int(sndhwm))
         socket.setsockopt(zmq.LINGER, int(linger_ms))
         socket.setsockopt(zmq.XPUB_VERBOSE, 1)   # see every subscription, also repeated ones
-        if curve_keys is not None:
-            from zmq.auth.thread import ThreadAuthenticator
-
-            keys = Path(curve_keys)
-            public, secret = _load_server_keys(keys)
-            self.authenticator = ThreadAuthenticator(self.context)
-            self.authenticator.start()
-            self.authenticator.configure_curve(domain="*", location=str(keys / AUTHORIZED_DIR))
-            socket.curve_secretkey = secret
-            socket.curve_publickey = public
-            socket.curve_server = True
-        elif not is_loopback(self.endpoint):
-            warnings.warn(f"publishing on {self.endpoint} beyond loopback without --curve-keys: "
-                          "anyone who can reach this port receives the decisions", stacklevel=2)
-        try:
-            socket.bind(self.endpoint)
-        except zmq.ZMQError as exc:
-            socket.close(0)
-            self._stop_auth()
-            raise ConfigError(f"cannot bind the publisher to {self.endpoint}: {exc}") from exc
+        self.authenticator = _serve(socket, self.endpoint, curve_keys, self.context, "publisher")
         self.socket = socket
         self.endpoint = socket.getsockopt_string(zmq.LAST_ENDPOINT)   # resolves tcp://127.0.0.1:*
 
@@ -270,22 +293,24 @@ class Publisher:
 # --------------------------------------------------------------------------- subscriber
 
 class Subscriber:
-    """SUB socket for decisions and status messages, optionally a CurveZMQ client."""
+    """SUB socket for decisions and status messages from one or more endpoints (several jobs, or a
+    broker), optionally a CurveZMQ client (one key set for every endpoint)."""
 
-    def __init__(self, endpoint: str, *, streams: Iterable[str] | None = None, topic: str = "all",
+    def __init__(self, endpoint: str | Iterable[str], *, streams: Iterable[str] | None = None, topic: str = "all",
                  curve_keys: str | os.PathLike | None = None, rcvhwm: int = 100_000,
                  context: zmq.Context | None = None):
-        self.endpoint = normalize_endpoint(endpoint)
+        endpoints = [endpoint] if isinstance(endpoint, (str, int)) else list(endpoint)
+        if not endpoints:
+            raise ConfigError("subscribe: no endpoint given")
+        self.endpoints = [normalize_endpoint(e) for e in endpoints]
+        self.endpoint = self.endpoints[0]
         self.context = context or zmq.Context.instance()
         socket = self.context.socket(zmq.SUB)
         socket.setsockopt(zmq.RCVHWM, int(rcvhwm))
         socket.setsockopt(zmq.LINGER, 0)
         socket.setsockopt(zmq.RECONNECT_IVL, 50)
         if curve_keys is not None:
-            public, secret, server_public = _load_client_keys(Path(curve_keys))
-            socket.curve_publickey = public
-            socket.curve_secretkey = secret
-            socket.curve_serverkey = server_public
+            _curve_client(socket, curve_keys)
         kinds = ("decision", "status") if topic in (None, "all") else (topic,)
         streams = list(streams) if streams else [None]
         for kind in kinds:
@@ -293,7 +318,8 @@ class Subscriber:
                 # "decision.S" also prefixes "decision.S2": the exact stream is checked in recv().
                 socket.setsockopt_string(zmq.SUBSCRIBE, f"{kind}." + (stream or ""))
         self._streams = None if streams == [None] else set(streams)
-        socket.connect(self.endpoint)
+        for e in self.endpoints:
+            socket.connect(e)
         self.socket = socket
 
     def recv(self, timeout_s: float | None = None) -> tuple[str, dict] | None:
@@ -318,3 +344,99 @@ class Subscriber:
 
     def __exit__(self, *exc):
         self.close()
+
+
+# --------------------------------------------------------------------------- broker
+
+DEFAULT_BROKER_ENDPOINT = "tcp://127.0.0.1:5570"
+
+
+class Broker:
+    """One place to subscribe to many jobs: a ZeroMQ XSUB/XPUB proxy.
+
+    ::
+
+        streamsnn run (machine A) ─XPUB─┐
+        streamsnn run (machine B) ─XPUB─┼──▶ XSUB │ broker │ XPUB ◀── subscribers
+        streamsnn run (machine C) ─XPUB─┘
+
+    The XSUB side connects to every job's publisher (``upstream``), the XPUB
+    side binds ``endpoint`` for subscribers. Messages go down unchanged (topic
+    ``decision.<stream>``: stream names must differ between jobs); subscriptions
+    go up, so a job with ``wait_subscribers`` waits for the subscribers behind
+    the broker, and ZeroMQ re-sends them to a job that (re)connects later.
+    CurveZMQ on both sides, each optional: ``curve_keys`` makes the XPUB side a
+    server (subscribers' keys in ``curve_keys/authorized/``), ``upstream_curve_keys``
+    makes the XSUB side a client of the jobs (a client folder written by
+    ``streamsnn keys`` for the jobs' server key). The forwarding itself is
+    ZeroMQ's own proxy (C, no Python per message), in a thread until :meth:`stop`.
+    """
+
+    def __init__(self, upstream: Iterable[str], endpoint: str | None = None, *,
+                 curve_keys: str | os.PathLike | None = None,
+                 upstream_curve_keys: str | os.PathLike | None = None, hwm: int = 100_000):
+        upstream = [normalize_endpoint(e) for e in upstream]
+        if not upstream:
+            raise ConfigError("broker: no upstream endpoint (give the publish endpoint of every job)")
+        self.upstream = upstream
+        # its own context: a CurveZMQ server needs the context's one authentication handler
+        self.context = zmq.Context()
+        self.authenticator = None
+        xsub = self.context.socket(zmq.XSUB)
+        xsub.setsockopt(zmq.RCVHWM, int(hwm))
+        xsub.setsockopt(zmq.LINGER, 0)
+        xsub.setsockopt(zmq.RECONNECT_IVL, 50)
+        if upstream_curve_keys is not None:
+            _curve_client(xsub, upstream_curve_keys)
+        for e in upstream:
+            xsub.connect(e)
+        xpub = self.context.socket(zmq.XPUB)
+        xpub.setsockopt(zmq.SNDHWM, int(hwm))
+        xpub.setsockopt(zmq.LINGER, 0)
+        xpub.setsockopt(zmq.XPUB_VERBOSE, 1)     # every subscription goes up, so jobs count subscribers
+        endpoint = normalize_endpoint(endpoint or DEFAULT_BROKER_ENDPOINT)
+        try:
+            self.authenticator = _serve(xpub, endpoint, curve_keys, self.context, "broker")
+        except ConfigError:
+            xsub.close(0)
+            self.context.term()
+            raise
+        self.endpoint = xpub.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._xsub, self._xpub = xsub, xpub
+        self._control_address = f"inproc://broker-control-{id(self)}"
+        self._control = self.context.socket(zmq.PAIR)
+        self._control.bind(self._control_address)
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "Broker":
+        self._thread = threading.Thread(target=self._proxy, name="broker", daemon=True)
+        self._thread.start()
+        return self
+
+    def _proxy(self) -> None:
+        control = self.context.socket(zmq.PAIR)
+        control.connect(self._control_address)
+        try:
+            zmq.proxy_steerable(self._xpub, self._xsub, None, control)
+        except zmq.ZMQError:
+            pass
+        finally:
+            control.close(0)
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._control.send(b"TERMINATE")
+            self._thread.join(2.0)
+            self._thread = None
+        for socket in (self._control, self._xsub, self._xpub):
+            socket.close(0)
+        if self.authenticator is not None:
+            self.authenticator.stop()
+            self.authenticator = None
+        self.context.term()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()

@@ -13,6 +13,7 @@ from streamsnn.stream.bus import Subscriber
 from streamsnn.stream.config import PipelineConfig, SourceConfig
 from streamsnn.stream.job import Pipeline
 from streamsnn.stream.log import read_decision_log
+from streamsnn.stream.messages import check_status
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +74,7 @@ def test_event_time_counts_recording_time_for_files_and_folders(tmp_path, ckpt, 
         statuses.append(item[1])
     sub.close()
     final = {s["stream"]: s for s in pipeline.final_status}
+    assert all(check_status(s) for s in statuses)              # the one schema
     # a sample covers its first event to its last + 1; the folder's time is the sum of its samples'
     assert final["folder"]["event_time_s"] == pytest.approx(sum(spans) / 1e6, abs=1e-9)
     # a continuous file: up to the clock of its last chunk (at most one ~1 ms slice past the last event)

@@ -24,13 +24,14 @@ other streams share its batch:
   ``tests/test_batched.py``). Four rows, because the per-sample cost is flat
   from 4 to 16 rows on the 2-core target (conv 2->16: 22 vs 16 us a sample,
   conv 16->32: 37 vs 31-43 us) while a lone stream pays for 4 rows, not 16.
-* **Exact fast path.** The spiking layers and the 2x2 max pooling that follows
-  them are computed with fewer, cheaper operations that give bit for bit the
-  values of :func:`~streamsnn.snn.neuron.lif_step` and ``nn.MaxPool2d``:
-  decay * u + I as the same two float32 operations, in place; ``u >= theta``
-  instead of ``H(u - theta)`` (the same test: float subtraction keeps the
-  sign); the reset as a masked fill (u * 0 = 0 for u >= theta > 0); the max of
-  binary spikes as a logical OR. Everything else (convolution, batch norm,
+* **Exact fast path.** Each spiking layer, with the 2x2 max pooling that
+  follows it, is one pass of a Numba kernel (``nogil``: the frame thread bins
+  meanwhile) that gives bit for bit the values of
+  :func:`~streamsnn.snn.neuron.lif_step` and ``nn.MaxPool2d``: decay * u + I
+  as the same two float32 operations; ``u >= theta`` instead of
+  ``H(u - theta)`` (the same test: float subtraction keeps the sign); the
+  reset as writing 0 (u * 0 = 0 for u >= theta > 0); the max of binary spikes
+  as "any spike in the window". Everything else (convolution, batch norm,
   linear) is the model's own module. Inference only: no autograd graph.
 """
 from __future__ import annotations

@@ -244,13 +244,16 @@ class Scheduler:
                 batch.append((lane, frame))
         if not batch:
             return False
-        slots = [lane.slot for lane, _ in batch]
-        frames = np.stack([frame.data for _, frame in batch])
-        logits = self.stepper.step(self.state, slots, frames)
         self.batches += 1
         self.batch_rows_max = max(self.batch_rows_max, len(batch))
         self.batch_rows_sum += len(batch)
-        for (lane, frame), row in zip(batch, logits):
-            lane.on_logits(frame, row)
+        # block by block, each block's decisions sent before the next block is stepped
+        rows = self.stepper.block_rows
+        for start in range(0, len(batch), rows):
+            block = batch[start:start + rows]
+            logits = self.stepper.step(self.state, [lane.slot for lane, _ in block],
+                                       np.stack([frame.data for _, frame in block]))
+            for (lane, frame), row in zip(block, logits):
+                lane.on_logits(frame, row)
         self.on_progress()
         return True

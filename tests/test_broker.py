@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,14 +15,9 @@ from streamsnn.events import make_events
 from streamsnn.io import write_npy
 from streamsnn.stream.bus import Broker, Publisher, Subscriber, generate_keys
 from streamsnn.stream.messages import check_decision, decision_topic
+from test_sources import _free_port
 
 PY = sys.executable
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _message(seq, stream):

@@ -125,6 +125,8 @@ def run_streams(data: Path, checkpoint: Path, streams: int, speed: float, limit:
         "dropped_events": int(sum(f["dropped_events"] for f in finals.values())),
         "recording_s": recording, "wall_s": wall, "real_time_factor": recording / wall,
         "cpu_s": any_final["cpu_s"], "cpu_ms_per_decision": 1000 * any_final["cpu_s"] / max(1, len(decisions)),
+        "pacing_drift_pct_worst": max((abs(f["pacing_drift_pct"]) for f in finals.values()
+                                       if "pacing_drift_pct" in f), default=None),
         "load_average_1min": os.getloadavg()[0],
         "_decisions": decisions,
     }
@@ -250,8 +252,9 @@ def main(argv=None) -> int:
                 print(f"{n:3d} streams, speed {speed:g}: {r['decisions']} decisions; latency to the subscriber "
                       f"p50 {r['latency_p50_ms']:.2f} ms, p99 (worst stream) {r['latency_p99_ms_worst_stream']:.2f} "
                       f"ms, max {r['latency_max_ms']:.2f} ms; dropped {r['dropped_events']}; "
-                      f"{r['cpu_ms_per_decision']:.2f} ms CPU per decision; equal to offline eval: "
-                      f"{r.get('equal_to_offline')}", flush=True)
+                      f"{r['cpu_ms_per_decision']:.2f} ms CPU per decision; pacing drift (worst stream) "
+                      f"{r['pacing_drift_pct_worst']:.4f} %; equal to offline eval: {r.get('equal_to_offline')}",
+                      flush=True)
             results["runs"].append(r)
     if args.gen3_seconds > 0:
         if args.gen3.is_file():

@@ -188,12 +188,23 @@ def _serve(socket, endpoint: str, curve_keys, context, what: str):
     return authenticator
 
 
-def _curve_client(socket, curve_keys) -> None:
-    """Make a receiving socket a CurveZMQ client with the key pair in ``curve_keys`` (see generate_keys)."""
-    public, secret, server_public = _load_client_keys(Path(curve_keys))
-    socket.curve_publickey = public
-    socket.curve_secretkey = secret
-    socket.curve_serverkey = server_public
+def _receiver(context, kind: int, hwm: int, curve_keys):
+    """A receiving socket (SUB, XSUB) that reconnects quickly, optionally a CurveZMQ client with the key
+    pair in ``curve_keys`` (a client folder written by generate_keys)."""
+    socket = context.socket(kind)
+    socket.setsockopt(zmq.RCVHWM, int(hwm))
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.setsockopt(zmq.RECONNECT_IVL, 50)
+    if curve_keys is not None:
+        try:
+            public, secret, server_public = _load_client_keys(Path(curve_keys))
+        except ConfigError:
+            socket.close(0)
+            raise
+        socket.curve_publickey = public
+        socket.curve_secretkey = secret
+        socket.curve_serverkey = server_public
+    return socket
 
 
 # --------------------------------------------------------------------------- publisher
@@ -305,12 +316,7 @@ class Subscriber:
         self.endpoints = [normalize_endpoint(e) for e in endpoints]
         self.endpoint = self.endpoints[0]
         self.context = context or zmq.Context.instance()
-        socket = self.context.socket(zmq.SUB)
-        socket.setsockopt(zmq.RCVHWM, int(rcvhwm))
-        socket.setsockopt(zmq.LINGER, 0)
-        socket.setsockopt(zmq.RECONNECT_IVL, 50)
-        if curve_keys is not None:
-            _curve_client(socket, curve_keys)
+        socket = _receiver(self.context, zmq.SUB, rcvhwm, curve_keys)
         kinds = ("decision", "status") if topic in (None, "all") else (topic,)
         streams = list(streams) if streams else [None]
         for kind in kinds:
@@ -382,12 +388,7 @@ class Broker:
         # its own context: a CurveZMQ server needs the context's one authentication handler
         self.context = zmq.Context()
         self.authenticator = None
-        xsub = self.context.socket(zmq.XSUB)
-        xsub.setsockopt(zmq.RCVHWM, int(hwm))
-        xsub.setsockopt(zmq.LINGER, 0)
-        xsub.setsockopt(zmq.RECONNECT_IVL, 50)
-        if upstream_curve_keys is not None:
-            _curve_client(xsub, upstream_curve_keys)
+        xsub = _receiver(self.context, zmq.XSUB, hwm, upstream_curve_keys)
         for e in upstream:
             xsub.connect(e)
         xpub = self.context.socket(zmq.XPUB)

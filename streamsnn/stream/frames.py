@@ -216,6 +216,7 @@ class FrameStage:
         return closing_ns
 
     def _on_window_end(self, item: WindowEnd, out: list) -> None:
+        self.events_processed += item.skipped_events
         if self._origin is None:
             return
         self._time_open_us = max(self._time_open_us, int(item.end_us) - self._origin)

@@ -69,6 +69,7 @@ class WindowEnd:
     end_us: int             # last event + 1
     last_us: int            # the sample's last event
     available_ns: int = 0
+    skipped_events: int = 0  # read but not handed over: the window had been decided (see Source.window_done)
 
 
 class Pacer:
@@ -147,6 +148,9 @@ class Source:
         self.sensor_size: SensorSize | None = None
         self.events_read = 0
         self.pacer: Pacer | None = None
+        # window_done(k) is True once the consumer has decided the source's k-th window (1-based, in
+        # WindowStart order): a sample source then skips the rest of that sample (its time still passes)
+        self.window_done = None
 
     def open(self, default_sensor_size=None) -> None:
         """Connect / check the source and set ``sensor_size``. ``default_sensor_size`` is used for
@@ -280,6 +284,7 @@ class FolderSource(Source):
         from ..io import open_recording
 
         self.pacer = pacer = Pacer(self.speed, stop)
+        windows = 0
         while not stop.is_set():
             for sample in self.samples:
                 if stop.is_set():
@@ -296,12 +301,21 @@ class FolderSource(Source):
                     continue
                 t0 = int(events["t"][0])
                 pacer.rebase(t0)
+                windows += 1
                 yield WindowStart(start_us=t0, target=sample.label, sample=name)
                 t = events["t"]
                 n_slices = int((int(t[-1]) - t0) // slice_us) + 1
                 bounds = np.searchsorted(t, t0 + np.arange(1, n_slices + 1) * slice_us, side="left")
                 start = 0
+                skipped = 0
                 for k, end in enumerate(bounds):
+                    if self.window_done is not None and self.window_done(windows):
+                        # decided: the rest is not needed, but the sample's time still passes
+                        skipped = events.size - start
+                        self.events_read += skipped
+                        if not pacer.wait_until(int(t[-1]) + 1):
+                            return
+                        break
                     # capped at the last event + 1: the sample's frames end where to_frame's do
                     clock = min(int(t0 + (k + 1) * slice_us), int(t[-1]) + 1)
                     if not pacer.wait_until(clock):
@@ -310,7 +324,8 @@ class FolderSource(Source):
                     start = end
                     self.events_read += part.size
                     yield Chunk(part, clock, _now_ns())
-                yield WindowEnd(end_us=int(t[-1]) + 1, last_us=int(t[-1]), available_ns=_now_ns())
+                yield WindowEnd(end_us=int(t[-1]) + 1, last_us=int(t[-1]), available_ns=_now_ns(),
+                                skipped_events=skipped)
                 self.samples_done += 1
             if not self.loop:
                 return

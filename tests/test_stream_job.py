@@ -65,7 +65,7 @@ def test_event_time_counts_recording_time_for_files_and_folders(tmp_path, ckpt, 
     write_npy(recording, _events(20_000, 5_000, 600_000, 99))
     pipeline = Pipeline(_config(ckpt, [SourceConfig(uri=str(recording), stream="file", speed=1.0),
                                        SourceConfig(uri=str(root / "Test"), stream="folder", speed=4.0)],
-                                status_interval_s=0.05)).open()
+                                status_interval_s=0.05, cutoff_epsilon=0.9)).open()   # decides at once
     sub = Subscriber(pipeline.endpoint, topic="status")
     time.sleep(0.2)
     assert pipeline.run() == 0
@@ -80,6 +80,7 @@ def test_event_time_counts_recording_time_for_files_and_folders(tmp_path, ckpt, 
     # the rest of a decided sample is skipped by the source, and still counted
     assert final["folder"]["events_processed"] == final["folder"]["events_in"] == 12 * 600
     assert final["folder"]["decisions"] == 12
+    assert final["folder"]["mean_timesteps"] == 1 and final["folder"]["frames"] == 12     # decided at once
     # a continuous file: up to the clock of its last chunk (at most one ~1 ms slice past the last event)
     assert 0.6 <= final["file"]["event_time_s"] <= 0.6 + 0.0011
     running = [s["event_time_s"] for s in statuses if s["stream"] == "file" and not s["final"]]

@@ -311,7 +311,7 @@ class FolderSource(Source):
                 for k, end in enumerate(bounds):
                     if self.window_done is not None and self.window_done(windows):
                         # decided: the rest is not needed, but the sample's time still passes
-                        skipped = events.size - start
+                        skipped = int(events.size - start)
                         self.events_read += skipped
                         if not pacer.wait_until(int(t[-1]) + 1):
                             return

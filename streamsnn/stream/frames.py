@@ -254,6 +254,10 @@ class FrameWorker:
         self.stop = stop
         self.max_pending_frames = int(max_pending_frames)
         self.wake = threading.Event()
+        # set while the worker has nothing left to do: the scheduler waits briefly for it, so that the frames
+        # of streams whose chunks arrived together go into one batch instead of several partial ones
+        self.idle = threading.Event()
+        self.idle.set()
         self._streams: list = []
         self._lock = threading.Lock()
         self.thread: threading.Thread | None = None
@@ -276,7 +280,9 @@ class FrameWorker:
 
     def _run(self) -> None:
         while not self.stop.is_set():
+            self.idle.set()
             self.wake.wait(0.05)
+            self.idle.clear()
             self.wake.clear()
             busy = True
             while busy and not self.stop.is_set():

@@ -172,6 +172,10 @@ class Pipeline:
 
         config = self.config
         torch.set_num_threads(choose_torch_threads(config.torch_threads, os.cpu_count()))
+        # The inference thread gives the GIL up inside every torch and Numba call and must get it back
+        # quickly; with dozens of source threads runnable, the default 5 ms switch interval would add up to
+        # 5 ms to a decision for each of them that grabs the GIL first.
+        sys.setswitchinterval(min(sys.getswitchinterval(), 0.0005))
         self.device = config.device or "cpu"
         self.model, self.meta = load_checkpoint(config.checkpoint, map_location=self.device)
         meta = self.meta
@@ -196,7 +200,8 @@ class Pipeline:
         self.frame_worker = FrameWorker(self.stop_event, max_pending_frames=max(32, 2 * self.max_timesteps))
         self.scheduler = Scheduler(self.stepper, self.policy, self.max_timesteps, self.publish_decision,
                                    stop=self.stop_event, class_names=self.class_names,
-                                   on_closed=self._stream_closed, on_progress=self.frame_worker.wake.set)
+                                   on_closed=self._stream_closed, on_progress=self.frame_worker.wake.set,
+                                   settled=self.frame_worker.idle)
         for sc in config.sources:
             self.streams.append(self._make_stream(sc))
         self._warm_up_model()

@@ -187,7 +187,8 @@ class Scheduler:
     (lanes may have room for more frames)."""
 
     def __init__(self, stepper: BlockStepper, policy, max_timesteps: int, publish, *, stop: threading.Event,
-                 class_names=(), on_closed=None, on_progress=None):
+                 class_names=(), on_closed=None, on_progress=None, settled: threading.Event | None = None,
+                 gather_s: float = 0.002):
         self.stepper = stepper
         self.policy = policy
         self.max_timesteps = int(max_timesteps)
@@ -196,6 +197,8 @@ class Scheduler:
         self.stop = stop
         self.on_closed = on_closed or (lambda lane, item: None)
         self.on_progress = on_progress or (lambda: None)
+        self.settled = settled          # set when the frame stage has handed on all it has
+        self.gather_s = gather_s
         self.state = stepper.init_state(4)
         self.lock = threading.Lock()
         self.wake = threading.Event()
@@ -229,6 +232,8 @@ class Scheduler:
                 while not self.stop.is_set():
                     self.wake.wait(0.05)
                     self.wake.clear()
+                    if self.settled is not None:
+                        self.settled.wait(self.gather_s)     # the rest of a burst of frames, if one is coming
                     while not self.stop.is_set() and self.run_once():
                         pass
         except BaseException as exc:     # a bug: reported by the job, never silent

@@ -155,6 +155,20 @@ def _run_config(args):
     return validate(config)
 
 
+def _cmd_export(args) -> int:
+    from .snn.nir_io import export_checkpoint
+
+    print(json.dumps(export_checkpoint(args.checkpoint, args.output, dt=args.dt)))
+    return 0
+
+
+def _cmd_import_nir(args) -> int:
+    from .snn.nir_io import import_nir
+
+    print(json.dumps(import_nir(args.input, args.output, dt=args.dt)))
+    return 0
+
+
 def _cmd_run(args) -> int:
     """``streamsnn run``: exit code 0 at the end of the sources, 1 after a source error,
     130 after Ctrl-C, 143 after SIGTERM (both clean: log closed, last messages sent)."""
@@ -216,15 +230,24 @@ def _cmd_demo(args) -> int:
     from .stream.config import PipelineConfig, SourceConfig
     from .stream.job import BUNDLED_CHECKPOINT, EXIT_SIGINT, Pipeline
 
-    root = _find_data(args.data)
-    if root is None:
-        given = args.data or os.environ.get("STREAMSNN_DATA")
-        where = f"{given!r} holds no Test/ folder" if given else "no data folder given"
-        print(f"streamsnn demo: {where}.\n"
-              "  Put N-MNIST in the archive layout, DIR/Test/<digit>/<sample>.bin (the official N-MNIST\n"
-              "  archive extracted, or tonic's NMNIST download), then run\n"
-              "    streamsnn demo --data DIR        or   STREAMSNN_DATA=DIR streamsnn demo", file=sys.stderr)
-        return 2
+    from .datasets import bundled_nmnist_root, download_nmnist
+
+    # The data, in this order: what --download fetched, --data or STREAMSNN_DATA, else the bundled split.
+    given = args.data or os.environ.get("STREAMSNN_DATA")
+    if args.download:
+        root = _find_data(str(download_nmnist(args.download)))
+    elif given:
+        root = _find_data(given)
+        if root is None:
+            print(f"streamsnn demo: {given!r} holds no Test/ folder.\n"
+                  "  Put N-MNIST in the archive layout, DIR/Test/<digit>/<sample>.bin (the official N-MNIST\n"
+                  "  archive extracted, or tonic's NMNIST download), then run\n"
+                  "    streamsnn demo --data DIR        or   STREAMSNN_DATA=DIR streamsnn demo\n"
+                  "  (with neither, the demo runs on the 100 Test samples bundled in the package)",
+                  file=sys.stderr)
+            return 2
+    else:
+        root = bundled_nmnist_root()
     checkpoint = Path(args.checkpoint) if args.checkpoint else BUNDLED_CHECKPOINT
     if not checkpoint.is_file():
         raise ConfigError(f"{checkpoint}: checkpoint not found" + (
@@ -429,12 +452,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.set_defaults(handler=_cmd_eval)
 
+    p = sub.add_parser("export", help="write a checkpoint's network as a NIR graph (for other simulators and chips)")
+    p.add_argument("checkpoint", metavar="CKPT")
+    p.add_argument("output", metavar="OUT.nir")
+    p.add_argument("--dt", type=float, default=None, metavar="SECONDS",
+                   help="time step the LIF time constants are stated for (default: the frame length; "
+                        "snnTorch's importer assumes 1e-4)")
+    p.set_defaults(handler=_cmd_export)
+
+    p = sub.add_parser("import-nir", help="build a streamsnn checkpoint from a NIR graph")
+    p.add_argument("input", metavar="IN.nir")
+    p.add_argument("output", metavar="OUT.pt")
+    p.add_argument("--dt", type=float, default=None, metavar="SECONDS",
+                   help="time step the graph's time constants are meant for (default: the graph's metadata 'dt')")
+    p.set_defaults(handler=_cmd_import_nir)
+
     p = sub.add_parser("run", help="the streaming job: source -> binner -> SNN -> cutoff -> ZeroMQ")
     p.add_argument("pipeline", nargs="?", default=None, metavar="PIPELINE.toml",
                    help="a pipeline definition; command-line options override its values")
     p.add_argument("--source", action="append", default=None, metavar="SRC",
                    help="file, folder of samples, dv://HOST:PORT or camera[:SERIAL]; repeat for several streams")
-    p.add_argument("--checkpoint", default=None, metavar="CKPT")
+    p.add_argument("--checkpoint", default=None, metavar="CKPT", help="a streamsnn checkpoint or a NIR file (.nir)")
     p.add_argument("--publish", default=None, metavar="ENDPOINT", help="default tcp://127.0.0.1:5556")
     p.add_argument("--speed", type=float, default=None, help="replay speed: 1 real time, 0 as fast as possible")
     p.add_argument("--loop", action="store_true", default=None, help="replay files forever")
@@ -472,7 +510,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_keys)
 
     p = sub.add_parser("demo", help="replay N-MNIST through the bundled checkpoint and show decisions")
-    p.add_argument("--data", default=None, metavar="DIR", help="N-MNIST root holding Test/ (or STREAMSNN_DATA)")
+    p.add_argument("--data", default=None, metavar="DIR",
+                   help="N-MNIST root holding Test/ (or STREAMSNN_DATA); default: the 100 bundled Test samples")
+    p.add_argument("--download", default=None, metavar="DIR",
+                   help="first fetch the full N-MNIST Test split with tonic into DIR (needs a network)")
     p.add_argument("--publish", default="tcp://127.0.0.1:5556", metavar="ENDPOINT")
     # Real time by default, so a newcomer watches decisions arrive as a camera would give them.
     p.add_argument("--speed", type=float, default=1.0, help="1 real time (default), 0 as fast as possible")

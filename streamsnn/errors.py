@@ -51,3 +51,7 @@ class ConfigError(StreamsnnError, ValueError):
 
 class SourceError(StreamsnnError, RuntimeError):
     """A live or replayed event source failed (camera missing, stream dropped, file corrupt mid-stream)."""
+
+
+class DatasetError(StreamsnnError, RuntimeError):
+    """A dataset cannot be found, extracted or downloaded (names the folder or archive and why)."""

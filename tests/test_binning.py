@@ -1,7 +1,8 @@
 """to_frame against tonic 1.7.0's ToFrame, value for value, and where streamsnn deliberately differs.
 
-The differential test reads every real recording through streamsnn.io and
-compares every mode over a grid of parameters scaled to each recording.
+The differential tests compare every mode over a grid of parameters scaled to each stream: generated
+scenes of every sensor size and the bundled N-MNIST samples everywhere, and every real recording
+(read through streamsnn.io) where the data folder is.
 """
 from __future__ import annotations
 
@@ -11,30 +12,56 @@ import tonic
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import REAL, RECORDINGS
 from streamsnn import binning, to_frame
 from streamsnn.errors import ConfigError, EventValidationError
 from streamsnn.events import EVENT_DTYPE, make_events
 from streamsnn.io import read_events
+from generate import scene_events
 
-# Recordings and their sensor size (None: the file does not say; tonic and
-# to_frame then infer it from the events, which the test also exercises).
-RECORDINGS = {
-    "nmnist_sample.bin": (34, 34, 2),
-    "atis40_dvs128_clip1.bin": (128, 128, 2),
-    "atis40_dvs128_clip2.bin": (128, 128, 2),
-    "atis40_dvs128_clip3.bin": (128, 128, 2),
-    "atis40_dvs128_clip4.bin": (128, 128, 2),
-    "atis40_dvs128_clip5.bin": (128, 128, 2),
-    "aedat2_dvs128_walking.aedat": (128, 128, 2),
-    "aedat2_dvs128_walking2.aedat": (128, 128, 2),
-    "aedat4_dvxplorer_sample.aedat4": (320, 240, 2),
-    "evt2_gen3_sample.raw": (640, 480, 2),
-    "evt2_gen3_sparklers.raw": (640, 480, 2),
-    "evt3_gen41_sample.raw": (1280, 720, 2),
-    "evt3_gen41_pedestrians.raw": (1280, 720, 2),
-    "dat_ncars_car.dat": None,
-    "dat_ncars_sample.dat": None,
+# Generated scenes: name -> (sensor size given to to_frame and tonic, scene_events arguments).
+# None: neither is told the size and both infer it from the events, as for the DAT recordings.
+SCENES = {
+    "scene_34x34": ((34, 34, 2), dict(n=5_000, sensor_size=(34, 34), seed=21, duration_us=300_000)),
+    "scene_128x128": ((128, 128, 2), dict(n=40_000, sensor_size=(128, 128), seed=22, duration_us=1_450_000)),
+    "scene_320x240": ((320, 240, 2), dict(n=60_000, sensor_size=(320, 240), seed=23, t0=1_700_000_000_000_000)),
+    "scene_640x480": ((640, 480, 2), dict(n=100_000, sensor_size=(640, 480), seed=24, duration_us=50_000)),
+    "scene_1280x720": ((1280, 720, 2), dict(n=60_000, sensor_size=(1280, 720), seed=25, t0=11_718_656,
+                                            duration_us=8_801)),
+    "scene_unsized": (None, dict(n=4_000, sensor_size=(54, 60), seed=26, duration_us=100_000)),
 }
+BUNDLED = "bundled_nmnist_sample"
+
+
+def sensor_of(name):
+    if name in SCENES:
+        return SCENES[name][0]
+    return (34, 34, 2) if name == BUNDLED else RECORDINGS[name][1]
+
+
+def streams(*names):
+    """Test parameters: the real recordings among names are marked as needing the data folder."""
+    return [pytest.param(n, marks=REAL) if n in RECORDINGS else n for n in names]
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    return {}
+
+
+@pytest.fixture
+def stream(request, loaded, nmnist_root):
+    """name -> events: a generated scene, the first bundled N-MNIST sample, or a real recording; read once."""
+    def get(name):
+        if name not in loaded:
+            if name in SCENES:
+                loaded[name] = scene_events(**SCENES[name][1])
+            elif name == BUNDLED:
+                loaded[name] = read_events(sorted((nmnist_root / "Test").glob("*/*.bin"))[0])
+            else:
+                loaded[name] = read_events(request.getfixturevalue("recordings") / name)
+        return loaded[name]
+    return get
 
 
 def tonic_frames(events, sensor_size, **kwargs):
@@ -77,15 +104,10 @@ def parameter_grid(events):
     return grid
 
 
-@pytest.fixture(scope="module")
-def real_events(recordings):
-    return {name: read_events(recordings / name) for name in RECORDINGS}
-
-
-@pytest.mark.parametrize("name", list(RECORDINGS))
-def test_to_frame_equals_tonic_on_real_recordings(real_events, name):
-    events = real_events[name]
-    sensor_size = RECORDINGS[name]
+@pytest.mark.parametrize("name", streams(*SCENES, *sorted(RECORDINGS)))
+def test_to_frame_equals_tonic(stream, name):
+    events = stream(name)
+    sensor_size = sensor_of(name)
     before = events.copy()
     for kwargs in parameter_grid(events):
         expected = tonic_frames(events, sensor_size, **kwargs)
@@ -96,10 +118,7 @@ def test_to_frame_equals_tonic_on_real_recordings(real_events, name):
     assert np.array_equal(events, before), "to_frame modified its input"
 
 
-def test_to_frame_equals_tonic_on_nmnist_samples(nmnist_root):
-    # Every Test sample and every tenth Train sample of the N-MNIST subset.
-    paths = sorted((nmnist_root / "Test").glob("*/*.bin")) + sorted((nmnist_root / "Train").glob("*/*.bin"))[::10]
-    assert len(paths) >= 200
+def _assert_nmnist_samples_equal_tonic(paths):
     for path in paths:
         events = read_events(path)
         for kwargs in parameter_grid(events)[::2]:
@@ -108,25 +127,41 @@ def test_to_frame_equals_tonic_on_nmnist_samples(nmnist_root):
             assert got.shape == expected.shape and np.array_equal(got, expected), (path.name, kwargs)
 
 
-@pytest.mark.parametrize("name", ["evt2_gen3_sample.raw", "aedat4_dvxplorer_sample.aedat4", "evt3_gen41_sample.raw"])
-def test_large_frames_counted_in_low_bytes_equal_tonic(real_events, name, monkeypatch):
+def test_to_frame_equals_tonic_on_bundled_nmnist_samples(nmnist_root):
+    paths = sorted((nmnist_root / "Test").glob("*/*.bin"))
+    assert len(paths) == 100
+    _assert_nmnist_samples_equal_tonic(paths)
+
+
+def test_to_frame_equals_tonic_on_nmnist_train_samples(nmnist_full_root):
+    # Every tenth Train sample of the N-MNIST subset (its Test split is the bundled one).
+    paths = sorted((nmnist_full_root / "Train").glob("*/*.bin"))[::10]
+    assert len(paths) == 100
+    _assert_nmnist_samples_equal_tonic(paths)
+
+
+@pytest.mark.parametrize("name", streams("scene_320x240", "scene_640x480", "scene_1280x720", "evt2_gen3_sample.raw",
+                                         "aedat4_dvxplorer_sample.aedat4", "evt3_gen41_sample.raw"))
+def test_large_frames_counted_in_low_bytes_equal_tonic(stream, name, monkeypatch):
     # Real scenes are too sparse to pick low-byte counting by themselves: force it.
     monkeypatch.setattr(binning, "_LOW_COUNTER_BYTES_PER_EVENT", 10**12)
-    events = real_events[name]
+    events = stream(name)
     for kwargs in parameter_grid(events)[::3]:
-        expected = tonic_frames(events, RECORDINGS[name], **kwargs)
-        assert np.array_equal(to_frame(events, RECORDINGS[name], **kwargs), expected), kwargs
+        expected = tonic_frames(events, sensor_of(name), **kwargs)
+        assert np.array_equal(to_frame(events, sensor_of(name), **kwargs), expected), kwargs
 
 
-@pytest.mark.parametrize("name", ["nmnist_sample.bin", "evt3_gen41_pedestrians.raw", "dat_ncars_car.dat"])
-def test_inferred_sensor_size_equals_tonic(real_events, name):
-    events = real_events[name]
+@pytest.mark.parametrize("name", streams("scene_unsized", BUNDLED, "scene_1280x720", "nmnist_sample.bin",
+                                         "evt3_gen41_pedestrians.raw", "dat_ncars_car.dat"))
+def test_inferred_sensor_size_equals_tonic(stream, name):
+    events = stream(name)
     for kwargs in (dict(time_window=20000), dict(n_event_bins=3)):
         assert np.array_equal(to_frame(events, None, **kwargs), tonic_frames(events, None, **kwargs))
 
 
-def test_one_polarity_sensor_equals_tonic_and_leaves_input_alone(real_events):
-    events = real_events["atis40_dvs128_clip1.bin"]
+@pytest.mark.parametrize("name", streams("scene_128x128", "atis40_dvs128_clip1.bin"))
+def test_one_polarity_sensor_equals_tonic_and_leaves_input_alone(stream, name):
+    events = stream(name)
     on_only = events[events["p"] == 1]
     before = on_only.copy()
     for kwargs in (dict(time_window=100000), dict(event_count=5000, overlap=100)):
@@ -136,8 +171,9 @@ def test_one_polarity_sensor_equals_tonic_and_leaves_input_alone(real_events):
     assert np.array_equal(on_only, before)
 
 
-def test_tonic_field_order_and_types_are_accepted(real_events):
-    events = real_events["nmnist_sample.bin"]
+@pytest.mark.parametrize("name", streams(BUNDLED, "nmnist_sample.bin"))
+def test_tonic_field_order_and_types_are_accepted(stream, name):
+    events = stream(name)
     tonic_style = np.zeros(len(events), dtype=[("x", "<i8"), ("y", "<i8"), ("t", "<i8"), ("p", "<i8")])
     for field in "xytp":
         tonic_style[field] = events[field]
@@ -148,8 +184,9 @@ def test_tonic_field_order_and_types_are_accepted(real_events):
                           tonic_frames(strided, (34, 34, 2), n_time_bins=4))
 
 
-def test_dtype_option_gives_the_same_counts(real_events):
-    events = real_events["aedat4_dvxplorer_sample.aedat4"]
+@pytest.mark.parametrize("name", streams("scene_320x240", "aedat4_dvxplorer_sample.aedat4"))
+def test_dtype_option_gives_the_same_counts(stream, name):
+    events = stream(name)
     reference = to_frame(events, (320, 240, 2), n_event_bins=5)
     for dtype in (np.int32, np.float32):
         got = to_frame(events, (320, 240, 2), n_event_bins=5, dtype=dtype)
@@ -331,6 +368,19 @@ def test_bad_parameters_are_config_errors(kwargs, message):
         to_frame(events, (10, 1, 2), **kwargs)
 
 
+@pytest.mark.parametrize("kwargs", [dict(event_count=5, overlap=5), dict(event_count=5, overlap=7.5),
+                                    dict(time_window=10, overlap=10), dict(time_window=10, overlap=12.5)])
+def test_overlap_not_below_the_window_fails_in_tonic_and_is_a_config_error_here(kwargs):
+    # The one way the parameters random_case leaves out break tonic: a stride <= 0, which tonic
+    # reports with a bare Exception or an assert.
+    events = small_stream([0, 5, 10, 20, 30, 40])
+    with pytest.raises(Exception) as tonic_error:
+        tonic_frames(events, (10, 1, 2), **kwargs)
+    assert type(tonic_error.value) in (AssertionError, Exception)  # nothing more specific
+    with pytest.raises(ConfigError, match="overlap"):
+        to_frame(events, (10, 1, 2), **kwargs)
+
+
 def test_empty_input_without_sensor_size_is_a_config_error():
     with pytest.raises(ConfigError, match="sensor_size"):
         to_frame(np.zeros(0, EVENT_DTYPE), None, time_window=10)
@@ -377,11 +427,9 @@ def kernel_choice(request, monkeypatch):
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=random_case())
 def test_random_streams_and_parameters_equal_tonic(case, kernel_choice):
+    # random_case draws only parameters tonic accepts: tonic raising here is a failure like any other.
     events, kwargs = case
-    try:
-        expected = tonic_frames(events, (7, 5, 2), **kwargs)
-    except Exception:  # tonic's own failures (e.g. a window list it cannot build) are not the point here
-        return
+    expected = tonic_frames(events, (7, 5, 2), **kwargs)
     got = to_frame(events, (7, 5, 2), **kwargs)
     assert got.dtype == expected.dtype and got.shape == expected.shape
     assert np.array_equal(got, expected)

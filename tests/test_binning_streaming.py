@@ -1,4 +1,5 @@
-"""StreamingBinner: any chunking of a real recording gives the frames to_frame gives on the whole."""
+"""StreamingBinner: any chunking of a stream gives the frames to_frame gives on the whole; the streams
+are a bundled N-MNIST sample and generated scenes everywhere, and real recordings where the data is."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,31 +7,37 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import REAL, RECORDINGS
 from streamsnn import StreamingBinner, binning, to_frame
 from streamsnn.binning import Frame
 from streamsnn.errors import ConfigError, EventValidationError
 from streamsnn.events import EVENT_DTYPE, make_events
 from streamsnn.io import read_events
+from generate import scene_events
 
-RECORDINGS = {
-    "nmnist_sample.bin": (34, 34, 2),
-    "atis40_dvs128_clip2.bin": (128, 128, 2),
-    "aedat2_dvs128_walking2.aedat": (128, 128, 2),
-    "aedat4_dvxplorer_sample.aedat4": (320, 240, 2),
-    "evt2_gen3_sparklers.raw": (640, 480, 2),
-    "evt3_gen41_sample.raw": (1280, 720, 2),
-}
+REAL_STREAMS = ["nmnist_sample.bin", "atis40_dvs128_clip2.bin", "aedat2_dvs128_walking2.aedat",
+                "aedat4_dvxplorer_sample.aedat4", "evt2_gen3_sparklers.raw", "evt3_gen41_sample.raw"]
+# Generated scenes like those recordings: sensor (w, h), events, span in µs.
+SCENES = {"scene_128x128": ((128, 128), 40_000, 1_450_000), "scene_320x240": ((320, 240), 40_000, 590_000),
+          "scene_640x480": ((640, 480), 60_000, 96_000), "scene_1280x720": ((1280, 720), 40_000, 8_801)}
 # A slice of a recording keeps each example fast; hypothesis chooses where.
 MAX_EVENTS = 4000
 
-PROPERTY_SETTINGS = settings(max_examples=100, deadline=None,
-                             suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                    HealthCheck.too_slow, HealthCheck.data_too_large])
+PROPERTY_SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                               HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
-@pytest.fixture(scope="module")
-def real_events(recordings):
-    return {name: read_events(recordings / name) for name in RECORDINGS}
+@pytest.fixture(scope="module", params=["generated", pytest.param("real", marks=REAL)])
+def source_streams(request, nmnist_root):
+    """name -> (events, sensor size): an N-MNIST sample first (bundled, or the real recording's), then
+    generated scenes or the real recordings of other sensors."""
+    if request.param == "real":
+        recordings = request.getfixturevalue("recordings")
+        return {name: (read_events(recordings / name), RECORDINGS[name][1]) for name in REAL_STREAMS}
+    out = {"bundled_nmnist_sample": (read_events(sorted((nmnist_root / "Test").glob("*/*.bin"))[0]), (34, 34, 2))}
+    for seed, (name, (size, n, span)) in enumerate(SCENES.items()):
+        out[name] = (scene_events(n, size, seed=31 + seed, t0=1_000_000, duration_us=span), (*size, 2))
+    return out
 
 
 @pytest.fixture(params=["in place", "low bytes"])
@@ -49,10 +56,10 @@ def concat_frames(frames, shape, dtype=np.int16):
 
 
 @st.composite
-def stream_plan(draw, real_events):
-    """A slice of a recording, a window, a start, and a split into chunks with clock flushes between them."""
-    name = draw(st.sampled_from(sorted(RECORDINGS)))
-    everything = real_events[name]
+def stream_plan(draw, source_streams):
+    """A slice of a stream, a window, a start, and a split into chunks with clock flushes between them."""
+    name = draw(st.sampled_from(sorted(source_streams)))
+    everything, sensor_size = source_streams[name]
     length = draw(st.integers(0, min(MAX_EVENTS, len(everything))))
     first = draw(st.integers(0, len(everything) - length))
     events = everything[first:first + length]
@@ -67,14 +74,13 @@ def stream_plan(draw, real_events):
         cuts = sorted(cuts + list(range(at, min(at + 30, length))))
     # After some chunks the source's clock ticks: flush up to a time no later than the next event.
     flush_after = draw(st.lists(st.booleans(), min_size=len(cuts) + 1, max_size=len(cuts) + 1))
-    return name, events, time_window, start_time, cuts, flush_after, draw(st.randoms(use_true_random=False))
+    return sensor_size, events, time_window, start_time, cuts, flush_after, draw(st.randoms(use_true_random=False))
 
 
-@PROPERTY_SETTINGS
+@settings(max_examples=100, **PROPERTY_SETTINGS)
 @given(data=st.data())
-def test_any_chunking_equals_to_frame_on_the_whole(real_events, data, large_frame_counting):
-    name, events, time_window, start_time, cuts, flush_after, rnd = data.draw(stream_plan(real_events))
-    sensor_size = RECORDINGS[name]
+def test_any_chunking_equals_to_frame_on_the_whole(source_streams, data, large_frame_counting):
+    sensor_size, events, time_window, start_time, cuts, flush_after, rnd = data.draw(stream_plan(source_streams))
     binner = StreamingBinner(sensor_size, time_window, start_time=start_time)
     chunks = np.split(events, cuts)
     frames = []
@@ -102,10 +108,11 @@ def test_any_chunking_equals_to_frame_on_the_whole(real_events, data, large_fram
     assert all(f.t_end == f.t_start + time_window for f in frames)
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, **PROPERTY_SETTINGS)
 @given(data=st.data())
-def test_one_event_chunks_and_empty_chunks(real_events, data):
-    events = real_events["nmnist_sample.bin"]
+def test_one_event_chunks_and_empty_chunks(source_streams, data):
+    events, sensor_size = next(iter(source_streams.values()))  # the N-MNIST sample
+    assert sensor_size == (34, 34, 2)
     first = data.draw(st.integers(0, len(events) - 300))
     events = events[first:first + 300]
     window = data.draw(st.integers(200, 20000))

@@ -98,9 +98,16 @@ def test_a_subscriber_that_never_reads_does_not_block_the_publisher():
             message["pad"] = payload
             pub.send(decision_topic("s"), message)
         elapsed = time.monotonic() - start
+        # What finally reaches the lazy reader is bounded by the high-water marks and socket buffers:
+        # the rest was dropped at the publisher, not queued without bound.
+        time.sleep(0.5)
+        queued = 0
+        while lazy.poll(200):
+            lazy.recv_multipart()
+            queued += 1
         lazy.close(0)
     assert elapsed < 10
-    assert pub.sent + pub.send_failures == 20_000
+    assert 0 < queued < 2_000, queued
 
 
 @pytest.mark.timeout(60)

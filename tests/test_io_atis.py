@@ -1,41 +1,29 @@
+"""ATIS 40-bit .bin: the bundled N-MNIST samples and files the tests write everywhere; the real
+recordings of conftest's RECORDINGS and the full N-MNIST subset where the data folder is."""
 import numpy as np
 import pytest
 
+from conftest import BUNDLED_TEST_CLASS_COUNTS, RECORDINGS, copy_sample
 from streamsnn.errors import EventFormatError
 from streamsnn.events import EVENT_DTYPE, validate_events
 from streamsnn.io import open_recording, read_events
 from streamsnn.io.atis import TIMESTAMP_WRAP
+from generate import scene_events, write_atis_bin
+from test_io_formats import nmnist_sample  # noqa: F401 (nmnist_sample: a fixture)
 
-ATIS_FILES = {
-    # name: (events, t first, t last, x max, y max)
-    "nmnist_sample.bin": (4325, 654, 311175, 33, 33),
-    "atis40_dvs128_clip1.bin": (63471, None, None, 127, 127),
-    "atis40_dvs128_clip2.bin": (84260, None, None, 127, 127),
-    "atis40_dvs128_clip3.bin": (113063, None, None, 127, 127),
-    "atis40_dvs128_clip4.bin": (151879, None, None, 127, 127),
-    "atis40_dvs128_clip5.bin": (181179, None, None, 127, 127),
-}
+ATIS_FILES = sorted(name for name, figures in RECORDINGS.items() if figures[0] == "atis_bin")
+# The data README: every N-MNIST sample has 1,069 to 7,152 events over about 300 ms.
+NMNIST_EVENTS_PER_SAMPLE = (1_069, 7_152)
 
 
-def _encode(x, y, t, p) -> bytes:
-    t = np.asarray(t, dtype=np.int64)
-    out = np.empty((len(t), 5), dtype=np.uint8)
-    out[:, 0] = x
-    out[:, 1] = y
-    out[:, 2] = (np.asarray(p) << 7) | ((t >> 16) & 0x7F)
-    out[:, 3] = (t >> 8) & 0xFF
-    out[:, 4] = t & 0xFF
-    return out.tobytes()
-
-
-@pytest.mark.parametrize("name", sorted(ATIS_FILES))
+@pytest.mark.parametrize("name", ATIS_FILES)
 def test_real_atis_files(recordings, name):
-    count, t_first, t_last, x_max, y_max = ATIS_FILES[name]
+    _, sensor, count, t_first, t_last = RECORDINGS[name]
     events = read_events(recordings / name)
     assert events.dtype == EVENT_DTYPE
     assert events.size == count
-    validate_events(events, (x_max + 1, y_max + 1))
-    assert events["x"].max() == x_max and events["y"].max() == y_max
+    validate_events(events, sensor)
+    assert events["x"].max() == sensor[0] - 1 and events["y"].max() == sensor[1] - 1
     if t_first is not None:
         assert (events["t"][0], events["t"][-1]) == (t_first, t_last)
     else:
@@ -43,18 +31,46 @@ def test_real_atis_files(recordings, name):
         assert 1_440_000 < events["t"][-1] - events["t"][0] <= 1_450_000
 
 
-def test_matches_tonic_reader(recordings):
+def test_bundled_nmnist_samples(nmnist_root):
+    files = sorted((nmnist_root / "Test").glob("*/*.bin"))
+    counts = [len(list((nmnist_root / "Test" / str(digit)).glob("*.bin"))) for digit in range(10)]
+    assert tuple(counts) == BUNDLED_TEST_CLASS_COUNTS and len(files) == sum(counts)
+    for f in files:
+        events = read_events(f)
+        validate_events(events, (34, 34))
+        assert NMNIST_EVENTS_PER_SAMPLE[0] <= events.size <= NMNIST_EVENTS_PER_SAMPLE[1], f
+        assert 0 <= events["t"][0] and events["t"][-1] < 400_000, f  # about 300 ms
+        records = np.frombuffer(f.read_bytes(), dtype=np.uint8).reshape(-1, 5)
+        assert not (records[:, 1] == 240).any(), f  # the README: no timestamp-overflow records
+
+
+@pytest.fixture(scope="module")
+def bundled_samples(nmnist_root):
+    """Every fifth bundled sample."""
+    return sorted((nmnist_root / "Test").glob("*/*.bin"))[::5]
+
+
+def _assert_same_as_tonic(path):
     from tonic.io import read_mnist_file
 
     dtype = np.dtype([("x", np.int16), ("y", np.int16), ("t", np.int64), ("p", np.int8)])
-    reference = read_mnist_file(str(recordings / "nmnist_sample.bin"), dtype=dtype)
-    events = read_events(recordings / "nmnist_sample.bin")
+    reference = read_mnist_file(str(path), dtype=dtype)
+    events = read_events(path)
     for field in "xytp":
-        np.testing.assert_array_equal(events[field], reference[field])
+        np.testing.assert_array_equal(events[field], reference[field], err_msg=f"{path.name}: {field}")
 
 
-def test_nmnist_subset_totals(nmnist_root):
-    files = sorted(nmnist_root.glob("*/*/*.bin"))
+def test_matches_tonic_reader_on_bundled_samples(bundled_samples):
+    for path in bundled_samples:
+        _assert_same_as_tonic(path)
+
+
+def test_matches_tonic_reader(recordings):
+    _assert_same_as_tonic(recordings / "nmnist_sample.bin")
+
+
+def test_nmnist_subset_totals(nmnist_full_root):
+    files = sorted(nmnist_full_root.glob("*/*/*.bin"))
     assert len(files) == 1100
     total = 0
     for f in files:
@@ -64,11 +80,21 @@ def test_nmnist_subset_totals(nmnist_root):
     assert total == 4_518_827
 
 
+def test_written_file_round_trips_across_counter_wraps(tmp_path):
+    # 200 ms around the second wrap of the 23-bit µs counter
+    events = scene_events(8_000, (128, 128), seed=3, t0=2 * TIMESTAMP_WRAP - 100_000, duration_us=200_000)
+    events["t"][-1000:] += TIMESTAMP_WRAP  # a silent gap of more than a whole wrap
+    path = write_atis_bin(tmp_path / "wraps.bin", events)
+    # overflow records: one before the first event, one where the stream crosses 2 * 2**23 µs, one in the gap
+    assert path.stat().st_size == 5 * (events.size + 3)
+    np.testing.assert_array_equal(read_events(path), events)
+
+
 def test_overflow_records_add_a_full_counter_wrap(tmp_path):
-    path = tmp_path / "wrap.bin"
-    data = _encode([1, 2], [3, 4], [TIMESTAMP_WRAP - 10, 5], [1, 0])
-    overflow = bytes([0, 240, 0, 0, 0])
-    path.write_bytes(data[:5] + overflow + data[5:])
+    path = write_atis_bin(tmp_path / "wrap.bin", np.array([(TIMESTAMP_WRAP - 10, 1, 3, 1), (TIMESTAMP_WRAP + 5, 2, 4, 0)],
+                                                             dtype=EVENT_DTYPE))
+    data = path.read_bytes()
+    assert data[5:10] == bytes([0, 240, 0, 0, 0])  # the writer's overflow record, as N-MNIST's tools write it
     events = read_events(path)
     assert events.size == 2
     np.testing.assert_array_equal(events["t"], [TIMESTAMP_WRAP - 10, TIMESTAMP_WRAP + 5])
@@ -76,11 +102,19 @@ def test_overflow_records_add_a_full_counter_wrap(tmp_path):
 
 
 def test_backwards_time_is_reported_with_offset(tmp_path):
-    path = tmp_path / "bad.bin"
-    path.write_bytes(_encode([1, 1, 1], [1, 1, 1], [100, 200, 50], [0, 1, 0]))
+    events = np.array([(100, 1, 1, 0), (200, 1, 1, 1), (50, 1, 1, 0)], dtype=EVENT_DTYPE)
+    path = write_atis_bin(tmp_path / "bad.bin", events)
     with pytest.raises(EventFormatError) as info:
         read_events(path)
     assert info.value.offset == 10 and str(path) in str(info.value)
+
+
+def test_coordinates_outside_given_sensor_are_rejected_in_a_written_file(tmp_path):
+    path = write_atis_bin(tmp_path / "dvs128.bin", scene_events(2_000, (128, 128), seed=4))
+    with pytest.raises(EventFormatError, match="outside the sensor") as info:
+        read_events(path, sensor_size=(34, 34))
+    assert str(path) in str(info.value)
+    assert read_events(path, sensor_size=(128, 128)).size == 2_000
 
 
 def test_coordinates_outside_given_sensor_are_rejected(recordings):
@@ -88,17 +122,28 @@ def test_coordinates_outside_given_sensor_are_rejected(recordings):
         read_events(recordings / "atis40_dvs128_clip1.bin", sensor_size=(34, 34))
 
 
-def test_truncated_record_warns_and_keeps_complete_ones(recordings, tmp_path):
-    data = (recordings / "nmnist_sample.bin").read_bytes()
+def test_truncated_record_warns_and_keeps_complete_ones(nmnist_sample, tmp_path):
+    whole = read_events(nmnist_sample)
+    data = nmnist_sample.read_bytes()
     path = tmp_path / "cut.bin"
     path.write_bytes(data[:5 * 100 + 3])
     with pytest.warns(UserWarning, match="byte offset 500"):
         events = read_events(path)
-    assert events.size == 100
+    np.testing.assert_array_equal(events, whole[:100])
 
 
-def test_sensor_size_is_none_unless_given(recordings):
-    with open_recording(recordings / "nmnist_sample.bin") as rec:
+def test_damaged_copy_of_a_bundled_sample_names_record_and_file(nmnist_root, tmp_path):
+    path = copy_sample(nmnist_root, tmp_path / "damaged.bin", index=7)
+    data = bytearray(path.read_bytes())
+    data[5 * 50 + 2] = 0x7F  # record 50 now lies at t >= 8,323,072 µs; record 51 steps back from it
+    path.write_bytes(bytes(data))
+    with pytest.raises(EventFormatError) as info:
+        read_events(path)
+    assert info.value.offset == 5 * 51 and str(path) in str(info.value)
+
+
+def test_sensor_size_is_none_unless_given(nmnist_sample):
+    with open_recording(nmnist_sample) as rec:
         assert rec.format == "atis_bin" and rec.sensor_size is None
-    with open_recording(recordings / "nmnist_sample.bin", sensor_size=(34, 34)) as rec:
+    with open_recording(nmnist_sample, sensor_size=(34, 34)) as rec:
         assert tuple(rec.sensor_size) == (34, 34, 2)

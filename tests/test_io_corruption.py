@@ -2,15 +2,19 @@
 truncated recording) the events up to the last complete record with a warning. Never a
 crash, a hang, or events with impossible coordinates."""
 import os
+import struct
 import warnings
 
 import numpy as np
 import pytest
 
+from conftest import REAL, copy_sample
 from streamsnn.errors import EventFormatError, StreamsnnError
 from streamsnn.events import EVENT_DTYPE
 from streamsnn.io import open_recording, read_events
+from streamsnn.io.prophesee import write_raw
 from streamsnn.io.store import convert_to_store
+from generate import scene_events, write_aedat2, write_aedat4, write_dat
 
 # name, sensor for checking coordinates, sensor to pass for headerless formats
 SAMPLES = {
@@ -21,45 +25,84 @@ SAMPLES = {
     "aedat2": ("aedat2_dvs128_walking2.aedat", (128, 128), None),
     "atis_bin": ("nmnist_sample.bin", (34, 34), (34, 34)),
 }
-# Keep sample files small so that many cases run in a few seconds.
+# Generated files of about 100 kB: events per format (the sensor is SAMPLES' one, or 304x240 for DAT).
+GENERATED_EVENTS = {"evt2": 25_000, "evt3": 30_000, "dat": 12_000, "aedat4": 20_000, "aedat2": 12_000}
+# Keep real sample files small so that many cases run in a few seconds.
 MAX_BYTES = 300_000
-CASES = 100
+# Damaged copies per format and test: the generated files run everywhere; the real ones add
+# the structures real writers produce and need fewer cases on top.
+CASES = {"generated": 100, "real": 50}
 
 
-@pytest.fixture(scope="module")
-def samples(recordings, tmp_path_factory):
-    """Per format: (original bytes cut to a whole-record prefix, its events, sensor, given sensor, suffix)."""
+class Samples(dict):
+    """format -> (bytes, events, sensor, given sensor, suffix), and how many damaged copies to try."""
+
+    def __init__(self, cases: int):
+        super().__init__()
+        self.cases = cases
+
+
+def _generated(fmt, path):
+    name, sensor, _ = SAMPLES[fmt]
+    events = scene_events(GENERATED_EVENTS[fmt], sensor or (304, 240), seed=len(fmt), t0=1_000_000)
+    if fmt in ("evt2", "evt3"):
+        write_raw(path, events, sensor, fmt)
+    elif fmt == "dat":
+        write_dat(path, events)
+    elif fmt == "aedat4":
+        write_aedat4(path, events, sensor, packet_events=2_000)
+    else:
+        write_aedat2(path, events)
+    return path.read_bytes()
+
+
+@pytest.fixture(scope="module", params=["generated", pytest.param("real", marks=REAL)])
+def samples(request, nmnist_root, tmp_path_factory):
+    """Per format: (the file's bytes, its events, sensor, given sensor, suffix). Generated files and a
+    bundled N-MNIST sample, or the real recordings cut to a whole-record prefix."""
     root = tmp_path_factory.mktemp("samples")
-    out = {}
+    out = Samples(CASES[request.param])
     for fmt, (name, sensor, given) in SAMPLES.items():
-        data = (recordings / name).read_bytes()
-        if len(data) > MAX_BYTES:
-            data = _prefix_of_complete_records(fmt, data, MAX_BYTES)
-        path = root / ("base" + os.path.splitext(name)[1])
-        path.write_bytes(data)
+        suffix = os.path.splitext(name)[1]
+        path = root / ("base" + suffix)
+        if request.param == "real":
+            data = (request.getfixturevalue("recordings") / name).read_bytes()
+            if len(data) > MAX_BYTES:
+                data = _prefix_of_complete_records(fmt, data, MAX_BYTES)
+            path.write_bytes(data)
+        elif fmt == "atis_bin":
+            data = copy_sample(nmnist_root, path).read_bytes()
+        else:
+            data = _generated(fmt, path)
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # the cut must fall on a record boundary
             events = read_events(path, sensor_size=given)
         assert events.size > 1000
-        out[fmt] = (data, events, sensor, given, os.path.splitext(name)[1])
+        out[fmt] = (data, events, sensor, given, suffix)
     events = out["atis_bin"][1]
     np.save(root / "e.npy", events)
     out["npy"] = ((root / "e.npy").read_bytes(), events, (34, 34), (34, 34), ".npy")
-    convert_to_store(recordings / "nmnist_sample.bin", root / "e.h5", sensor_size=(34, 34))
+    convert_to_store(root / "base.bin", root / "e.h5", sensor_size=(34, 34))
     out["hdf5"] = ((root / "e.h5").read_bytes(), events, (34, 34), None, ".h5")
     return out
 
 
+def _header_length(fmt, data):
+    """Bytes before the first event record."""
+    if fmt in ("evt2", "evt3", "dat", "aedat2"):
+        mark, end = (b"#", 0) if fmt == "aedat2" else (b"%", 0)
+        while data[end:end + 1] == mark:
+            end = data.index(b"\n", end) + 1
+        return end
+    return {"aedat4": 14 + 4 + struct.unpack_from("<i", data, 14)[0], "atis_bin": 0, "npy": 128, "hdf5": 512}[fmt]
+
+
 def _prefix_of_complete_records(fmt, data, limit):
     if fmt in ("evt2", "evt3"):
-        header_end = 0
-        while data[header_end:header_end + 1] == b"%":
-            header_end = data.index(b"\n", header_end) + 1
+        header_end = _header_length(fmt, data)
         word = 4 if fmt == "evt2" else 2
         return data[: header_end + (limit - header_end) // word * word]
     if fmt == "aedat4":
-        import struct
-
         pos = 14 + 4 + struct.unpack_from("<i", data, 14)[0]
         while True:
             size = struct.unpack_from("<i", data, pos + 4)[0]
@@ -67,7 +110,8 @@ def _prefix_of_complete_records(fmt, data, limit):
                 return data[:pos]
             pos += 8 + size
     if fmt == "aedat2":
-        return data[: 4612 + (limit - 4612) // 8 * 8]
+        header = _header_length(fmt, data)
+        return data[: header + (limit - header) // 8 * 8]
     raise AssertionError(fmt)
 
 
@@ -93,7 +137,7 @@ def _read_checked(path, sensor, given):
 def test_truncated_at_random_bytes(samples, tmp_path, fmt):
     data, full, sensor, given, suffix = samples[fmt]
     rng = np.random.default_rng(len(data))
-    cuts = sorted(set(rng.integers(0, len(data), CASES).tolist()) | {0, 1, 2, 17, len(data) - 1})
+    cuts = sorted(set(rng.integers(0, len(data), samples.cases).tolist()) | {0, 1, 2, 17, len(data) - 1})
     path = tmp_path / ("cut" + suffix)
     for cut in cuts:
         path.write_bytes(data[:cut])
@@ -110,8 +154,13 @@ def test_truncation_warns_with_offset(samples, tmp_path, fmt):
     data, full, sensor, given, suffix = samples[fmt]
     if fmt == "hdf5":
         pytest.skip("an HDF5 file cut short is not readable at all; covered by the random cuts")
+    end = len(data)
+    if fmt == "aedat4":  # cut the last packet, not the index of packets dv-processing writes after it
+        (tmp_path / "whole.aedat4").write_bytes(data)
+        table = open_recording(tmp_path / "whole.aedat4").data_table_position
+        end = table if 0 <= table <= len(data) else end
     path = tmp_path / ("cut" + suffix)
-    path.write_bytes(data[: len(data) - 3])
+    path.write_bytes(data[: end - 3])
     with pytest.warns(UserWarning, match=r"byte offset \d+"):
         events = read_events(path, sensor_size=given)
     np.testing.assert_array_equal(events, full[: events.size])
@@ -124,7 +173,7 @@ def test_random_byte_corruption(samples, tmp_path, fmt):
     data, full, sensor, given, suffix = samples[fmt]
     rng = np.random.default_rng(7 + len(data))
     path = tmp_path / ("bad" + suffix)
-    for case in range(CASES):
+    for case in range(samples.cases):
         damaged = bytearray(data)
         n = int(rng.integers(1, 64))
         where = rng.integers(0, len(data), n)
@@ -138,8 +187,7 @@ def test_random_byte_corruption(samples, tmp_path, fmt):
 @pytest.mark.parametrize("fmt", sorted(SAMPLES) + ["npy", "hdf5"])
 def test_known_header_then_garbage(samples, tmp_path, fmt):
     data, full, sensor, given, suffix = samples[fmt]
-    header_len = {"evt2": data.find(b"% evt 2.0\n") + 10, "evt3": 166, "dat": data.find(b"\n% Date") + 1,
-                  "aedat4": 18 + 2316, "aedat2": 4612, "atis_bin": 0, "npy": 128, "hdf5": 512}[fmt]
+    header_len = _header_length(fmt, data)
     rng = np.random.default_rng(11)
     path = tmp_path / ("garbage" + suffix)
     errors = 0

@@ -1,45 +1,49 @@
-import warnings
-
 import numpy as np
 import pytest
 
+from conftest import REAL, RECORDINGS
 from streamsnn.errors import EventFormatError, SensorSizeError, StreamsnnError
-from streamsnn.events import EVENT_DTYPE, validate_events
+from streamsnn.events import EVENT_DTYPE, make_events, validate_events
 from streamsnn.io import open_recording, read_events
-from streamsnn.io.prophesee import Evt2Recording, DatRecording, read_with_expelliarmus
+from streamsnn.io.prophesee import (DatRecording, Evt2Recording, encode_evt3, read_with_expelliarmus,
+                                    write_raw)
+from generate import scene_events, write_dat
 
-# name: (format, sensor, count, t first, t last, x range, y range, (p0, p1) or None)
-PROPHESEE = {
-    "evt2_gen3_sample.raw": ("evt2", (640, 480), 539_481, 1_317_888, 1_367_888, None, None, (171_626, 367_855)),
-    "evt2_gen3_sparklers.raw": ("evt2", (640, 480), 521_252, 913_716_224, 913_812_095, None, None, None),
-    "evt3_gen41_sample.raw": ("evt3", (1280, 720), 219_596, 11_718_656, 11_727_457, None, None, None),
-    "evt3_gen41_pedestrians.raw": ("evt3", (1280, 720), 5_000, 5_840_504, 5_885_714, None, None, None),
-    "dat_ncars_car.dat": ("dat", None, 4_407, 0, 99_937, (0, 53), (1, 60), None),
-    "dat_ncars_sample.dat": ("dat", None, 2_009, 0, 99_952, (0, 77), (0, 41), None),
-}
+PROPHESEE = sorted(name for name, figures in RECORDINGS.items() if figures[0] in ("evt2", "evt3", "dat"))
+# The data README's figures beyond conftest's RECORDINGS: x and y ranges, (p0, p1) counts.
+RANGES = {"dat_ncars_car.dat": ((0, 53), (1, 60)), "dat_ncars_sample.dat": ((0, 77), (0, 41))}
+POLARITIES = {"evt2_gen3_sample.raw": (171_626, 367_855)}
 
 
-@pytest.mark.parametrize("name", sorted(PROPHESEE))
+@pytest.mark.parametrize("name", PROPHESEE)
 def test_real_prophesee_files(recordings, name):
-    fmt, sensor, count, t_first, t_last, x_range, y_range, polarities = PROPHESEE[name]
+    fmt, sensor, count, t_first, t_last = RECORDINGS[name]
     with open_recording(recordings / name) as rec:
         assert rec.format == fmt
-        assert (tuple(rec.sensor_size[:2]) if rec.sensor_size else None) == sensor
+        assert (tuple(rec.sensor_size) if rec.sensor_size else None) == sensor
         events = rec.read()
     assert events.dtype == EVENT_DTYPE and events.size == count
     assert (int(events["t"][0]), int(events["t"][-1])) == (t_first, t_last)
     validate_events(events, sensor)  # sorted, p in {0, 1}, inside the sensor
-    if x_range:
-        assert (events["x"].min(), events["x"].max()) == x_range
-        assert (events["y"].min(), events["y"].max()) == y_range
-    if polarities:
-        assert tuple(np.bincount(events["p"])) == polarities
+    if name in RANGES:
+        assert ((events["x"].min(), events["x"].max()), (events["y"].min(), events["y"].max())) == RANGES[name]
+    if name in POLARITIES:
+        assert tuple(np.bincount(events["p"])) == POLARITIES[name]
 
 
 def test_evt3_durations_follow_the_reference_decoder(recordings):
-    spans = {n: np.ptp(read_events(recordings / n)["t"]) for n in
-             ("evt3_gen41_pedestrians.raw", "evt3_gen41_sample.raw")}
-    assert spans == {"evt3_gen41_pedestrians.raw": 45_210, "evt3_gen41_sample.raw": 8_801}
+    names = [n for n in PROPHESEE if RECORDINGS[n][0] == "evt3"]
+    spans = {n: int(np.ptp(read_events(recordings / n)["t"])) for n in names}
+    assert spans == {n: RECORDINGS[n][4] - RECORDINGS[n][3] for n in names}
+
+
+@pytest.fixture(scope="module")
+def written_evt3(tmp_path_factory):
+    """(path, events) of an EVT 3.0 file our encoder wrote: vector words, and time crossing a 2**24 µs loop."""
+    events = scene_events(20_000, (1280, 720), seed=11, t0=(1 << 24) - 30_000, duration_us=80_000)
+    path = tmp_path_factory.mktemp("evt3") / "written.raw"
+    write_raw(path, events, (1280, 720), "evt3")
+    return path, events
 
 
 def _reference_evt3(path, width=1280, height=720):
@@ -85,6 +89,16 @@ def _reference_evt3(path, width=1280, height=720):
     return np.array(out, dtype=np.int64).reshape(-1, 4)
 
 
+def test_evt3_plain_python_reference_decodes_a_written_file(written_evt3):
+    path, events = written_evt3
+    data = path.read_bytes()
+    assert any(0x4 <= w >> 12 <= 0x5 for w in np.frombuffer(data[data.index(b"% end\n") + 6:], "<u2"))  # vectors
+    reference = _reference_evt3(path)
+    for column, field in enumerate("txyp"):
+        np.testing.assert_array_equal(reference[:, column], events[field])
+    np.testing.assert_array_equal(read_events(path), events)
+
+
 @pytest.mark.parametrize("name", ["evt3_gen41_pedestrians.raw", "evt3_gen41_sample.raw"])
 def test_evt3_against_plain_python_reference(recordings, name):
     events = read_events(recordings / name)
@@ -102,18 +116,34 @@ def test_expelliarmus_agrees_on_evt3_coordinates_only(recordings, name):
     assert np.ptp(theirs["t"]) > 1.15 * np.ptp(ours["t"])  # the known expelliarmus time-high bug
 
 
-@pytest.mark.parametrize("name,encoding", [("evt2_gen3_sample.raw", "evt2"), ("evt2_gen3_sparklers.raw", "evt2"),
-                                           ("dat_ncars_car.dat", "dat"), ("dat_ncars_sample.dat", "dat")])
-def test_expelliarmus_matches_our_independent_decoder(recordings, name, encoding):
+def _assert_expelliarmus_matches_our_decoder(path, encoding):
     cls = Evt2Recording if encoding == "evt2" else DatRecording
-    with cls(recordings / name, engine="numba") as rec:
+    with cls(path, engine="numba") as rec:
         ours = rec.read()
-    theirs = read_with_expelliarmus(recordings / name, encoding)
+    theirs = read_with_expelliarmus(path, encoding)
     assert ours.size == theirs.size > 0
     for field in "txyp":
         np.testing.assert_array_equal(ours[field], theirs[field])
     # and the default read (expelliarmus after our structural check) is the same
-    np.testing.assert_array_equal(read_events(recordings / name), ours)
+    np.testing.assert_array_equal(read_events(path), ours)
+    return ours
+
+
+@pytest.mark.parametrize("encoding", ["evt2", "dat"])
+def test_expelliarmus_and_our_decoder_read_a_written_file(tmp_path, encoding):
+    events = scene_events(40_000, (640, 480), seed=12, t0=913_716_224)
+    if encoding == "evt2":
+        path = tmp_path / "written.raw"
+        write_raw(path, events, (640, 480), "evt2")
+    else:
+        path = write_dat(tmp_path / "written.dat", events, (640, 480))
+    np.testing.assert_array_equal(_assert_expelliarmus_matches_our_decoder(path, encoding), events)
+
+
+@pytest.mark.parametrize("name,encoding", [("evt2_gen3_sample.raw", "evt2"), ("evt2_gen3_sparklers.raw", "evt2"),
+                                           ("dat_ncars_car.dat", "dat"), ("dat_ncars_sample.dat", "dat")])
+def test_expelliarmus_matches_our_independent_decoder(recordings, name, encoding):
+    _assert_expelliarmus_matches_our_decoder(recordings / name, encoding)
 
 
 def _with_header(tmp_path, name, header: bytes, payload: bytes):
@@ -122,21 +152,30 @@ def _with_header(tmp_path, name, header: bytes, payload: bytes):
     return path
 
 
-def test_sensor_size_from_geometry_line_and_argument(tmp_path, recordings):
-    data = (recordings / "evt3_gen41_pedestrians.raw").read_bytes()
-    body = data[data.index(b"% system_ID"):]
-    body = body[body.index(b"\n") + 1:]
+@pytest.fixture(params=["written", pytest.param("real", marks=REAL)])
+def evt3_body(request, written_evt3):
+    """(EVT 3.0 words without a header, their event count): our encoder's, and evt3_gen41_pedestrians.raw's."""
+    if request.param == "real":
+        data = (request.getfixturevalue("recordings") / "evt3_gen41_pedestrians.raw").read_bytes()
+        body = data[data.index(b"% system_ID"):]
+        return body[body.index(b"\n") + 1:], RECORDINGS["evt3_gen41_pedestrians.raw"][2]
+    events = written_evt3[1][:5000]
+    return encode_evt3(events), events.size
+
+
+def test_sensor_size_from_geometry_line_and_argument(tmp_path, evt3_body):
+    body, count = evt3_body
     path = _with_header(tmp_path, "g.raw", b"% evt 3.0\n% geometry 1280x720\n", body)
     with open_recording(path) as rec:
         assert tuple(rec.sensor_size) == (1280, 720, 2) and rec.sensor_size_source == "header"
-        assert rec.read().size == 5000
+        assert rec.read().size == count
     path = _with_header(tmp_path, "f.raw", b"% format EVT3;height=720;width=1280\n", body)
     assert tuple(open_recording(path).sensor_size) == (1280, 720, 2)
     path = _with_header(tmp_path, "unknown.raw", b"% evt 3.0\n% plugin_name hal_plugin_mystery\n", body)
     with pytest.raises(SensorSizeError, match="unknown.raw"):
         open_recording(path)
     with open_recording(path, sensor_size=(1280, 720)) as rec:
-        assert rec.sensor_size_source == "argument" and rec.read().size == 5000
+        assert rec.sensor_size_source == "argument" and rec.read().size == count
 
 
 def test_evt3_time_high_loop_adds_2_pow_24(tmp_path):
@@ -180,16 +219,29 @@ def test_events_outside_sensor_are_dropped_with_warning(tmp_path):
     assert events.size == 1
 
 
-def test_evt2_outside_sensor_uses_own_decoder_not_expelliarmus(tmp_path, recordings):
-    data = (recordings / "evt2_gen3_sample.raw").read_bytes()
-    header_end = data.index(b"% evt 2.0\n") + len(b"% evt 2.0\n")
+@pytest.fixture(params=["written", pytest.param("real", marks=REAL)])
+def evt2_file(request, tmp_path):
+    """(EVT 2.0 file of a 640x480 sensor, its event count): our encoder's, and evt2_gen3_sample.raw."""
+    if request.param == "real":
+        return request.getfixturevalue("recordings") / "evt2_gen3_sample.raw", RECORDINGS["evt2_gen3_sample.raw"][2]
+    path = tmp_path / "written.raw"
+    write_raw(path, scene_events(20_000, (640, 480), seed=13, t0=1_317_888), (640, 480), "evt2")
+    return path, 20_000
+
+
+def test_evt2_outside_sensor_uses_own_decoder_not_expelliarmus(tmp_path, evt2_file):
+    source, count = evt2_file
+    data = source.read_bytes()
+    header_end = 0
+    while data[header_end:header_end + 1] == b"%":
+        header_end = data.index(b"\n", header_end) + 1
     words = np.frombuffer(data[header_end:], dtype="<u4").copy()
     cd = np.flatnonzero((words >> 28) <= 1)
     words[cd[100]] |= 0x7FF << 11  # x = 2047 on a 640-wide sensor
     path = _with_header(tmp_path, "x.raw", data[:header_end], words.tobytes())
     with pytest.warns(UserWarning, match="outside"):
         events = read_events(path)
-    assert events.size == 539_481 - 1 and events["x"].max() < 640
+    assert events.size == count - 1 and events["x"].max() < 640
 
 
 def test_dat_errors_on_unknown_event_type(tmp_path):
@@ -220,10 +272,6 @@ def test_sensor_size_from_plugin_name(tmp_path, plugin, size):
 def test_evt2_whose_first_data_byte_is_percent_reads_whole(tmp_path, t):
     # t >> 6 == 37: the first TIME_HIGH word starts with byte 0x25 ('%'), which expelliarmus takes for
     # a header line (dropping the events, or hanging); such files go to our own decoder.
-    from streamsnn.events import make_events
-    from streamsnn.io import read_events
-    from streamsnn.io.prophesee import write_raw
-
     events = make_events([345, 10], [368, 20], [t, t + 5], [0, 1])
     path = tmp_path / "percent.raw"
     write_raw(path, events, (640, 480), "evt2")

@@ -16,9 +16,10 @@ PY = sys.executable
 
 
 def _tiny_dataset(root, nmnist_root, per_class=8):
-    """Train: the first few samples of each class (symlinks, no copies); Test: the whole Test split."""
+    """Train: the first few bundled samples of each class (symlinks, no copies); Test: the whole bundled split.
+    The two overlap: this test compares online with offline decisions, not generalisation."""
     (root / "Train").mkdir(parents=True)
-    for folder in sorted((nmnist_root / "Train").iterdir()):
+    for folder in sorted((nmnist_root / "Test").iterdir()):
         (root / "Train" / folder.name).mkdir()
         for f in sorted(folder.iterdir())[:per_class]:
             (root / "Train" / folder.name / f.name).symlink_to(f)

@@ -1,4 +1,5 @@
-"""Preprocessing against tonic on real recordings, and the streaming stages against the whole-array functions."""
+"""Preprocessing against tonic, and the streaming stages against the whole-array functions: on a
+bundled N-MNIST sample and generated scenes everywhere, and on real recordings where the data is."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,35 +11,25 @@ from hypothesis import strategies as st
 from streamsnn import StreamingBinner, to_frame
 from streamsnn.errors import ConfigError, EventValidationError
 from streamsnn.events import EVENT_DTYPE, SensorSize, make_events
-from streamsnn.io import read_events
 from streamsnn.preprocess import (Chain, Crop, Denoise, Downsample, MergePolarities, crop, denoise, downsample,
                                   merge_polarities)
+from test_binning import BUNDLED, SCENES, loaded, sensor_of, stream, streams  # noqa: F401 (loaded, stream: fixtures)
+from conftest import REAL
 
-RECORDINGS = {
-    "nmnist_sample.bin": (34, 34, 2),
-    "atis40_dvs128_clip3.bin": (128, 128, 2),
-    "aedat2_dvs128_walking.aedat": (128, 128, 2),
-    "aedat4_dvxplorer_sample.aedat4": (320, 240, 2),
-    "evt2_gen3_sample.raw": (640, 480, 2),
-    "evt3_gen41_sample.raw": (1280, 720, 2),
-    "evt3_gen41_pedestrians.raw": (1280, 720, 2),
-    "dat_ncars_car.dat": None,
-}
+REAL_STREAMS = ["nmnist_sample.bin", "atis40_dvs128_clip3.bin", "aedat2_dvs128_walking.aedat",
+                "aedat4_dvxplorer_sample.aedat4", "evt2_gen3_sample.raw", "evt3_gen41_sample.raw",
+                "evt3_gen41_pedestrians.raw", "dat_ncars_car.dat"]
+GENERATED_STREAMS = [BUNDLED, *SCENES]
 FIELDS = ("t", "x", "y", "p")
-
-
-@pytest.fixture(scope="module")
-def real_events(recordings):
-    return {name: read_events(recordings / name) for name in RECORDINGS}
 
 
 def same_events(a, b):
     return len(a) == len(b) and all(np.array_equal(a[f], b[f]) for f in FIELDS)
 
 
-@pytest.mark.parametrize("name", list(RECORDINGS))
-def test_denoise_keeps_the_events_tonic_keeps(real_events, name):
-    events = real_events[name]
+@pytest.mark.parametrize("name", streams(BUNDLED, "scene_128x128", "scene_1280x720", "scene_unsized", *REAL_STREAMS))
+def test_denoise_keeps_the_events_tonic_keeps(stream, name):
+    events = stream(name)
     # tonic's Python loop takes about 2 s per million events: a prefix keeps this quick.
     events = events[:150_000]
     before = events.copy()
@@ -68,11 +59,12 @@ def test_denoise_bounds_differ_only_when_every_event_is_on_pixel_0_0():
     assert same_events(denoise(events, 1000), denoise(events, 1000, sensor_size=(16, 4, 2)))
 
 
-@pytest.mark.parametrize("name", ["nmnist_sample.bin", "evt2_gen3_sample.raw", "evt3_gen41_sample.raw",
-                                  "aedat4_dvxplorer_sample.aedat4"])
-def test_downsample_crop_merge_equal_tonic(real_events, name):
-    events = real_events[name]
-    sensor = RECORDINGS[name]
+@pytest.mark.parametrize("name", streams(BUNDLED, "scene_320x240", "scene_640x480", "scene_1280x720",
+                                         "nmnist_sample.bin", "evt2_gen3_sample.raw", "evt3_gen41_sample.raw",
+                                         "aedat4_dvxplorer_sample.aedat4"))
+def test_downsample_crop_merge_equal_tonic(stream, name):
+    events = stream(name)
+    sensor = sensor_of(name)
     before = events.copy()
     for factor in (2, 3, 4, 5):
         expected = tonic.transforms.Downsample(spatial_factor=1 / factor)(events)
@@ -118,12 +110,19 @@ def streamed(stage, events, cuts):
     return np.concatenate(parts) if parts else np.zeros(0, EVENT_DTYPE)
 
 
+@pytest.fixture(params=["generated", pytest.param("real", marks=REAL)])
+def sized_streams(request):
+    """The names of the streams whose sensor size is known: generated ones, or real recordings."""
+    names = GENERATED_STREAMS if request.param == "generated" else REAL_STREAMS
+    return [name for name in names if sensor_of(name) is not None]
+
+
 @STREAM_SETTINGS
 @given(data=st.data())
-def test_streaming_stages_equal_whole_array_functions(real_events, data):
-    name = data.draw(st.sampled_from([n for n, s in RECORDINGS.items() if s is not None]))
-    sensor = SensorSize.coerce(RECORDINGS[name])
-    everything = real_events[name]
+def test_streaming_stages_equal_whole_array_functions(stream, sized_streams, data):
+    name = data.draw(st.sampled_from(sized_streams))
+    sensor = SensorSize.coerce(sensor_of(name))
+    everything = stream(name)
     length = data.draw(st.integers(0, min(6000, len(everything))))
     first = data.draw(st.integers(0, len(everything) - length))
     events = everything[first:first + length]
@@ -146,8 +145,9 @@ def test_streaming_stages_equal_whole_array_functions(real_events, data):
     assert same_events(streamed(chain, events, cuts), whole)
 
 
-def test_chain_feeds_the_binner_like_to_frame(real_events):
-    events = real_events["evt2_gen3_sample.raw"]
+@pytest.mark.parametrize("name", streams("scene_640x480", "evt2_gen3_sample.raw"))
+def test_chain_feeds_the_binner_like_to_frame(stream, name):
+    events = stream(name)
     sensor = (640, 480, 2)
     chain = Chain(Denoise(2000, sensor), Crop((480, 480), sensor_size=sensor), Downsample(4), MergePolarities())
     out_sensor = chain.output_sensor_size(sensor)

@@ -146,8 +146,13 @@ def test_checkpoint_round_trip(tmp_path):
 
 
 class _Evil:
+    """Unpickling this creates the file ``marker``: proof that loading ran code from the checkpoint."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
     def __reduce__(self):
-        return (print, ("this must never run",))
+        return (open, (self.marker, "w"))
 
 
 def test_checkpoint_errors_name_the_file(tmp_path):
@@ -159,9 +164,13 @@ def test_checkpoint_errors_name_the_file(tmp_path):
     with pytest.raises(CheckpointError, match="garbage.pt"):
         load_checkpoint(garbage)
     code = tmp_path / "code.pt"
-    torch.save({"format": "streamsnn-checkpoint", "x": _Evil()}, code)
+    marker = tmp_path / "payload-ran"
+    torch.save({"format": "streamsnn-checkpoint", "x": _Evil(marker)}, code)
     with pytest.raises(CheckpointError, match="code.pt"):
         load_checkpoint(code)
+    assert not marker.exists()
+    torch.load(code, weights_only=False)     # the payload is real: an unsafe load does run it
+    assert marker.exists()
     pickled = tmp_path / "pickle.pt"
     pickled.write_bytes(pickle.dumps({"a": 1}))
     with pytest.raises(CheckpointError, match="pickle.pt"):

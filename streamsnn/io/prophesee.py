@@ -42,6 +42,8 @@ records: uint32 t (µs), uint32 with x [13:0], y [27:14], p [28].
 """
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
 import re
 import warnings
@@ -493,7 +495,7 @@ class Evt2Recording(_RawRecording):
         return _evt2_kernel(words, state, out, self.sensor_size.width, self.sensor_size.height)
 
     def read(self) -> np.ndarray:
-        if self.engine == "expelliarmus" and self._safe_for_expelliarmus():
+        if self.engine == "expelliarmus" and expelliarmus_installed() and self._safe_for_expelliarmus():
             return _expelliarmus_read("evt2", self.path)
         return super().read()
 
@@ -619,7 +621,7 @@ class DatRecording(Recording):
                            f"do not make a complete {DAT_RECORD_BYTES}-byte DAT record")
 
     def read(self) -> np.ndarray:
-        if self.engine != "expelliarmus":
+        if self.engine != "expelliarmus" or not expelliarmus_installed():
             return super().read()
         # expelliarmus trusts its input: it gets only whole files that our scan
         # finds clean; anything else goes to our decoder, which reports it.
@@ -639,6 +641,12 @@ def _same_layout(dtype: np.dtype) -> bool:
             and all(dtype.fields[f][1] == EVENT_DTYPE.fields[f][1]
                     and dtype.fields[f][0].itemsize == EVENT_DTYPE.fields[f][0].itemsize
                     and dtype.fields[f][0].kind in "iu" for f in EVENT_DTYPE.names))
+
+
+@functools.cache
+def expelliarmus_installed() -> bool:
+    """expelliarmus is an optional extra (GPL-2.0): without it, EVT 2.0 and DAT use our own decoders."""
+    return importlib.util.find_spec("expelliarmus") is not None
 
 
 def _expelliarmus_read(encoding: str, path) -> np.ndarray:

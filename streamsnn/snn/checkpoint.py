@@ -11,7 +11,12 @@ pickled object other than tensors and plain containers. ``meta`` holds at least
 ``model`` (name), ``input_size`` [C, H, W], ``num_classes``; the trainer adds
 ``class_names``, ``sensor_size``, ``binning`` {"time_window": us, ...},
 ``timesteps``, ``cutoff`` {"policy": "confidence", "epsilon": ...}, ``reg``,
-``seed`` and the training ``command``.
+``seed`` and the training ``command``. A network built from a layer list (an
+imported NIR graph) also stores that list as ``layers``, from which it is rebuilt.
+
+:func:`load_checkpoint` also reads a NIR graph file (``.nir``): the job and
+``streamsnn eval`` then run a network exported by any NIR tool (see
+:mod:`streamsnn.snn.nir_io`).
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError
-from .models import build_model
+from .models import build_from_layers, build_model
 
 FORMAT = "streamsnn-checkpoint"
 VERSION = 1
@@ -67,13 +72,21 @@ def save_checkpoint(path, model, meta: dict | None = None) -> Path:
         model = model.module
     full = dict(_plain(meta or {}))
     full.update(model=model.model_name, input_size=list(model.input_size), num_classes=model.num_classes)
+    if getattr(model, "layer_spec", None):
+        full["layers"] = _plain(model.layer_spec)
     _check_plain(full)
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     payload = {"format": FORMAT, "version": VERSION, "meta": full, "state_dict": state}
+    return write_atomically(path, lambda tmp: torch.save(payload, tmp))
+
+
+def write_atomically(path, write) -> Path:
+    """``write(tmp_path)`` then rename to ``path``, so a crash never leaves half a file behind."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     try:
-        torch.save(payload, tmp)
+        write(tmp)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -82,12 +95,19 @@ def save_checkpoint(path, model, meta: dict | None = None) -> Path:
 
 
 def load_checkpoint(path, map_location="cpu"):
-    """Read a checkpoint -> (model in eval mode, meta). Any problem raises CheckpointError naming the file."""
+    """Read a checkpoint or a NIR graph file -> (model in eval mode, meta).
+
+    Any problem raises CheckpointError naming the file."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: checkpoint file does not exist")
     if not path.is_file():
         raise CheckpointError(f"{path}: not a file")
+    from .nir_io import is_nir_file, read_nir
+
+    if is_nir_file(path):
+        model, meta = read_nir(path)
+        return model.to(map_location if isinstance(map_location, (str, torch.device)) else "cpu").eval(), meta
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # corrupt zip, pickle that needs code, truncated file ...
@@ -105,7 +125,10 @@ def load_checkpoint(path, map_location="cpu"):
         if key not in meta:
             raise CheckpointError(f"{path}: checkpoint metadata lacks {key!r}")
     try:
-        model = build_model(meta["model"], meta["input_size"], meta["num_classes"])
+        if "layers" in meta:
+            model = build_from_layers(meta["layers"], meta["input_size"], meta["num_classes"], meta["model"])
+        else:
+            model = build_model(meta["model"], meta["input_size"], meta["num_classes"])
     except Exception as exc:
         raise CheckpointError(f"{path}: cannot build model {meta['model']!r} from the checkpoint: {exc}") from exc
     try:

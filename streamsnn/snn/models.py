@@ -68,9 +68,13 @@ class SpikingNet(nn.Module):
     ``step`` updates ``state`` in place and returns logits (N, K).
     """
 
-    def __init__(self, name: str, input_size, num_classes: int, layers: "OrderedDict[str, nn.Module]"):
+    def __init__(self, name: str, input_size, num_classes: int, layers: "OrderedDict[str, nn.Module]",
+                 layer_spec: list | None = None):
         super().__init__()
         self.model_name = name
+        # Set for networks built from a layer list (an imported NIR graph): the checkpoint stores it,
+        # because no model-zoo name rebuilds them.
+        self.layer_spec = layer_spec
         self.input_size = tuple(int(v) for v in input_size)
         self.num_classes = int(num_classes)
         self.body = nn.Sequential(layers)
@@ -214,6 +218,64 @@ def cifar10dvs_net(input_size=(2, 48, 48), num_classes=10) -> SpikingNet:
 
 
 MODELS = {"nmnist": nmnist_net, "dvsgesture": dvsgesture_net, "cifar10dvs": cifar10dvs_net}
+
+
+# --------------------------------------------------------------------------- networks from a layer list
+
+def _pair(value, what: str) -> tuple[int, int]:
+    values = [int(v) for v in (value if isinstance(value, (list, tuple)) else [value, value])]
+    if len(values) != 2:
+        raise ConfigError(f"{what} must be one or two integers, got {value!r}")
+    return values[0], values[1]
+
+
+def layer_from_spec(entry: dict) -> nn.Module:
+    """One layer from its description (see :func:`build_from_layers`), freshly initialised."""
+    kind = entry.get("kind")
+    if kind == "conv2d":
+        padding = entry["padding"]
+        return nn.Conv2d(int(entry["in_channels"]), int(entry["out_channels"]), _pair(entry["kernel_size"], "kernel_size"),
+                         stride=_pair(entry["stride"], "stride"),
+                         padding=padding if isinstance(padding, str) else _pair(padding, "padding"),
+                         dilation=_pair(entry["dilation"], "dilation"), groups=int(entry["groups"]),
+                         bias=bool(entry["bias"]))
+    if kind == "linear":
+        return nn.Linear(int(entry["in_features"]), int(entry["out_features"]), bias=bool(entry["bias"]))
+    if kind == "lif":
+        return LIF(decay=float(entry["decay"]), threshold=float(entry["threshold"]))
+    if kind == "maxpool2d":
+        return nn.MaxPool2d(_pair(entry["kernel_size"], "kernel_size"), stride=_pair(entry["stride"], "stride"))
+    if kind == "avgpool2d":
+        return nn.AvgPool2d(_pair(entry["kernel_size"], "kernel_size"), stride=_pair(entry["stride"], "stride"),
+                            padding=_pair(entry["padding"], "padding"))
+    if kind == "sumpool2d":
+        # divisor 1 makes the average pool an exact sum (no division, no rounding)
+        return nn.AvgPool2d(_pair(entry["kernel_size"], "kernel_size"), stride=_pair(entry["stride"], "stride"),
+                            padding=_pair(entry["padding"], "padding"), divisor_override=1)
+    if kind == "flatten":
+        return nn.Flatten()
+    raise ConfigError(f"unknown layer kind {kind!r}; known: {', '.join(LAYER_KINDS)}")
+
+
+LAYER_KINDS = ("conv2d", "linear", "lif", "maxpool2d", "avgpool2d", "sumpool2d", "flatten")
+
+
+def build_from_layers(layer_spec: list, input_size, num_classes: int, name: str = "nir") -> SpikingNet:
+    """A network from a plain list of layers, each ``{"name": ..., "kind": one of LAYER_KINDS, ...}``
+    with the constructor arguments of that kind (what :mod:`~streamsnn.snn.nir_io` makes from a NIR graph)."""
+    if not isinstance(layer_spec, list) or not layer_spec:
+        raise ConfigError("a layer list must be a non-empty list of layer descriptions")
+    layers = OrderedDict()
+    for i, entry in enumerate(layer_spec):
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise ConfigError(f"layer {i} must be a dict with a 'name'")
+        if entry["name"] in layers:
+            raise ConfigError(f"layer name {entry['name']!r} appears twice")
+        try:
+            layers[entry["name"]] = layer_from_spec(entry)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"layer {entry['name']!r} ({entry.get('kind')}): {exc!r}") from exc
+    return SpikingNet(name, input_size, num_classes, layers, layer_spec=layer_spec)
 
 
 def build_model(name: str, input_size=None, num_classes: int | None = None) -> SpikingNet:

@@ -11,11 +11,11 @@ import time
 import numpy as np
 import pytest
 
+from conftest import free_port
 from streamsnn.events import make_events
 from streamsnn.io import write_npy
 from streamsnn.stream.bus import Broker, Publisher, Subscriber, generate_keys
 from streamsnn.stream.messages import check_decision, decision_topic
-from test_sources import _free_port
 
 PY = sys.executable
 
@@ -98,8 +98,8 @@ def test_three_jobs_one_broker_one_subscriber_every_decision_once(tmp_path):
     save_checkpoint(ckpt, build_model("nmnist", (2, 34, 34), 2), {
         "class_names": ["0", "1"], "sensor_size": [34, 34, 2], "binning": {"time_window": 30_000},
         "timesteps": 5, "cutoff": {"policy": "confidence", "epsilon": 0.3}})
-    ports = [_free_port() for _ in range(3)]
-    broker_port = _free_port()
+    ports = [free_port() for _ in range(3)]
+    broker_port = free_port()
     definitions = []
     for k, port in enumerate(ports):
         folder = _sample_folder(tmp_path / f"job{k}", seed=k)

@@ -214,7 +214,8 @@ def run_gen3(recording: Path, seconds: float) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=_data_root() / "nmnist_small", help="N-MNIST root holding Test/")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="N-MNIST root holding Test/ (default: the 100 Test samples bundled in the package)")
     parser.add_argument("--checkpoint", type=Path, default=BUNDLED)
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--limit", type=int, default=None, help="samples per stream (default: the whole split)")
@@ -223,6 +224,10 @@ def main(argv=None) -> int:
     parser.add_argument("--gen3-seconds", type=float, default=10.0, help="0: skip the Gen3 run")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
+    if args.data is None:
+        from streamsnn.datasets import bundled_nmnist_root
+
+        args.data = bundled_nmnist_root()
     if not (args.data / "Test").is_dir():
         parser.error(f"{args.data}: no Test/ folder (N-MNIST archive layout); give --data")
     if not args.checkpoint.is_file():

@@ -261,11 +261,10 @@ class FrameWorker:
         self._streams: list = []
         self._lock = threading.Lock()
         self.thread: threading.Thread | None = None
-        self.error: BaseException | None = None
 
     def add(self, stream) -> None:
-        """``stream`` has ``.queue`` (EventQueue), ``.stage`` (FrameStage) and ``.lane`` (scheduler lane
-        with ``pending_frames`` and ``submit(items)``)."""
+        """``stream`` has ``.queue`` (EventQueue), ``.stage`` (FrameStage), ``.lane`` (scheduler lane with
+        ``pending_frames`` and ``submit(items)``), ``.stop`` (its source's stop event) and ``.closed``."""
         with self._lock:
             self._streams = self._streams + [stream]
         self.wake.set()
@@ -296,7 +295,13 @@ class FrameWorker:
                         item = stream.queue.get_nowait()
                         if item is None:
                             break
-                        stream.stage.process(item, out)
+                        try:
+                            stream.stage.process(item, out)
+                        except Exception as exc:      # bad events (a corrupt file): this stream ends in error
+                            out.append(StreamClosed("error", exc))
+                            stream.stop.set()
+                            stream.closed = True
+                            break
                         if isinstance(item, (SourceEnd, SourceFailure)):
                             stream.closed = True
                             break

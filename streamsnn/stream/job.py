@@ -34,7 +34,6 @@ Threads (one model for all streams)::
 """
 from __future__ import annotations
 
-import os
 import queue as queue_module
 import sys
 import threading
@@ -56,7 +55,7 @@ BUNDLED_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "nmni
 EXIT_OK, EXIT_SOURCE_ERROR, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 130, 143
 
 
-def choose_torch_threads(requested: int | None, cpus: int | None = None) -> int:
+def choose_torch_threads(requested: int | None) -> int:
     """torch's intra-op threads for the job. One, unless asked: the network is stepped in blocks of a
     few rows whose operations take tens of microseconds, where OpenMP's fork/join per operation costs
     about as much as it saves; and on a small machine (the 2-core target) the other core is busy with
@@ -171,7 +170,7 @@ class Pipeline:
         from ..snn.checkpoint import load_checkpoint
 
         config = self.config
-        torch.set_num_threads(choose_torch_threads(config.torch_threads, os.cpu_count()))
+        torch.set_num_threads(choose_torch_threads(config.torch_threads))
         # The inference thread gives the GIL up inside every torch and Numba call and must get it back
         # quickly; with dozens of source threads runnable, the default 5 ms switch interval would add up to
         # 5 ms to a decision for each of them that grabs the GIL first.

@@ -25,6 +25,7 @@ import time
 
 import numpy as np
 
+from ..errors import StreamsnnError
 from ..snn.batched import BlockStepper
 from .frames import FrameItem, FrameStage, StreamClosed, WindowClose, WindowOpen
 from .messages import decision_message
@@ -137,8 +138,6 @@ class Lane:
             self.slot = None
         self.state_name = item.state
         if item.error is not None:
-            from ..errors import StreamsnnError
-
             exc = item.error
             self.error = str(exc) if isinstance(exc, StreamsnnError) else f"{type(exc).__name__}: {exc}"
         self.scheduler.remove(self)
@@ -232,8 +231,11 @@ class Scheduler:
                 while not self.stop.is_set():
                     self.wake.wait(0.05)
                     self.wake.clear()
-                    if self.settled is not None:
-                        self.settled.wait(self.gather_s)     # the rest of a burst of frames, if one is coming
+                    if self.settled is not None and not self.settled.is_set() and any(
+                            lane.pending_frames == 0 for lane in self._lanes):
+                        # the frame stage is still handing on a burst: wait for it (briefly) so that the
+                        # burst goes through as one batch; never when every lane has a frame already
+                        self.settled.wait(self.gather_s)
                     while not self.stop.is_set() and self.run_once():
                         pass
         except BaseException as exc:     # a bug: reported by the job, never silent

@@ -217,7 +217,7 @@ def main(argv=None) -> int:
     parser.add_argument("--data", type=Path, default=None,
                         help="N-MNIST root holding Test/ (default: the 100 Test samples bundled in the package)")
     parser.add_argument("--checkpoint", type=Path, default=BUNDLED)
-    parser.add_argument("--streams", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument("--streams", type=int, nargs="*", default=[1, 4, 16, 64], help="stream counts (none: Gen3 only)")
     parser.add_argument("--limit", type=int, default=None, help="samples per stream (default: the whole split)")
     parser.add_argument("--speeds", default="0,1", help="comma-separated replay speeds to measure")
     parser.add_argument("--gen3", type=Path, default=_data_root() / "recordings" / "evt2_gen3_sample.raw")
@@ -238,7 +238,7 @@ def main(argv=None) -> int:
                            "python": platform.python_version()},
                "checkpoint": str(args.checkpoint), "data": str(args.data), "runs": [], "gen3": None}
     print(f"load average before: {os.getloadavg()[0]:.2f} on {len(os.sched_getaffinity(0))} cores", flush=True)
-    offline = offline_decisions(args.data, args.checkpoint, args.limit) if 1.0 in speeds else None
+    offline = offline_decisions(args.data, args.checkpoint, args.limit) if 1.0 in speeds and args.streams else None
     single_rtf = None
     for n in args.streams:
         for speed in speeds:

@@ -178,7 +178,7 @@ def _cmd_run(args) -> int:
     config = _run_config(args)
     pipeline = Pipeline(config)
     pipeline.open()
-    names = ", ".join(f"{w.name} ({w.source.uri}, {w.queue.policy})" for w in pipeline.workers)
+    names = ", ".join(f"{w.name} ({w.source.uri}, {w.queue.policy})" for w in pipeline.streams)
     print(f"streamsnn run: {names} -> {pipeline.endpoint}"
           + (f", log {config.log}" if config.log else "")
           + f"; T={pipeline.max_timesteps}, window {pipeline.time_window} us, cutoff {pipeline.policy!r}",
@@ -262,7 +262,7 @@ def _cmd_demo(args) -> int:
     pipeline = Pipeline(config)
     pipeline.open()
     subscriber = Subscriber(pipeline.endpoint, topic="decision")
-    total = len(pipeline.workers[0].source.samples)
+    total = len(pipeline.streams[0].source.samples)
     T = pipeline.max_timesteps
     print(f"streamsnn demo: {total} samples from {root / 'Test'} through {checkpoint.name} "
           f"(T = {T}, cutoff {pipeline.policy!r}), publishing on {pipeline.endpoint}", file=sys.stderr)
@@ -324,11 +324,11 @@ def _demo_line(received, total, T) -> str:
 
 
 def _cmd_subscribe(args) -> int:
-    """``streamsnn subscribe ENDPOINT``: one JSON line per message (topic added as ``topic``)."""
+    """``streamsnn subscribe ENDPOINT [ENDPOINT ...]``: one JSON line per message (topic added as ``topic``)."""
     from .stream.bus import Subscriber
 
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    subscriber = Subscriber(args.endpoint, streams=[args.stream] if args.stream else None,
+    subscriber = Subscriber(args.endpoints, streams=[args.stream] if args.stream else None,
                             topic=args.topic, curve_keys=args.curve_keys, max_bytes=args.max_bytes,
                             rcvhwm=args.rcvhwm)
     received = 0
@@ -361,6 +361,24 @@ def _report_malformed(subscriber) -> None:
                "or it went away) and reconnected" if subscriber.disconnects else "")
     print(f"streamsnn subscribe: skipped {subscriber.malformed} malformed message(s) so far "
           f"(last: {subscriber.last_malformed}){dropped}", file=sys.stderr, flush=True)
+
+
+def _cmd_broker(args) -> int:
+    """``streamsnn broker JOB_ENDPOINT ... --publish ENDPOINT``: until Ctrl-C / SIGTERM (exit 0)."""
+    from .stream.bus import Broker
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    broker = Broker(args.upstream, args.publish, curve_keys=args.curve_keys,
+                    upstream_curve_keys=args.upstream_curve_keys).start()
+    print(f"streamsnn broker: {', '.join(broker.upstream)} -> {broker.endpoint}", file=sys.stderr, flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        broker.stop()
+    return 0
 
 
 def _cmd_keys(args) -> int:
@@ -513,8 +531,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.set_defaults(handler=_cmd_run)
 
-    p = sub.add_parser("subscribe", help="print each message from a streamsnn publisher as one JSON line")
-    p.add_argument("endpoint", metavar="ENDPOINT")
+    p = sub.add_parser("subscribe", help="print each message from streamsnn publishers as one JSON line")
+    p.add_argument("endpoints", nargs="+", metavar="ENDPOINT",
+                   help="a job's or a broker's endpoint; several to hear several jobs at once")
     p.add_argument("--stream", default=None, help="only this stream")
     p.add_argument("--topic", choices=["decision", "status", "all"], default="all")
     p.add_argument("--count", type=_positive_int, default=None, help="exit after this many messages")
@@ -526,6 +545,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="messages queued before they are printed; beyond, they are dropped "
                         f"(default {RECEIVE_QUEUE_MESSAGES})")
     p.set_defaults(handler=_cmd_subscribe)
+
+    p = sub.add_parser("broker", help="one endpoint for many jobs: a ZeroMQ XSUB/XPUB proxy")
+    p.add_argument("upstream", nargs="+", metavar="JOB_ENDPOINT", help="the publish endpoint of every job")
+    p.add_argument("--publish", default=None, metavar="ENDPOINT",
+                   help="where subscribers connect (default tcp://127.0.0.1:5570)")
+    p.add_argument("--curve-keys", default=None, metavar="DIR",
+                   help="CurveZMQ towards subscribers: server key and allowed clients (streamsnn keys DIR)")
+    p.add_argument("--upstream-curve-keys", default=None, metavar="DIR",
+                   help="CurveZMQ towards the jobs: a client folder DIR/clients/NAME of the jobs' keys")
+    p.set_defaults(handler=_cmd_broker)
 
     p = sub.add_parser("keys", help="generate CurveZMQ key pairs for access control")
     p.add_argument("directory", metavar="DIR")

@@ -24,7 +24,7 @@ from streamsnn.stream.log import read_decision_log
 from streamsnn.errors import ConfigError
 from streamsnn.stream.job import Pipeline
 from streamsnn.stream.queue import EventQueue
-from streamsnn.stream.scheduler import sample_frame_count
+from streamsnn.stream.frames import sample_frame_count
 from streamsnn.stream.config import PipelineConfig, SourceConfig, load_config, parse_config
 
 PY = sys.executable
@@ -335,7 +335,7 @@ def test_burst_with_drop_policy_bounds_memory_and_counts_drops(tmp_path, ckpt128
     assert final["events_in"] >= events.size and final["dropped_events"] > 0
     assert final["events_processed"] + final["dropped_events"] + final["queue_events"] == final["events_in"]
     # the queue holds at most max_events, or one chunk when that alone is larger
-    slice_us = pipeline.slice_for(0.0)
+    slice_us = pipeline.streams[0].slice_us
     largest_chunk = int(np.diff(np.searchsorted(events["t"], np.arange(0, events["t"][-1] + 2 * slice_us,
                                                                        slice_us))).max())
     assert 0 < final["queue_peak_events"] <= max(4000, largest_chunk)

@@ -1,27 +1,36 @@
 #!/usr/bin/env python
-"""Benchmark of the streaming job: throughput at --speed 0, latency and pacing at --speed 1.
+"""Benchmark of the streaming job: N streams on one model, latency at --speed 1, throughput at --speed 0.
 
 The job runs as its own process (``streamsnn run`` on a generated pipeline
-definition); this script is the subscriber, in a separate process, on the
-same machine, so wall clocks are shared.
+definition with N ``[[source]]`` tables, each the N-MNIST Test folder); this
+script is an independent subscriber in another process on the same machine,
+so wall clocks are shared. For each stream count:
 
-* speed 0 (as fast as possible): real-time factor = recording time processed
-  (sum of the samples' spans) / wall time of the job from its first event to
-  its end, and decisions per second.
 * speed 1 (real time): latency from the arrival of a deciding frame's last
-  event in the pipeline (``frame_available_ns``) to the message's receipt by
-  this subscriber, p50 / p99 / max; the job's own figure (to the send,
-  ``latency_ms``) beside it; and the pacing drift: how far the hand-over of
-  the last chunk is from its event time, over the run, in % of the run, plus
-  the lateness of individual hand-overs.
+  event in the pipeline (``frame_available_ns``) to the message's receipt
+  here -- p50 over all decisions and p99 of the worst stream; dropped events;
+  CPU seconds of the job per decision; and whether every decision equals the
+  offline evaluation (``streamsnn eval``'s library function) of that sample.
+  All N streams start together and replay the same folder, so their frames
+  close at the same moments: the batches are as large as they can be (the
+  worst case for latency).
+* speed 0 (as fast as possible): the aggregate real-time factor (recording
+  time processed by all streams / wall time of the job) and its ratio to the
+  single-stream figure; CPU seconds per decision.
+
+Then the Gen3 640x480 recording (``evt2_gen3_sample.raw``, 10.6 M events/s,
+looped) through ``pipelines/prophesee_raw_replay.toml`` at speed 1 with the
+drop-oldest queue policy: events/s in, dropped events (all, and after the
+first second), decision latency.
 
 Usage (from a checkout)::
 
-    python tools/bench_pipeline.py                       # N-MNIST Test from ../shared/data, bundled checkpoint
-    python tools/bench_pipeline.py --data DIR --checkpoint CKPT --limit 100 --json bench.json
+    python tools/bench_pipeline.py --streams 1 4 16 64
+    python tools/bench_pipeline.py --streams 1 16 --limit 20 --gen3-seconds 5 --json bench.json
 
-Goals (2 CPU cores, N-MNIST model): p99 latency < 5 ms, pacing drift < 1 %,
-real-time factor > 100.
+Goals (2 CPU cores, bundled N-MNIST checkpoint): 16 streams at speed 1 p99 <= 5 ms for every stream,
+nothing dropped, decisions equal offline; 64 streams p99 <= 20 ms; speed-0 aggregate real-time factor
+with 16 streams >= 3x the single-stream figure; Gen3 at speed 1: zero dropped events after start-up.
 """
 from __future__ import annotations
 
@@ -29,6 +38,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import socket
 import subprocess
 import sys
@@ -43,6 +53,8 @@ sys.path.insert(0, str(REPO))
 
 from streamsnn.stream.bus import Subscriber  # noqa: E402
 
+BUNDLED = REPO / "streamsnn" / "checkpoints" / "nmnist_str.pt"
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -50,41 +62,47 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _default_data() -> Path:
-    base = Path(os.environ.get("STREAMSNN_TEST_DATA", REPO.parent / "shared" / "data"))
-    return base / "nmnist_small"
+def _data_root() -> Path:
+    return Path(os.environ.get("STREAMSNN_TEST_DATA", REPO.parent / "shared" / "data"))
 
 
-def run_once(data: Path, checkpoint: Path, speed: float, limit: int | None, epsilon: float | None,
-             loops: int = 1, torch_threads: int = 1) -> dict:
+def _collect(subscriber, job, streams: int, timeout_s: float = 120.0):
+    """Decisions (with receipt times) and the final status of every stream."""
+    decisions, receipts, finals = [], [], {}
+    while len(finals) < streams:
+        item = subscriber.recv(timeout_s=timeout_s)
+        received = time.time_ns()
+        if item is None:
+            raise RuntimeError("no message for %d s: %s" % (timeout_s, job.stderr.read() if job.poll() is not None
+                                                            else "job still running"))
+        topic, message = item
+        if topic.startswith("decision."):
+            decisions.append(message)
+            receipts.append(received)
+        elif message.get("final"):
+            finals[message["stream"]] = message
+    return decisions, receipts, finals
+
+
+def run_streams(data: Path, checkpoint: Path, streams: int, speed: float, limit: int | None) -> dict:
     port = _free_port()
     endpoint = f"tcp://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as tmp:
         definition = Path(tmp) / "bench.toml"
-        lines = ["[[source]]", f'uri = "{data / "Test"}"', 'stream = "bench"', f"speed = {float(speed)}"]
-        if limit:
-            lines.append(f"limit = {int(limit)}")
-        lines += ["[model]", f'checkpoint = "{checkpoint}"', f"torch_threads = {torch_threads}"]
-        if epsilon is not None:
-            lines += ["[cutoff]", f"epsilon = {epsilon}"]
-        lines += ["[publish]", f'endpoint = "{endpoint}"', "wait_subscribers = 1", "wait_timeout_s = 60.0"]
+        lines = []
+        for k in range(streams):
+            lines += ["[[source]]", f'uri = "{data / "Test"}"', f'stream = "s{k}"', f"speed = {float(speed)}"]
+            if limit:
+                lines.append(f"limit = {int(limit)}")
+        lines += ["[model]", f'checkpoint = "{checkpoint}"']
+        lines += ["[publish]", f'endpoint = "{endpoint}"', "wait_subscribers = 1", "wait_timeout_s = 60.0",
+                  f"sndhwm = {max(10_000, 200 * streams)}"]
         definition.write_text("\n".join(lines) + "\n")
-        subscriber = Subscriber(endpoint)
+        subscriber = Subscriber(endpoint, rcvhwm=1_000_000)
         job = subprocess.Popen([sys.executable, "-m", "streamsnn.cli", "run", str(definition)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
-        decisions, receipts, final = [], [], None
         try:
-            while final is None:
-                item = subscriber.recv(timeout_s=120)
-                received = time.time_ns()
-                if item is None:
-                    raise RuntimeError("no message for 120 s: " + (job.stderr.read() if job.poll() is not None else ""))
-                topic, message = item
-                if topic.startswith("decision."):
-                    decisions.append(message)
-                    receipts.append(received)
-                elif message.get("final"):
-                    final = message
+            decisions, receipts, finals = _collect(subscriber, job, streams)
             job.wait(timeout=60)
         finally:
             job.kill()
@@ -92,73 +110,167 @@ def run_once(data: Path, checkpoint: Path, speed: float, limit: int | None, epsi
         if job.returncode != 0:
             raise RuntimeError(f"streamsnn run exited with {job.returncode}: {job.stderr.read()}")
     e2e = np.array([(r - m["frame_available_ns"]) / 1e6 for m, r in zip(decisions, receipts)])
-    to_send = np.array([m["latency_ms"] for m in decisions])
-    steps = np.array([m["timesteps"] for m in decisions])
-    correct = [m["label"] == m["target"] for m in decisions if "target" in m]
-    # wall time of the processing itself: from the first decision's window to the end (the job's own clock)
-    out = {
-        "speed": speed,
-        "samples": len(decisions),
-        "accuracy": float(np.mean(correct)) if correct else None,
-        "mean_timesteps": float(steps.mean()),
-        "max_timesteps": decisions[0]["max_timesteps"],
-        "recording_s": final["event_time_s"],
-        "wall_s": final["wall_s"],
-        "real_time_factor": final["event_time_s"] / final["wall_s"],
-        "cpu_s": final.get("cpu_s"),
-        "real_time_factor_per_cpu_s": final["event_time_s"] / final["cpu_s"] if final.get("cpu_s") else None,
+    per_stream_p99 = {}
+    for name in finals:
+        mine = np.array([e for e, m in zip(e2e, decisions) if m["stream"] == name])
+        per_stream_p99[name] = float(np.percentile(mine, 99)) if mine.size else None
+    any_final = next(iter(finals.values()))
+    wall = max(f["wall_s"] for f in finals.values())
+    recording = sum(f["event_time_s"] for f in finals.values())
+    return {
+        "streams": streams, "speed": speed, "decisions": len(decisions),
+        "latency_p50_ms": float(np.percentile(e2e, 50)),
+        "latency_p99_ms_worst_stream": max(v for v in per_stream_p99.values() if v is not None),
+        "latency_max_ms": float(e2e.max()),
+        "dropped_events": int(sum(f["dropped_events"] for f in finals.values())),
+        "recording_s": recording, "wall_s": wall, "real_time_factor": recording / wall,
+        "cpu_s": any_final["cpu_s"], "cpu_ms_per_decision": 1000 * any_final["cpu_s"] / max(1, len(decisions)),
+        "pacing_drift_pct_worst": max((abs(f["pacing_drift_pct"]) for f in finals.values()
+                                       if "pacing_drift_pct" in f), default=None),
         "load_average_1min": os.getloadavg()[0],
-        "decisions_per_s": len(decisions) / final["wall_s"],
-        "latency_e2e_p50_ms": float(np.percentile(e2e, 50)),
-        "latency_e2e_p99_ms": float(np.percentile(e2e, 99)),
-        "latency_e2e_max_ms": float(e2e.max()),
-        "latency_to_send_p50_ms": float(np.percentile(to_send, 50)),
-        "latency_to_send_p99_ms": float(np.percentile(to_send, 99)),
-        "dropped_events": final["dropped_events"],
+        "_decisions": decisions,
     }
-    for key in ("pacing_drift_pct", "pacing_lag_p50_ms", "pacing_lag_p99_ms", "pacing_lag_max_ms",
-                "pacing_elapsed_s", "pacing_ideal_s"):
-        if key in final:
-            out[key] = final[key]
-    return out
+
+
+def offline_decisions(data: Path, checkpoint: Path, limit: int | None) -> list[tuple]:
+    """(label, timesteps, confidence) per sample of the Test folder in replay order, from `streamsnn eval`'s
+    library function at the checkpoint's cutoff."""
+    from streamsnn.cutoff import policy_from_meta
+    from streamsnn.snn.checkpoint import load_checkpoint
+    from streamsnn.training.evaluate import evaluate_checkpoint
+
+    _, meta = load_checkpoint(checkpoint)
+    with tempfile.TemporaryDirectory() as cache:
+        _, logits, _ = evaluate_checkpoint(checkpoint, data, "Test", cache=cache, device="cpu", progress=False)
+    labels, steps, confidence = policy_from_meta(meta["cutoff"]).decide(logits)
+    out = list(zip(labels.tolist(), steps.tolist(), confidence.tolist()))
+    return out[:limit] if limit else out
+
+
+def equals_offline(decisions: list[dict], offline: list[tuple]) -> bool:
+    by_stream: dict[str, list[dict]] = {}
+    for m in decisions:
+        by_stream.setdefault(m["stream"], []).append(m)
+    for mine in by_stream.values():
+        mine.sort(key=lambda m: m["seq"])
+        if len(mine) != len(offline):
+            return False
+        for m, (label, steps, confidence) in zip(mine, offline):
+            if m["label"] != label or m["timesteps"] != steps or abs(m["confidence"] - confidence) > 1e-6:
+                return False
+    return True
+
+
+def run_gen3(recording: Path, seconds: float) -> dict:
+    port = _free_port()
+    endpoint = f"tcp://127.0.0.1:{port}"
+    subscriber = Subscriber(endpoint, rcvhwm=1_000_000)
+    job = subprocess.Popen([sys.executable, "-m", "streamsnn.cli", "run", "pipelines/prophesee_raw_replay.toml",
+                            "--source", str(recording), "--speed", "1", "--queue-policy", "drop",
+                            "--publish", endpoint], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           cwd=REPO)
+    decisions, receipts, statuses = [], [], []
+    started = None
+    try:
+        while True:
+            item = subscriber.recv(timeout_s=60)
+            received = time.time_ns()
+            if item is None:
+                raise RuntimeError("gen3: no message for 60 s: " + (job.stderr.read() if job.poll() is not None
+                                                                   else "job still running"))
+            topic, message = item
+            if topic.startswith("decision."):
+                decisions.append(message)
+                receipts.append(received)
+                continue
+            statuses.append(message)
+            if started is None:
+                started = time.monotonic()
+            if message.get("final"):
+                break
+            if time.monotonic() - started >= seconds and job.poll() is None:
+                job.send_signal(signal.SIGINT)
+        job.wait(timeout=30)
+    finally:
+        job.kill()
+        subscriber.close()
+    final = statuses[-1]
+    after_first = [s for s in statuses if s["wall_s"] >= 1.0 and not s["final"]]
+    baseline = after_first[0]["dropped_events"] if after_first else final["dropped_events"]
+    e2e = np.array([(r - m["frame_available_ns"]) / 1e6 for m, r in zip(decisions, receipts)])
+    return {
+        "recording": recording.name, "wall_s": final["wall_s"], "events_in": final["events_in"],
+        "events_per_s_in": final["events_in"] / final["wall_s"],
+        "event_time_s": final["event_time_s"],
+        "dropped_events": final["dropped_events"],
+        "dropped_events_after_1s": final["dropped_events"] - baseline,
+        "decisions": len(decisions),
+        "latency_p50_ms": float(np.percentile(e2e, 50)) if e2e.size else None,
+        "latency_p99_ms": float(np.percentile(e2e, 99)) if e2e.size else None,
+        "pacing_lag_p99_ms": final.get("pacing_lag_p99_ms"),
+        "cpu_s": final.get("cpu_s"),
+    }
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=_default_data(), help="N-MNIST root holding Test/")
-    parser.add_argument("--checkpoint", type=Path, default=REPO / "streamsnn" / "checkpoints" / "nmnist_str.pt")
-    parser.add_argument("--cutoff-epsilon", type=float, default=None, help="default: the checkpoint's")
-    parser.add_argument("--limit", type=int, default=None, help="samples for the speed-1 run (default: all)")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="N-MNIST root holding Test/ (default: the 100 Test samples bundled in the package)")
+    parser.add_argument("--checkpoint", type=Path, default=BUNDLED)
+    parser.add_argument("--streams", type=int, nargs="*", default=[1, 4, 16, 64], help="stream counts (none: Gen3 only)")
+    parser.add_argument("--limit", type=int, default=None, help="samples per stream (default: the whole split)")
     parser.add_argument("--speeds", default="0,1", help="comma-separated replay speeds to measure")
+    parser.add_argument("--gen3", type=Path, default=_data_root() / "recordings" / "evt2_gen3_sample.raw")
+    parser.add_argument("--gen3-seconds", type=float, default=10.0, help="0: skip the Gen3 run")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
+    if args.data is None:
+        from streamsnn.datasets import bundled_nmnist_root
+
+        args.data = bundled_nmnist_root()
     if not (args.data / "Test").is_dir():
         parser.error(f"{args.data}: no Test/ folder (N-MNIST archive layout); give --data")
     if not args.checkpoint.is_file():
         parser.error(f"{args.checkpoint}: checkpoint not found; give --checkpoint")
+    speeds = [float(s) for s in args.speeds.split(",")]
     results = {"machine": {"cpus": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)),
                            "processor": platform.processor() or platform.machine(),
                            "python": platform.python_version()},
-               "checkpoint": str(args.checkpoint), "data": str(args.data), "runs": []}
-    print(f"load average before: {os.getloadavg()[0]:.2f} on {len(os.sched_getaffinity(0))} cores")
-    for speed in (float(s) for s in args.speeds.split(",")):
-        limit = args.limit if speed > 0 else None
-        result = run_once(args.data, args.checkpoint, speed, limit, args.cutoff_epsilon)
-        results["runs"].append(result)
-        if speed == 0:
-            print(f"speed 0: {result['samples']} samples, {result['recording_s']:.2f} s of recording in "
-                  f"{result['wall_s']:.3f} s -> real-time factor {result['real_time_factor']:.1f} "
-                  f"({result['real_time_factor_per_cpu_s']:.1f} per CPU-second of the job), "
-                  f"{result['decisions_per_s']:.1f} decisions/s (accuracy {result['accuracy']:.4f}, "
-                  f"mean timesteps {result['mean_timesteps']:.2f} of {result['max_timesteps']})")
+               "checkpoint": str(args.checkpoint), "data": str(args.data), "runs": [], "gen3": None}
+    print(f"load average before: {os.getloadavg()[0]:.2f} on {len(os.sched_getaffinity(0))} cores", flush=True)
+    offline = offline_decisions(args.data, args.checkpoint, args.limit) if 1.0 in speeds and args.streams else None
+    single_rtf = None
+    for n in args.streams:
+        for speed in speeds:
+            r = run_streams(args.data, args.checkpoint, n, speed, args.limit)
+            decisions = r.pop("_decisions")
+            if speed == 0:
+                single_rtf = r["real_time_factor"] if n == 1 else single_rtf
+                r["rtf_vs_single_stream"] = r["real_time_factor"] / single_rtf if single_rtf else None
+                ratio = f" ({r['rtf_vs_single_stream']:.2f}x one stream)" if r["rtf_vs_single_stream"] else ""
+                print(f"{n:3d} streams, speed 0: {r['decisions']} decisions, real-time factor "
+                      f"{r['real_time_factor']:.1f}{ratio}, {r['cpu_ms_per_decision']:.2f} ms CPU per decision",
+                      flush=True)
+            else:
+                if offline is not None:
+                    r["equal_to_offline"] = equals_offline(decisions, offline)
+                print(f"{n:3d} streams, speed {speed:g}: {r['decisions']} decisions; latency to the subscriber "
+                      f"p50 {r['latency_p50_ms']:.2f} ms, p99 (worst stream) {r['latency_p99_ms_worst_stream']:.2f} "
+                      f"ms, max {r['latency_max_ms']:.2f} ms; dropped {r['dropped_events']}; "
+                      f"{r['cpu_ms_per_decision']:.2f} ms CPU per decision; pacing drift (worst stream) "
+                      f"{r['pacing_drift_pct_worst']:.4f} %; equal to offline eval: {r.get('equal_to_offline')}",
+                      flush=True)
+            results["runs"].append(r)
+    if args.gen3_seconds > 0:
+        if args.gen3.is_file():
+            g = run_gen3(args.gen3, args.gen3_seconds)
+            results["gen3"] = g
+            print(f"Gen3 {g['recording']} at speed 1 ({g['wall_s']:.1f} s): {g['events_per_s_in'] / 1e6:.2f} M events/s "
+                  f"in, dropped {g['dropped_events']} ({g['dropped_events_after_1s']} after the first second), "
+                  f"{g['decisions']} decisions, latency p50 {g['latency_p50_ms']} ms p99 {g['latency_p99_ms']} ms",
+                  flush=True)
         else:
-            print(f"speed {speed:g}: {result['samples']} samples over {result['wall_s']:.2f} s; latency frame -> "
-                  f"subscriber p50 {result['latency_e2e_p50_ms']:.3f} ms, p99 {result['latency_e2e_p99_ms']:.3f} ms, "
-                  f"max {result['latency_e2e_max_ms']:.3f} ms (to the send: p50 "
-                  f"{result['latency_to_send_p50_ms']:.3f} ms, p99 {result['latency_to_send_p99_ms']:.3f} ms); "
-                  f"pacing drift {result.get('pacing_drift_pct', float('nan')):+.4f} % over "
-                  f"{result.get('pacing_ideal_s', float('nan')):.2f} s, hand-over lateness p99 "
-                  f"{result.get('pacing_lag_p99_ms', float('nan')):.3f} ms")
+            print(f"Gen3 recording {args.gen3} not found: skipped")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

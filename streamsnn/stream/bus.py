@@ -1,4 +1,4 @@
-"""Decision messages on ZeroMQ: the publisher, the subscriber, CurveZMQ keys.
+"""Decision messages on ZeroMQ: the publisher, the subscriber, the broker, CurveZMQ keys.
 
 The messages themselves (two frames: topic and JSON object; their fields)
 are defined in :mod:`streamsnn.stream.messages`.
@@ -22,12 +22,16 @@ Design choices, on purpose:
   clients whose public keys are in ``DIR/authorized/`` (``streamsnn keys``
   writes that layout); other clients never complete the handshake and
   receive nothing.
+* Beyond one machine: several jobs publish, one :class:`Broker` (XSUB/XPUB
+  proxy) gives subscribers one endpoint; a :class:`Subscriber` may also
+  connect to several endpoints itself.
 """
 from __future__ import annotations
 
 import ipaddress
 import os
 import re
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -170,6 +174,55 @@ def _load_client_keys(directory: Path) -> tuple[bytes, bytes, bytes]:
     return public, private, server_public
 
 
+# --------------------------------------------------------------------------- socket set-up
+
+def _serve(socket, endpoint: str, curve_keys, context, what: str):
+    """Bind a sending socket to ``endpoint``, as a CurveZMQ server when ``curve_keys`` is given (clients
+    must be in ``curve_keys/authorized/``). Returns the authenticator to stop at the end (or None)."""
+    authenticator = None
+    if curve_keys is not None:
+        from zmq.auth.thread import ThreadAuthenticator
+
+        keys = Path(curve_keys)
+        public, secret = _load_server_keys(keys)
+        authenticator = ThreadAuthenticator(context)
+        authenticator.start()
+        authenticator.configure_curve(domain="*", location=str(keys / AUTHORIZED_DIR))
+        socket.curve_secretkey = secret
+        socket.curve_publickey = public
+        socket.curve_server = True
+    elif not is_loopback(endpoint):
+        warnings.warn(f"{what} on {endpoint} beyond loopback without --curve-keys: "
+                      "anyone who can reach this port receives the decisions", stacklevel=3)
+    try:
+        socket.bind(endpoint)
+    except zmq.ZMQError as exc:
+        socket.close(0)
+        if authenticator is not None:
+            authenticator.stop()
+        raise ConfigError(f"cannot bind the {what} to {endpoint}: {exc}") from exc
+    return authenticator
+
+
+def _receiver(context, kind: int, hwm: int, curve_keys):
+    """A receiving socket (SUB, XSUB) that reconnects quickly, optionally a CurveZMQ client with the key
+    pair in ``curve_keys`` (a client folder written by generate_keys)."""
+    socket = context.socket(kind)
+    socket.setsockopt(zmq.RCVHWM, int(hwm))
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.setsockopt(zmq.RECONNECT_IVL, 50)
+    if curve_keys is not None:
+        try:
+            public, secret, server_public = _load_client_keys(Path(curve_keys))
+        except ConfigError:
+            socket.close(0)
+            raise
+        socket.curve_publickey = public
+        socket.curve_secretkey = secret
+        socket.curve_serverkey = server_public
+    return socket
+
+
 # --------------------------------------------------------------------------- publisher
 
 class Publisher:
@@ -193,26 +246,7 @@ class Publisher:
         # ZeroMQ passes an unsubscription only when the last subscriber of a topic leaves, so
         # subscribers that left went on being counted
         socket.setsockopt(zmq.XPUB_VERBOSER, 1)
-        if curve_keys is not None:
-            from zmq.auth.thread import ThreadAuthenticator
-
-            keys = Path(curve_keys)
-            public, secret = _load_server_keys(keys)
-            self.authenticator = ThreadAuthenticator(self.context)
-            self.authenticator.start()
-            self.authenticator.configure_curve(domain="*", location=str(keys / AUTHORIZED_DIR))
-            socket.curve_secretkey = secret
-            socket.curve_publickey = public
-            socket.curve_server = True
-        elif not is_loopback(self.endpoint):
-            warnings.warn(f"publishing on {self.endpoint} beyond loopback without --curve-keys: "
-                          "anyone who can reach this port receives the decisions", stacklevel=2)
-        try:
-            socket.bind(self.endpoint)
-        except zmq.ZMQError as exc:
-            socket.close(0)
-            self._stop_auth()
-            raise ConfigError(f"cannot bind the publisher to {self.endpoint}: {exc}") from exc
+        self.authenticator = _serve(socket, self.endpoint, curve_keys, self.context, "publisher")
         self.socket = socket
         self.endpoint = socket.getsockopt_string(zmq.LAST_ENDPOINT)   # resolves tcp://127.0.0.1:*
 
@@ -289,7 +323,8 @@ class Publisher:
 # --------------------------------------------------------------------------- subscriber
 
 class Subscriber:
-    """SUB socket for decisions and status messages, optionally a CurveZMQ client.
+    """SUB socket for decisions and status messages from one or more endpoints (several jobs, or a
+    broker), optionally a CurveZMQ client (one key set for every endpoint).
 
     Robust to any peer: a message that is not one of ours (``messages.decode``
     refuses it) is skipped and counted in ``malformed`` (``last_malformed``
@@ -297,26 +332,22 @@ class Subscriber:
     sender's connection (it reconnects); at most ``rcvhwm`` messages queue.
     """
 
-    def __init__(self, endpoint: str, *, streams: Iterable[str] | None = None, topic: str = "all",
+    def __init__(self, endpoint: str | Iterable[str], *, streams: Iterable[str] | None = None, topic: str = "all",
                  curve_keys: str | os.PathLike | None = None, rcvhwm: int = RECEIVE_QUEUE_MESSAGES,
                  max_bytes: int = MAX_MESSAGE_BYTES, context: zmq.Context | None = None):
-        self.endpoint = normalize_endpoint(endpoint)
+        endpoints = [endpoint] if isinstance(endpoint, (str, int)) else list(endpoint)
+        if not endpoints:
+            raise ConfigError("subscribe: no endpoint given")
+        self.endpoints = [normalize_endpoint(e) for e in endpoints]
+        self.endpoint = self.endpoints[0]
         for name, value in (("rcvhwm", rcvhwm), ("max_bytes", max_bytes)):
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _INT32_MAX:
                 raise ConfigError(f"subscriber {name} must be an integer from 1 to {_INT32_MAX}, got {value!r}")
         self.malformed = 0
         self.last_malformed: str | None = None
         self.context = context or zmq.Context.instance()
-        socket = self.context.socket(zmq.SUB)
-        socket.setsockopt(zmq.RCVHWM, int(rcvhwm))
+        socket = _receiver(self.context, zmq.SUB, rcvhwm, curve_keys)
         socket.setsockopt(zmq.MAXMSGSIZE, int(max_bytes))
-        socket.setsockopt(zmq.LINGER, 0)
-        socket.setsockopt(zmq.RECONNECT_IVL, 50)
-        if curve_keys is not None:
-            public, secret, server_public = _load_client_keys(Path(curve_keys))
-            socket.curve_publickey = public
-            socket.curve_secretkey = secret
-            socket.curve_serverkey = server_public
         kinds = ("decision", "status") if topic in (None, "all") else (topic,)
         streams = list(streams) if streams else [None]
         for kind in kinds:
@@ -327,12 +358,13 @@ class Subscriber:
         # ZeroMQ never reconnects after it dropped a peer for a protocol error (a frame over
         # MAXMSGSIZE): watch for disconnections and connect again ourselves
         self.disconnects = 0
-        self._reconnect_pending = False
+        self._reconnect_pending: set[str] = set()
         self._monitor = socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self._poller = zmq.Poller()
         self._poller.register(socket, zmq.POLLIN)
         self._poller.register(self._monitor, zmq.POLLIN)
-        socket.connect(self.endpoint)
+        for e in self.endpoints:
+            socket.connect(e)
         self.socket = socket
 
     def recv(self, timeout_s: float | None = None) -> tuple[str, dict] | None:
@@ -363,14 +395,18 @@ class Subscriber:
         from zmq.utils.monitor import recv_monitor_message
 
         while self._monitor.poll(0):
-            if recv_monitor_message(self._monitor)["event"] == zmq.EVENT_DISCONNECTED:
+            event = recv_monitor_message(self._monitor)
+            if event["event"] == zmq.EVENT_DISCONNECTED:
                 self.disconnects += 1
-                self._reconnect_pending = True
+                peer = event["endpoint"].decode(errors="replace")
+                # the monitor names the address ZeroMQ resolved; reconnect every endpoint if it is not ours
+                self._reconnect_pending.update([peer] if peer in self.endpoints else self.endpoints)
 
     def _reconnect(self) -> None:
-        self._reconnect_pending = False
-        self.socket.disconnect(self.endpoint)
-        self.socket.connect(self.endpoint)
+        pending, self._reconnect_pending = self._reconnect_pending, set()
+        for endpoint in pending:
+            self.socket.disconnect(endpoint)
+            self.socket.connect(endpoint)
 
     def close(self) -> None:
         if not self.socket.closed:
@@ -383,3 +419,94 @@ class Subscriber:
 
     def __exit__(self, *exc):
         self.close()
+
+
+# --------------------------------------------------------------------------- broker
+
+DEFAULT_BROKER_ENDPOINT = "tcp://127.0.0.1:5570"
+
+
+class Broker:
+    """One place to subscribe to many jobs: a ZeroMQ XSUB/XPUB proxy.
+
+    ::
+
+        streamsnn run (machine A) ─XPUB─┐
+        streamsnn run (machine B) ─XPUB─┼──▶ XSUB │ broker │ XPUB ◀── subscribers
+        streamsnn run (machine C) ─XPUB─┘
+
+    The XSUB side connects to every job's publisher (``upstream``), the XPUB
+    side binds ``endpoint`` for subscribers. Messages go down unchanged (topic
+    ``decision.<stream>``: stream names must differ between jobs); subscriptions
+    go up, so a job with ``wait_subscribers`` waits for the subscribers behind
+    the broker, and ZeroMQ re-sends them to a job that (re)connects later.
+    CurveZMQ on both sides, each optional: ``curve_keys`` makes the XPUB side a
+    server (subscribers' keys in ``curve_keys/authorized/``), ``upstream_curve_keys``
+    makes the XSUB side a client of the jobs (a client folder written by
+    ``streamsnn keys`` for the jobs' server key). The forwarding itself is
+    ZeroMQ's own proxy (C, no Python per message), in a thread until :meth:`stop`.
+    """
+
+    def __init__(self, upstream: Iterable[str], endpoint: str | None = None, *,
+                 curve_keys: str | os.PathLike | None = None,
+                 upstream_curve_keys: str | os.PathLike | None = None, hwm: int = 100_000):
+        upstream = [normalize_endpoint(e) for e in upstream]
+        if not upstream:
+            raise ConfigError("broker: no upstream endpoint (give the publish endpoint of every job)")
+        self.upstream = upstream
+        # its own context: a CurveZMQ server needs the context's one authentication handler
+        self.context = zmq.Context()
+        self.authenticator = None
+        xsub = _receiver(self.context, zmq.XSUB, hwm, upstream_curve_keys)
+        for e in upstream:
+            xsub.connect(e)
+        xpub = self.context.socket(zmq.XPUB)
+        xpub.setsockopt(zmq.SNDHWM, int(hwm))
+        xpub.setsockopt(zmq.LINGER, 0)
+        xpub.setsockopt(zmq.XPUB_VERBOSE, 1)     # every subscription goes up, so jobs count subscribers
+        endpoint = normalize_endpoint(endpoint or DEFAULT_BROKER_ENDPOINT)
+        try:
+            self.authenticator = _serve(xpub, endpoint, curve_keys, self.context, "broker")
+        except ConfigError:
+            xsub.close(0)
+            self.context.term()
+            raise
+        self.endpoint = xpub.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._xsub, self._xpub = xsub, xpub
+        self._control_address = f"inproc://broker-control-{id(self)}"
+        self._control = self.context.socket(zmq.PAIR)
+        self._control.bind(self._control_address)
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "Broker":
+        self._thread = threading.Thread(target=self._proxy, name="broker", daemon=True)
+        self._thread.start()
+        return self
+
+    def _proxy(self) -> None:
+        control = self.context.socket(zmq.PAIR)
+        control.connect(self._control_address)
+        try:
+            zmq.proxy_steerable(self._xpub, self._xsub, None, control)
+        except zmq.ZMQError:
+            pass
+        finally:
+            control.close(0)
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._control.send(b"TERMINATE")
+            self._thread.join(2.0)
+            self._thread = None
+        for socket in (self._control, self._xsub, self._xpub):
+            socket.close(0)
+        if self.authenticator is not None:
+            self.authenticator.stop()
+            self.authenticator = None
+        self.context.term()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()

@@ -1,27 +1,32 @@
-"""The streaming job: sources -> binner -> stateful SNN -> cutoff -> ZeroMQ (+ HDF5 log).
+"""The streaming job: sources -> queues -> frame stage -> batched inference -> cutoff -> ZeroMQ (+ HDF5 log).
 
-Threads and queues (one set per stream, one model shared by all)::
+Threads (one model for all streams)::
 
-    source thread ──EventQueue (bounded: block or drop-oldest, counted)──▶ inference thread ──▶ send (lock) ──▶ XPUB
-      reads/paces/                                                           preprocess, bin,               └──▶ log thread ──▶ HDF5
-      receives events                                                        model.step, cutoff
-                                                   status thread: status.<stream> once a second
+    source thread per stream ──EventQueue (bounded: block | drop-oldest, counted)──┐
+      (reads, paces by event time, receives)                                        │
+                                     frame thread (all streams): preprocess + bin (Numba, nogil)
+                                                                                    │ frames, per stream
+                                     inference thread: the ready frames of all streams as one batch,
+                                       one membrane slot per stream, cutoff per stream ──▶ send (lock) ──▶ XPUB
+                                                                                               └──▶ log thread ──▶ HDF5
+                                     status thread: status.<stream> once a second
 
-* Each stream has its own binner, network state (``model.init_state(1)``) and
-  online cutoff; the model's weights are shared (``step`` only reads them).
 * Inference window: the state persists across frames; after each frame the
   cutoff decides; on a decision (or ``max_timesteps`` frames) one message is
-  published and the state reset. A dataset folder gives one window per sample,
-  binned exactly as ``streamsnn train``/``eval`` bin it (windows from the first
-  event, the last incomplete window included, zero frames up to T), so online
-  decisions equal offline ones.
+  published and the stream's state reset. A dataset folder gives one window
+  per sample, binned exactly as ``streamsnn train``/``eval`` bin it, and the
+  network is stepped the way ``streamsnn eval`` steps it (same block shape:
+  :mod:`streamsnn.snn.batched`), so online decisions equal offline ones
+  whatever the number of streams.
 * Decisions are sent by the inference thread itself (under a lock shared with
   the status thread), so no queue hop adds to the latency; the HDF5 log is
   written by its own thread, off the hot path.
-* The queue between a source and its inference thread is bounded in events
-  and in chunks. Policy "block" slows the source down (replay default);
-  "drop" discards the oldest queued chunks and counts their events (live
-  default). Window markers are never dropped.
+* Warm start: the model (at the block shape), every stream's preprocessing and
+  binner kernels run once, and the publisher settles (and waits for
+  ``wait_subscribers``), before any source thread starts; a replay's clock
+  starts at its first chunk, after all of that.
+* Streams join (:meth:`Pipeline.add_stream`) and leave (:meth:`Pipeline.remove_stream`)
+  while the job runs.
 * Ctrl-C / SIGTERM: every thread stops within a few hundred milliseconds, the
   decisions made are sent and logged, a final status message goes out, the
   log is closed. A source error is published on ``status.<stream>`` (state
@@ -38,15 +43,102 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
-from ..events import SensorSize
 from .bus import Publisher
-from .config import PipelineConfig, validate
-from .messages import decision_topic, status_topic
-from .scheduler import StreamWorker, pacing_slice_us
-from .sources import make_source
+from .config import PipelineConfig, SourceConfig, validate
+from .frames import FrameStage, FrameWorker, build_preprocess
+from .messages import SCHEMA_VERSION, decision_topic, stamp_sent, status_topic
+from .queue import EventQueue, SourceEnd, SourceFailure
+from .scheduler import Lane, Scheduler, percentiles
+from .sources import Source, make_source, pacing_slice_us
 
 BUNDLED_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "nmnist_str.pt"
 EXIT_OK, EXIT_SOURCE_ERROR, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 130, 143
+
+
+def choose_torch_threads(requested: int | None) -> int:
+    """torch's intra-op threads for the job. One, unless asked: the network is stepped in blocks of a
+    few rows whose operations take tens of microseconds, where OpenMP's fork/join per operation costs
+    about as much as it saves; and on a small machine (the 2-core target) the other core is busy with
+    the frame thread, the source threads and the publisher, which a second torch thread would
+    preempt. ``[model] torch_threads`` asks for more (a large model, or many idle cores)."""
+    if requested is not None:
+        return max(1, int(requested))
+    return 1
+
+
+class Stream:
+    """One stream of the job: its source and source thread, bounded queue, frame stage and scheduler lane."""
+
+    def __init__(self, source: Source, config: SourceConfig, queue: EventQueue, stage: FrameStage,
+                 slice_us: int):
+        self.source = source
+        self.name = source.stream
+        self.config = config
+        self.queue = queue
+        self.stage = stage
+        self.slice_us = slice_us
+        self.lane: Lane | None = None
+        self.stop = threading.Event()
+        self.closed = False             # the frame worker has handed on the stream's last item
+        self.thread: threading.Thread | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.lane is not None and self.lane.closed.is_set()
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self._produce, name=f"source-{self.name}", daemon=True)
+        self.thread.start()
+
+    def _produce(self) -> None:
+        stop = self.stop
+        try:
+            for item in self.source.items(stop, self.slice_us):
+                if not self.queue.put(item, stop) or stop.is_set():
+                    break
+            self.queue.put(SourceEnd(stopped=stop.is_set()))
+        except BaseException as exc:  # a SourceError, or a bug: reported, never silent
+            self.queue.put(SourceFailure(exc))
+        finally:
+            try:
+                self.source.close()
+            except Exception:
+                pass
+
+    def status(self, interval_s: float, previous: dict | None) -> dict:
+        lane = self.lane
+        latencies, lane.interval_latencies = lane.interval_latencies, []
+        p50, p99 = percentiles(latencies)
+        all50, all99 = percentiles(list(lane.latencies))
+        read = self.source.events_read
+        prev = previous or {}
+        dt = max(interval_s, 1e-9)
+        message = {
+            "schema": SCHEMA_VERSION, "stream": self.name, "state": lane.state_name,
+            "source": self.source.uri, "queue_policy": self.queue.policy,
+            "events_per_s": (read - prev.get("events_in", 0)) / dt,
+            "frames_per_s": (lane.frames - prev.get("frames", 0)) / dt,
+            "decisions_per_s": (lane.decisions - prev.get("decisions", 0)) / dt,
+            "events_in": read, "events_processed": self.stage.events_processed,
+            "dropped_events": self.queue.dropped_events, "dropped_chunks": self.queue.dropped_chunks,
+            "queue_events": self.queue.events, "queue_peak_events": self.queue.peak_events,
+            "queue_max_events": self.queue.max_events,
+            "frames": lane.frames, "decisions": lane.decisions,
+            "latency_p50_ms": p50, "latency_p99_ms": p99,
+            "latency_p50_ms_total": all50, "latency_p99_ms_total": all99,
+            "mean_timesteps": lane.timesteps_sum / lane.decisions if lane.decisions else None,
+            "event_time_s": self.stage.event_time_us / 1e6,
+            "published_ns": time.time_ns(),
+        }
+        if lane.with_target:
+            message["accuracy"] = lane.correct / lane.with_target
+        source = self.source.stats()
+        message.update({k: v for k, v in source.items() if k.startswith(("pacing", "source_")) or k == "speed"})
+        if source.get("source_stalled") and message["state"] == "running":
+            message["state"] = "stalled"  # a live sender that went quiet without closing the connection
+        if lane.error is not None:
+            message["error"] = lane.error
+        return message
 
 
 class Pipeline:
@@ -59,12 +151,14 @@ class Pipeline:
         self.exit_code = EXIT_OK
         self.stop_reason: str | None = None
         self._send_lock = threading.Lock()
+        self._streams_lock = threading.Lock()
         self._publisher = publisher
         self._log_queue: queue_module.Queue = queue_module.Queue()
         self._log_thread = None
         self.log = None
-        self.workers: list[StreamWorker] = []
+        self.streams: list[Stream] = []
         self.started_ns = None
+        self.sources_started: float | None = None     # perf_counter() when the first source thread started
         self.wall_s = 0.0
         self._opened = False
         self._closed = False
@@ -75,14 +169,17 @@ class Pipeline:
         import torch
 
         from ..cutoff import ConfidenceCutoff, policy_from_meta
-        from ..snn import frames_to_input
+        from ..snn.batched import BlockStepper
         from ..snn.checkpoint import load_checkpoint
 
         config = self.config
-        torch.set_num_threads(max(1, int(config.torch_threads)))
+        torch.set_num_threads(choose_torch_threads(config.torch_threads))
+        # The inference thread gives the GIL up inside every torch and Numba call and must get it back
+        # quickly; with dozens of source threads runnable, the default 5 ms switch interval would add up to
+        # 5 ms to a decision for each of them that grabs the GIL first.
+        sys.setswitchinterval(min(sys.getswitchinterval(), 0.0005))
         self.device = config.device or "cpu"
         self.model, self.meta = load_checkpoint(config.checkpoint, map_location=self.device)
-        self.frames_to_input = frames_to_input
         meta = self.meta
         channels, height, width = (int(v) for v in meta["input_size"])
         self.model_sensor_size = (width, height, channels)
@@ -101,24 +198,15 @@ class Pipeline:
             self.policy = policy_from_meta(meta["cutoff"])
         else:
             self.policy = ConfidenceCutoff(0.0)   # never fires: every window runs to max_timesteps
-        # sources
-        names = set()
-        sources = []
+        self.stepper = BlockStepper(self.model)
+        self.frame_worker = FrameWorker(self.stop_event, max_pending_frames=max(32, 2 * self.max_timesteps))
+        self.scheduler = Scheduler(self.stepper, self.policy, self.max_timesteps, self.publish_decision,
+                                   stop=self.stop_event, class_names=self.class_names,
+                                   on_closed=self._stream_closed, on_progress=self.frame_worker.wake.set,
+                                   settled=self.frame_worker.idle)
         for sc in config.sources:
-            source = make_source(sc.uri, sc.stream, speed=sc.speed, loop=sc.loop, sensor_size=sc.sensor_size,
-                                 split=sc.split, limit=sc.limit)
-            base, k = source.stream, 2
-            while source.stream in names:
-                source.stream = f"{base}-{k}"
-                k += 1
-            names.add(source.stream)
-            sources.append((source, sc))
-        for source, sc in sources:
-            source.open(default_sensor_size=self.model_sensor_size)
-            worker = StreamWorker(self, source, sc)
-            worker.setup()
-            self.workers.append(worker)
-        self._warm_up()
+            self.streams.append(self._make_stream(sc))
+        self._warm_up_model()
         if self._publisher is None:
             self._publisher = Publisher(config.endpoint, curve_keys=config.curve_keys, sndhwm=config.sndhwm)
         self.publisher = self._publisher
@@ -131,26 +219,47 @@ class Pipeline:
         self._opened = True
         return self
 
-    def _warm_up(self) -> None:
-        """Compile the binner's kernels and run the model once, so the first frame is not slow."""
-        import torch
+    def _make_stream(self, sc: SourceConfig) -> Stream:
+        """Open a source, check its geometry against the model, build and warm its frame stage."""
+        source = make_source(sc.uri, sc.stream, speed=sc.speed, loop=sc.loop, sensor_size=sc.sensor_size,
+                             split=sc.split, limit=sc.limit)
+        with self._streams_lock:
+            names = {s.name for s in self.streams}
+        base, k = source.stream, 2
+        while source.stream in names:
+            source.stream = f"{base}-{k}"
+            k += 1
+        source.open(default_sensor_size=self.model_sensor_size)
+        stages, out_size = build_preprocess(self.config, source.sensor_size)
+        model_size = self.model_sensor_size
+        if (out_size.width, out_size.height, out_size.polarities) != tuple(model_size):
+            given = source.sensor_size
+            after = "" if not stages else f" (after [binning] preprocessing: {out_size.width}x" \
+                                          f"{out_size.height}x{out_size.polarities})"
+            raise ConfigError(
+                f"stream {source.stream!r}: the source {source.uri} gives {given.width}x{given.height}x"
+                f"{given.polarities} events{after} but the model expects {model_size[0]}x{model_size[1]}x"
+                f"{model_size[2]} (width x height x polarities); set [binning] crop = [x0, y0, w, h], "
+                "downsample = factor and/or merge_polarity = true in the pipeline definition so that they match")
+        config = self.config
+        policy = sc.queue_policy or config.queue_policy or ("drop" if source.live else "block")
+        queue = EventQueue(policy, config.queue_max_events, config.queue_max_chunks,
+                           on_put=self.frame_worker.wake.set)
+        stage = FrameStage(stages, out_size, self.time_window, self.max_timesteps,
+                           restamp=not source.live and sc.speed <= 0)
+        stage.warm_up(source.sensor_size)
+        # a sample decided early is not read on: the source skips to its end (fewer hand-overs, same timing)
+        source.window_done = lambda k: stage.decided_window == k
+        return Stream(source, sc, queue, stage, pacing_slice_us(self.time_window, sc.speed, source.kind))
 
-        from ..binning import StreamingBinner
-        from ..events import make_events
-
-        size = SensorSize(*self.model_sensor_size)
-        binner = StreamingBinner(size, self.time_window)
-        binner.push(make_events([0, 1], [0, 1], [0, 2 * self.time_window], [0, 1]))
-        binner.flush(4 * self.time_window)
-        with torch.inference_mode():
-            state = self.model.init_state(1)
-            x = self.frames_to_input(np.zeros((1, size.polarities, size.height, size.width), np.int16))
-            for _ in range(3):
-                self.model.step(x.to(self.device), state)
-            state.reset()
-
-    def slice_for(self, speed: float) -> int:
-        return pacing_slice_us(self.time_window, speed)
+    def _warm_up_model(self) -> None:
+        """Step the network at its block shape a few times, so the first frame is not slow."""
+        state = self.stepper.init_state(1)
+        slot = state.acquire()
+        c, h, w = self.model.input_size
+        for _ in range(3):
+            self.stepper.step(state, [slot], np.zeros((1, c, h, w), np.int16))
+        self.stepper.calls = self.stepper.rows = 0
 
     @property
     def endpoint(self) -> str:
@@ -167,10 +276,41 @@ class Pipeline:
         self.started_ns = time.time_ns()
         self._t0 = time.perf_counter()
         self._cpu0 = time.process_time()
-        for worker in self.workers:
-            worker.start()
+        self.scheduler.start()
+        self.frame_worker.start()
+        # warm start: model and kernels warmed in open(), the publisher settled above; only now may a
+        # replay's clock start (at its first chunk)
+        self.sources_started = time.perf_counter()
+        for stream in list(self.streams):
+            self._attach(stream)
+        if not self.streams:
+            self.finished.set()
         self._status_thread = threading.Thread(target=self._status_loop, name="status", daemon=True)
         self._status_thread.start()
+
+    def _attach(self, stream: Stream) -> None:
+        stream.lane = self.scheduler.add(stream.name, stream.stage)
+        self.frame_worker.add(stream)
+        stream.start()
+
+    def add_stream(self, source_config: SourceConfig) -> str:
+        """Add a stream to a running job (its source opened and warmed first); returns its name."""
+        if self.started_ns is None:
+            raise ConfigError("add_stream: the job has not started; put the source in the configuration")
+        stream = self._make_stream(source_config)
+        with self._streams_lock:
+            self.streams.append(stream)
+        self.finished.clear()
+        self._attach(stream)
+        return stream.name
+
+    def remove_stream(self, name: str, timeout_s: float = 2.0) -> bool:
+        """Stop one stream (its decisions so far stay published); True once it has closed."""
+        stream = next((s for s in self.streams if s.name == name), None)
+        if stream is None:
+            raise ConfigError(f"remove_stream: no stream named {name!r}")
+        stream.stop.set()
+        return stream.lane.closed.wait(timeout_s)
 
     def run(self) -> int:
         """Start, wait until every stream ends (or stop()), shut down cleanly; return the exit code."""
@@ -189,24 +329,25 @@ class Pipeline:
             if exit_code is not None and self.exit_code == EXIT_OK:
                 self.exit_code = exit_code
         self.stop_event.set()
+        for stream in self.streams:
+            stream.stop.set()
 
-    def _stream_done(self, worker: StreamWorker) -> None:
-        if all(w.done.is_set() for w in self.workers):
-            self.finished.set()
-
-    def _stream_failed(self, worker: StreamWorker, exc: BaseException) -> None:
-        print(f"streamsnn run: stream {worker.name!r}: {worker.error}", file=sys.stderr)
-        self.exit_code = EXIT_SOURCE_ERROR
-        self.stop(f"error in stream {worker.name}")
+    def _stream_closed(self, lane: Lane | None, item) -> None:
+        if item.state == "error":
+            name = lane.name if lane is not None else "inference"
+            error = lane.error if lane is not None else f"{type(item.error).__name__}: {item.error}"
+            print(f"streamsnn run: stream {name!r}: {error}", file=sys.stderr)
+            self.exit_code = EXIT_SOURCE_ERROR
+            self.stop(f"error in stream {name}")
+        with self._streams_lock:
+            if all(s.done for s in self.streams):
+                self.finished.set()
 
     # -- sending ------------------------------------------------------------------------------
     def publish_decision(self, stream: str, message: dict) -> float:
         """Send one decision now (latency stamped at the send); queue it for the log. Returns latency ms."""
         with self._send_lock:
-            now = time.time_ns()
-            message["published_ns"] = now
-            latency = (now - message["frame_available_ns"]) / 1e6
-            message["latency_ms"] = latency
+            latency = stamp_sent(message, time.time_ns())
             self.publisher.send(decision_topic(stream), message)
         if self.log is not None:
             self._log_queue.put(message)
@@ -217,15 +358,17 @@ class Pipeline:
         interval = now - getattr(self, "_last_status", self._t0)
         self._last_status = now
         out = []
-        for worker in self.workers:
-            message = worker.status(interval, self._status_previous.get(worker.name))
+        for stream in list(self.streams):
+            if stream.lane is None:
+                continue
+            message = stream.status(interval, self._status_previous.get(stream.name))
             message["wall_s"] = now - self._t0
             message["cpu_s"] = time.process_time() - self._cpu0     # the whole process, every thread
             message["final"] = final
-            self._status_previous[worker.name] = message
+            self._status_previous[stream.name] = message
             with self._send_lock:
                 message["subscribers"] = self.publisher.decision_subscriptions
-                self.publisher.send(status_topic(worker.name), message)
+                self.publisher.send(status_topic(stream.name), message)
             out.append(message)
         return out
 
@@ -248,16 +391,21 @@ class Pipeline:
             return []
         self._closed = True
         self.stop_event.set()
-        deadline = time.monotonic() + 1.0          # every stream together, not one second each
-        for worker in self.workers:
-            worker.join(max(0.0, deadline - time.monotonic()))
+        for stream in self.streams:
+            stream.stop.set()
+        deadline = time.monotonic() + 1.0          # every thread together, not one second each
+        threads = [s.thread for s in self.streams] + [self.scheduler.thread if self._opened else None,
+                                                      self.frame_worker.thread if self._opened else None]
+        for thread in threads:
+            if thread is not None:
+                thread.join(max(0.0, deadline - time.monotonic()))
         self.wall_s = time.perf_counter() - self._t0 if self.started_ns else 0.0
         final = []
         if self._opened and self.started_ns is not None:
             self._status_thread.join(1.0)
-            for worker in self.workers:
-                if worker.state_name == "running":
-                    worker.state_name = "stopped"
+            for stream in self.streams:
+                if stream.lane is not None and stream.lane.state_name in ("running", "starting"):
+                    stream.lane.state_name = "stopped"
             final = self._send_status(final=True)
         self.final_status = final
         if self._log_thread is not None:
@@ -267,11 +415,9 @@ class Pipeline:
             self.log.close()
         if self._opened:
             self.publisher.close(linger_ms=500)
-        for worker in self.workers:
+        for stream in self.streams:
             try:
-                worker.source.close()
+                stream.source.close()
             except Exception:
                 pass
         return final
-
-

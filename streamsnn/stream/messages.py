@@ -132,3 +132,33 @@ def check_decision(message: dict) -> dict:
 
 def check_status(message: dict) -> dict:
     return check_message(message, STATUS_FIELDS)
+
+
+def decision_message(stream: str, seq: int, decision, *, max_timesteps: int, window_start_us: int,
+                     window_end_us: int, frame_available_ns: int, target: int | None = None,
+                     class_name: str | None = None, sample: str | None = None) -> dict:
+    """A decision message from a cutoff Decision; ``published_ns`` and ``latency_ms`` are stamped at the send
+    (:func:`stamp_sent`)."""
+    message = {
+        "schema": SCHEMA_VERSION, "stream": stream, "seq": int(seq),
+        "label": int(decision.label), "confidence": float(decision.confidence),
+        "timesteps": int(decision.timesteps), "max_timesteps": int(max_timesteps),
+        "window_start_us": int(window_start_us), "window_end_us": int(window_end_us),
+        "published_ns": 0, "latency_ms": 0.0, "frame_available_ns": int(frame_available_ns),
+        "forced": bool(decision.forced),
+    }
+    if class_name is not None:
+        message["class_name"] = class_name
+    if target is not None:
+        message["target"] = int(target)
+    if sample is not None:
+        message["sample"] = sample
+    return message
+
+
+def stamp_sent(message: dict, now_ns: int) -> float:
+    """Set ``published_ns`` and ``latency_ms`` for a message sent at ``now_ns``; returns the latency."""
+    message["published_ns"] = int(now_ns)
+    latency = (now_ns - message["frame_available_ns"]) / 1e6
+    message["latency_ms"] = latency
+    return latency

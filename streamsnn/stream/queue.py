@@ -9,7 +9,11 @@ from .sources import Chunk
 
 
 class SourceEnd:
-    """The source has ended (not a stop request): what is open is finished."""
+    """The source thread is done: the source ended (what is open is finished) or, with ``stopped``,
+    the stream was asked to stop."""
+
+    def __init__(self, stopped: bool = False):
+        self.stopped = stopped
 
 
 class SourceFailure:
@@ -20,7 +24,7 @@ class SourceFailure:
 
 
 class EventQueue:
-    """Bounded queue of source items between a source thread and its inference thread.
+    """Bounded queue of source items between a source thread and the frame stage.
 
     Capacity: ``max_events`` events and ``max_chunks`` chunks (markers do not
     count and are never dropped). ``put`` with policy "block" waits for room;
@@ -30,7 +34,8 @@ class EventQueue:
     never holds more than max(max_events, one chunk) events.
     """
 
-    def __init__(self, policy: str = "block", max_events: int = 1_000_000, max_chunks: int = 256):
+    def __init__(self, policy: str = "block", max_events: int = 1_000_000, max_chunks: int = 256,
+                 on_put=None):
         if policy not in ("block", "drop"):
             raise ConfigError(f"queue policy must be 'block' or 'drop', got {policy!r}")
         self.policy = policy
@@ -43,6 +48,7 @@ class EventQueue:
         self.peak_events = 0
         self.dropped_events = 0
         self.dropped_chunks = 0
+        self._on_put = on_put          # called after every put (wakes the consumer thread)
 
     def _full(self, n: int) -> bool:
         return self.events > 0 and (self.events + n > self.max_events or self.chunks + 1 > self.max_chunks)
@@ -65,7 +71,9 @@ class EventQueue:
                 self.peak_events = max(self.peak_events, self.events)
             self._items.append(item)
             self._cond.notify_all()
-            return True
+        if self._on_put is not None:
+            self._on_put()
+        return True
 
     def _drop_oldest(self) -> None:
         for i, queued in enumerate(self._items):
@@ -89,6 +97,12 @@ class EventQueue:
                 self.chunks -= 1
             self._cond.notify_all()
             return item
+
+    def get_nowait(self):
+        """The oldest item, or None when the queue is empty."""
+        if not self._items:             # a racy peek is fine: a put right now wakes the consumer again
+            return None
+        return self.get(0)
 
     def clear(self) -> None:
         with self._cond:

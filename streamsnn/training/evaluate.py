@@ -90,10 +90,11 @@ def plot_report(report: dict, path, title: str = "") -> None:
 
 
 def evaluate_checkpoint(checkpoint, data, split="Test", cache=None, device=None, progress=True):
-    """(report, logits, labels) for a checkpoint on one split."""
+    """(report, logits, labels) for a checkpoint on one split; logits (T, N, K) as the streaming job
+    computes them."""
+    from ..snn.batched import predict_stepwise
     from ..snn.checkpoint import load_checkpoint
     from .data import load_split, resolve_dataset
-    from .loop import predict
     from .trainer import pick_device
 
     dev = pick_device(device)
@@ -106,7 +107,9 @@ def evaluate_checkpoint(checkpoint, data, split="Test", cache=None, device=None,
     names = meta.get("class_names")
     if names and list(names) != list(classes):
         raise ConfigError(f"{root}/{split}: class folders {classes} differ from the checkpoint's classes {names}")
-    logits = predict(model, frames, T, device=dev)
+    # Stepped frame by frame in the streaming job's block shape (snn/batched.py), so that these logits are,
+    # bit for bit, the ones `streamsnn run` computes for the same sample, whatever shares its batch.
+    logits = predict_stepwise(model, frames, T)
     report = anytime_report(logits, labels, meta.get("cutoff"))
     report.update(split=split, checkpoint=str(checkpoint), model=meta.get("model"), reg=meta.get("reg"))
     return report, logits, labels

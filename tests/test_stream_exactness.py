@@ -1,0 +1,77 @@
+"""Many streams, one model: every stream's decisions equal `streamsnn eval`'s, alone or sharing batches.
+
+The bundled checkpoint at its stored cutoff, the N-MNIST Test split replayed by 1, 4 and 16 streams at
+once (as fast as possible, so the streams really share batches). Each stream replays the split in its
+own order (sample files renamed through symlinks), so the rows sharing a batch hold different samples.
+Every decision -- label, timesteps, confidence to 1e-6 -- equals the offline evaluation of that sample.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streamsnn.stream.config import PipelineConfig, SourceConfig
+from streamsnn.stream.job import BUNDLED_CHECKPOINT, Pipeline
+from streamsnn.stream.log import read_decision_log
+
+pytestmark = pytest.mark.skipif(not BUNDLED_CHECKPOINT.is_file(), reason="the bundled checkpoint is missing")
+
+
+def _rotated_split(root: Path, test: Path, k: int) -> list[str]:
+    """ROOT/Test/<class>/<rank>-<file>: the samples of `test`, each class rotated by k; returns the original
+    'class/file' of each sample in the order the job replays them (class, then file name)."""
+    order = []
+    for cls in sorted(p.name for p in test.iterdir() if p.is_dir()):
+        files = sorted(p.name for p in (test / cls).iterdir())
+        (root / "Test" / cls).mkdir(parents=True)
+        for i, name in enumerate(files):
+            rank = (i - k) % len(files)
+            (root / "Test" / cls / f"{rank:04d}-{name}").symlink_to(test / cls / name)
+        order += [f"{cls}/{files[(r + k) % len(files)]}" for r in range(len(files))]
+    return order
+
+
+@pytest.fixture(scope="module")
+def offline(nmnist_root, tmp_path_factory):
+    """Per sample ('class/file'): (label, timesteps, confidence) from `streamsnn eval`'s library function."""
+    from streamsnn.cutoff import policy_from_meta
+    from streamsnn.snn.checkpoint import load_checkpoint
+    from streamsnn.training.evaluate import evaluate_checkpoint
+
+    _, meta = load_checkpoint(BUNDLED_CHECKPOINT)
+    _, logits, _ = evaluate_checkpoint(BUNDLED_CHECKPOINT, nmnist_root, "Test",
+                                       cache=tmp_path_factory.mktemp("cache"), device="cpu", progress=False)
+    labels, steps, confidence = policy_from_meta(meta["cutoff"]).decide(logits)
+    test = nmnist_root / "Test"
+    names = [f"{cls}/{f.name}" for cls in sorted(p.name for p in test.iterdir() if p.is_dir())
+             for f in sorted((test / cls).iterdir())]
+    assert len(names) == logits.shape[1]
+    return {name: (int(labels[i]), int(steps[i]), float(confidence[i])) for i, name in enumerate(names)}
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("streams", [1, 4, 16])
+def test_every_stream_equals_offline_eval(tmp_path, nmnist_root, offline, streams):
+    orders, sources = {}, []
+    for k in range(streams):
+        orders[f"s{k}"] = _rotated_split(tmp_path / f"split{k}", nmnist_root / "Test", 3 * k)
+        sources.append(SourceConfig(uri=str(tmp_path / f"split{k}" / "Test"), stream=f"s{k}", speed=0.0))
+    log = tmp_path / "decisions.h5"
+    pipeline = Pipeline(PipelineConfig(sources=sources, checkpoint=str(BUNDLED_CHECKPOINT),
+                                       endpoint="tcp://127.0.0.1:*", settle_s=0.0, log=str(log)))
+    assert pipeline.run() == 0
+    rows = read_decision_log(log)
+    assert len(rows) == 100 * streams
+    for name, order in orders.items():
+        mine = [r for r in rows if r["stream"] == name]
+        assert [r["seq"] for r in mine] == list(range(100))
+        expected = np.array([offline[sample] for sample in order])
+        assert np.array_equal([r["label"] for r in mine], expected[:, 0].astype(int)), name
+        assert np.array_equal([r["timesteps"] for r in mine], expected[:, 1].astype(int)), name
+        assert np.allclose([r["confidence"] for r in mine], expected[:, 2], rtol=0, atol=1e-6), name
+    if streams > 1:
+        # the streams really shared batches (as fast as possible, every stream has frames waiting)
+        assert pipeline.scheduler.batch_rows_max == streams
+        assert pipeline.scheduler.batch_rows_sum / pipeline.scheduler.batches > streams / 2

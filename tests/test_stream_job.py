@@ -1,0 +1,150 @@
+"""The streaming job's own guarantees: recording time in the status, warm start, streams joining and leaving."""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from streamsnn.events import make_events
+from streamsnn.io import write_npy
+from streamsnn.stream.bus import Subscriber
+from streamsnn.stream.config import PipelineConfig, SourceConfig
+from streamsnn.stream.job import Pipeline
+from streamsnn.stream.log import read_decision_log
+from streamsnn.stream.messages import check_status
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    import torch
+
+    from streamsnn.snn import build_model
+    from streamsnn.snn.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    model = build_model("nmnist", (2, 34, 34), 10)
+    path = tmp_path_factory.mktemp("ckpt") / "n34.pt"
+    save_checkpoint(path, model, {"class_names": [str(i) for i in range(10)], "sensor_size": [34, 34, 2],
+                                  "binning": {"time_window": 30_000}, "timesteps": 10,
+                                  "cutoff": {"policy": "confidence", "epsilon": 0.5}})
+    return path
+
+
+def _events(n, t0, span_us, seed, width=34, height=34):
+    rng = np.random.default_rng(seed)
+    t = np.sort(rng.integers(t0, t0 + span_us, n))
+    t[0], t[-1] = t0, t0 + span_us - 1
+    return make_events(rng.integers(0, width, n), rng.integers(0, height, n), t, rng.integers(0, 2, n))
+
+
+@pytest.fixture(scope="module")
+def sample_folder(tmp_path_factory):
+    """ROOT/Test/<class>/<n>.npy: 3 classes x 4 samples of 34x34 events, 90-200 ms each."""
+    root = tmp_path_factory.mktemp("samples")
+    spans = []
+    for label in range(3):
+        (root / "Test" / str(label)).mkdir(parents=True)
+        for i in range(4):
+            span = 90_000 + 10_000 * (3 * label + i)
+            write_npy(root / "Test" / str(label) / f"{i}.npy", _events(600, 1000 * i, span, 10 * label + i))
+            spans.append(span)
+    return root, spans
+
+
+def _config(ckpt, sources, **kw):
+    kw.setdefault("settle_s", 0.0)
+    return PipelineConfig(sources=sources, checkpoint=str(ckpt), endpoint="tcp://127.0.0.1:*", **kw)
+
+
+@pytest.mark.timeout(60)
+def test_event_time_counts_recording_time_for_files_and_folders(tmp_path, ckpt, sample_folder):
+    root, spans = sample_folder
+    recording = tmp_path / "stream.npy"
+    write_npy(recording, _events(20_000, 5_000, 600_000, 99))
+    pipeline = Pipeline(_config(ckpt, [SourceConfig(uri=str(recording), stream="file", speed=1.0),
+                                       SourceConfig(uri=str(root / "Test"), stream="folder", speed=4.0)],
+                                status_interval_s=0.05, cutoff_epsilon=0.9)).open()   # decides at once
+    sub = Subscriber(pipeline.endpoint, topic="status")
+    time.sleep(0.2)
+    assert pipeline.run() == 0
+    statuses = []
+    while (item := sub.recv(timeout_s=0.5)) is not None:
+        statuses.append(item[1])
+    sub.close()
+    final = {s["stream"]: s for s in pipeline.final_status}
+    assert all(check_status(s) for s in statuses)              # the one schema
+    # a sample covers its first event to its last + 1; the folder's time is the sum of its samples'
+    assert final["folder"]["event_time_s"] == pytest.approx(sum(spans) / 1e6, abs=1e-9)
+    # the rest of a decided sample is skipped by the source, and still counted
+    assert final["folder"]["events_processed"] == final["folder"]["events_in"] == 12 * 600
+    assert final["folder"]["decisions"] == 12
+    assert final["folder"]["mean_timesteps"] == 1 and final["folder"]["frames"] == 12     # decided at once
+    # a continuous file: up to the clock of its last chunk (at most one ~1 ms slice past the last event)
+    assert 0.6 <= final["file"]["event_time_s"] <= 0.6 + 0.0011
+    running = [s["event_time_s"] for s in statuses if s["stream"] == "file" and not s["final"]]
+    assert running and 0 < min(running) < 0.6 and running == sorted(running)   # counted while it plays
+
+
+@pytest.mark.timeout(60)
+def test_sources_start_after_warm_up_and_settle(tmp_path, ckpt):
+    """The replay's clock starts only once the model and every kernel ran and the publisher settled."""
+    import streamsnn.preprocess as preprocess
+
+    recording = tmp_path / "dvs128.npy"
+    write_npy(recording, _events(50_000, 0, 2_000_000, 5, width=128, height=128))
+    config = _config(ckpt, [SourceConfig(uri=str(recording), stream="clip", speed=1.0, sensor_size=(128, 128))],
+                     crop=(0, 0, 68, 68), downsample=(2, 2), settle_s=0.3)
+    pipeline = Pipeline(config).open()
+    assert preprocess._crop_kernel.signatures and preprocess._downsample_kernel.signatures   # warmed in open()
+    assert pipeline.stepper.calls == 0
+    runner = threading.Thread(target=pipeline.run)
+    before = time.perf_counter()
+    runner.start()
+    time.sleep(0.8)
+    pipeline.stop()
+    runner.join(5)
+    stream = pipeline.streams[0]
+    assert pipeline.sources_started - before >= 0.3                     # the settle came first
+    assert stream.source.pacer.first_wall >= pipeline.sources_started   # the clock started after it
+    assert pipeline.final_status[0]["dropped_events"] == 0
+
+
+@pytest.mark.timeout(90)
+def test_streams_join_and_leave_a_running_job(tmp_path, ckpt, sample_folder):
+    """A folder stream joined to a job that is busy with an endless stream decides exactly as when it
+    runs alone; the endless stream leaves; the job ends with the folder; every slot comes back."""
+    root, _ = sample_folder
+    alone_log = tmp_path / "alone.h5"
+    assert Pipeline(_config(ckpt, [SourceConfig(uri=str(root / "Test"), stream="late", speed=0.0)],
+                            log=str(alone_log))).run() == 0
+    alone = read_decision_log(alone_log)
+
+    endless = tmp_path / "endless.npy"
+    write_npy(endless, _events(3000, 0, 300_000, 7))
+    log = tmp_path / "joined.h5"
+    pipeline = Pipeline(_config(ckpt, [SourceConfig(uri=str(endless), stream="endless", speed=1.0, loop=True)],
+                                log=str(log)))
+    runner = threading.Thread(target=pipeline.run)
+    runner.start()
+    try:
+        time.sleep(0.5)
+        assert pipeline.add_stream(SourceConfig(uri=str(root / "Test"), stream="late", speed=0.0)) == "late"
+        late = next(s for s in pipeline.streams if s.name == "late")
+        assert late.lane.closed.wait(30)
+        assert pipeline.remove_stream("endless")
+        runner.join(10)
+        assert not runner.is_alive()
+    finally:
+        pipeline.stop()
+        runner.join(5)
+    assert pipeline.exit_code == 0
+    assert pipeline.scheduler.state.in_use == 0
+    rows = read_decision_log(log)
+    joined = [r for r in rows if r["stream"] == "late"]
+    keys = ("seq", "label", "timesteps", "confidence", "target", "window_start_us", "window_end_us")
+    assert [tuple(r[k] for k in keys) for r in joined] == [tuple(r[k] for k in keys) for r in alone]
+    assert any(r["stream"] == "endless" for r in rows)
+    states = {s["stream"]: s["state"] for s in pipeline.final_status}
+    assert states == {"endless": "stopped", "late": "finished"}

@@ -202,12 +202,14 @@ def _low_counter_min_events(frame_bytes: int) -> int:
 # fails ``t >= previous`` too.
 
 @nb.njit(cache=True, nogil=True)
-def _count(t, x, y, p, lo, hi, target, width, height, p_lo, p_span, saturation):
+def _count(t, x, y, p, lo, hi, target, width, height, p_lo, p_span, saturation, stop_at_saturation=False):
     """Validate events [lo, hi) and count them into target (flat P*H*W); first bad index or -1.
 
     Event lo is compared with event lo - 1 (with itself when lo == 0). The
     channel is p - p_lo: p_lo is 0, or the one polarity of a one-polarity
-    sensor (p_span 0).
+    sensor (p_span 0). stop_at_saturation: return -2 - i instead of letting
+    event i find its pixel saturated, so that every count made so far is a
+    true increment (which _uncount can take back).
     """
     width = np.uint64(width)
     height = np.uint64(height)
@@ -225,7 +227,17 @@ def _count(t, x, y, p, lo, hi, target, width, height, p_lo, p_span, saturation):
         v = target[index]
         if v < saturation:
             target[index] = v + 1
+        elif stop_at_saturation:
+            return -2 - i
     return -1
+
+
+@nb.njit(cache=True, nogil=True)
+def _uncount(x, y, p, lo, hi, target, width, height, p_lo):
+    """Take back _count's increments of the (valid) events [lo, hi)."""
+    for i in range(lo, hi):
+        index = ((np.int64(p[i]) - p_lo) * height + np.int64(y[i])) * width + np.int64(x[i])
+        target[index] -= 1
 
 
 @nb.njit(cache=True, nogil=True)
@@ -740,21 +752,85 @@ def _bisect_t(t, lo, hi, value):
 
 
 @nb.njit(cache=True, nogil=True)
-def _push_chunk(t, x, y, p, state, clock, open_frame, block, low, saturation):
-    """Validate a whole chunk, then count it into the open frame and the block of newer frames.
+def _count_chunk(t, x, y, p, state, open_frame, block, low, saturation, p_lo, p_span, fused):
+    """Count a chunk into the open frame and the block of newer frames, validating as it goes.
 
-    Validation runs to the end before anything is written, so a bad chunk
-    leaves the binner exactly as it was. A window that follows a dense one
-    (state[_S_LOW_MIN_EVENTS] events or more) is counted in low bytes first,
-    as in _bin_tasks, which carry into its frame when it closes.
-    open_frame and the rows of block are flat (P*H*W). Returns the first bad
-    index or -1.
+    Returns (first bad index or -1, i0, open_hi): the events [i0, open_hi)
+    went into the open frame. fused (the chunk is not validated yet): the open
+    frame is counted in place and stops short of saturating a pixel (-2 - i),
+    so that a failure can be taken back; a transition to a window the block
+    does not hold can only come from unsorted t, and is reported as the first
+    bad event from there. The binner's state changes only on success.
+    """
+    n = t.shape[0]
+    width = state[_S_WIDTH]
+    height = state[_S_HEIGHT]
+    start = state[_S_START]
+    window = state[_S_WINDOW]
+    open_index = state[_S_OPEN_INDEX]
+    # Events before the stream's start are not counted, but are checked all the same.
+    i0 = _bisect_t(t, 0, n, start)
+    bad = _first_bad(t, x, y, p, 0, i0, width, height, p_lo, p_span)
+    if bad >= 0:
+        return bad, i0, i0
+    i = i0
+    open_hi = i0
+    current = 0
+    current_end = start + (open_index + 1) * window
+    frame = open_frame
+    use_low = state[_S_OPEN_USES_LOW] != 0
+    window_events = state[_S_OPEN_EVENTS]
+    while i < n:
+        # The chunk may be unsorted: bisection still gives a j in [i, n], and
+        # counting validates every event from i on.
+        j = _bisect_t(t, i, n, current_end)
+        if use_low:
+            bad = _count_low(t, x, y, p, i, j, low, frame, width, height, p_lo, p_span, saturation)
+        else:
+            bad = _count(t, x, y, p, i, j, frame, width, height, p_lo, p_span, saturation, fused and current == 0)
+        if current == 0:
+            open_hi = j if bad == -1 else (bad if bad >= 0 else -2 - bad)
+        if bad != -1:
+            return bad, i0, open_hi
+        window_events += j - i
+        if j == n:
+            break
+        if not t[j] >= current_end:
+            return max(_first_bad(t, x, y, p, j, n, width, height, p_lo, p_span), j), i0, open_hi
+        step = np.int64((t[j] - current_end) // window) + 1
+        if current + step > block.shape[0]:
+            return max(_first_bad(t, x, y, p, j, n, width, height, p_lo, p_span), j), i0, open_hi
+        if use_low:
+            _carry_low(frame, low, saturation)
+        # Windows of one stream are alike: the one that closed picks the next one's counter.
+        use_low = window_events >= state[_S_LOW_MIN_EVENTS] and t[j] < current_end + window
+        window_events = 0
+        # A division only when the window changes, not per event.
+        current += step
+        current_end = start + (open_index + current + 1) * window
+        frame = block[current - 1]
+        i = j
+    state[_S_OPEN_EVENTS] = window_events
+    state[_S_OPEN_USES_LOW] = 1 if use_low else 0
+    return -1, i0, open_hi
+
+
+@nb.njit(cache=True, nogil=True)
+def _push_chunk(t, x, y, p, state, clock, open_frame, block, low, saturation):
+    """Count a chunk into the open frame and the block of newer frames; a bad chunk changes nothing.
+
+    One pass counts and validates together; if it meets a bad event, the
+    counts it put in the open frame are taken back (block is the caller's new
+    memory, dropped on failure). Where taking back could not be exact -- the
+    open window counts in low bytes (see _count_low), or a pixel of it would
+    saturate -- the chunk is validated first and counted after. A window that
+    follows a dense one (state[_S_LOW_MIN_EVENTS] events or more) is counted
+    in low bytes, which carry into its frame when it closes. open_frame and
+    the rows of block are flat (P*H*W). Returns the first bad index or -1.
     """
     n = t.shape[0]
     if n == 0:
         return -1
-    width = state[_S_WIDTH]
-    height = state[_S_HEIGHT]
     p_required = state[_S_P_REQUIRED]
     if p_required < 0 and state[_S_POLARITIES] == 1:
         p_required = np.int64(p[0])
@@ -768,42 +844,22 @@ def _push_chunk(t, x, y, p, state, clock, open_frame, block, low, saturation):
         p_span = state[_S_POLARITIES] - 1
     if not t[0] >= max(clock[_C_LAST_T], clock[_C_CLOCK_T]):
         return 0
-    bad = _first_bad(t, x, y, p, 0, n, width, height, p_lo, p_span)
-    if bad >= 0:
-        return bad
+    fused = state[_S_OPEN_USES_LOW] == 0
+    if fused:
+        bad, i0, open_hi = _count_chunk(t, x, y, p, state, open_frame, block, low, saturation, p_lo, p_span, True)
+        if bad != -1:
+            _uncount(x, y, p, i0, open_hi, open_frame, state[_S_WIDTH], state[_S_HEIGHT], p_lo)
+            low[:] = 0  # only windows of this chunk, now dropped, can have used it
+            if bad >= 0:
+                return bad
+            fused = False  # a pixel of the open window saturates: validate first, then count
+    if not fused:
+        bad = _first_bad(t, x, y, p, 0, n, state[_S_WIDTH], state[_S_HEIGHT], p_lo, p_span)
+        if bad >= 0:
+            return bad
+        _count_chunk(t, x, y, p, state, open_frame, block, low, saturation, p_lo, p_span, False)
     clock[_C_LAST_T] = t[n - 1]
     state[_S_P_REQUIRED] = p_required
-    start = state[_S_START]
-    window = state[_S_WINDOW]
-    open_index = state[_S_OPEN_INDEX]
-    # The chunk is sorted now: window edges are found by bisection, not by a test per event.
-    i = _bisect_t(t, 0, n, start)
-    current = 0
-    current_end = start + (open_index + 1) * window
-    frame = open_frame
-    use_low = state[_S_OPEN_USES_LOW] != 0
-    window_events = state[_S_OPEN_EVENTS]
-    while i < n:
-        j = _bisect_t(t, i, n, current_end)
-        if use_low:
-            _count_low(t, x, y, p, i, j, low, frame, width, height, p_lo, p_span, saturation)
-        else:
-            _count(t, x, y, p, i, j, frame, width, height, p_lo, p_span, saturation)
-        window_events += j - i
-        if j == n:
-            break
-        if use_low:
-            _carry_low(frame, low, saturation)
-        # Windows of one stream are alike: the one that closed picks the next one's counter.
-        use_low = window_events >= state[_S_LOW_MIN_EVENTS] and t[j] < current_end + window
-        window_events = 0
-        # A division only when the window changes, not per event.
-        current += np.int64((t[j] - current_end) // window) + 1
-        current_end = start + (open_index + current + 1) * window
-        frame = block[current - 1]
-        i = j
-    state[_S_OPEN_EVENTS] = window_events
-    state[_S_OPEN_USES_LOW] = 1 if use_low else 0
     return -1
 
 

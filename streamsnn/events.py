@@ -133,6 +133,11 @@ def _native(dtype: np.dtype, name: str) -> bool:
     return len(kinds) > 1 and dtype.kind in kinds[1] and dtype.itemsize in (4, 8)
 
 
+# dtype -> whether its fields are read in place, for the layouts seen so far:
+# a live source pushes thousands of small chunks a second, all alike.
+_IN_PLACE: dict = {}
+
+
 def event_fields(array, source: str | None = None, require_y: bool = True) -> EventFields:
     """Views of the x, y, t, p fields of any structured event array, without copying it.
 
@@ -141,16 +146,24 @@ def event_fields(array, source: str | None = None, require_y: bool = True) -> Ev
     field types are copied into EVENT_DTYPE (with the checks of as_events).
     require_y False accepts events without a y field (then y reads as 0).
     """
-    _check_fields(array, source, require_y)
+    in_place = _IN_PLACE.get(array.dtype) if type(array) is np.ndarray else None
+    if in_place is None:
+        _check_fields(array, source, require_y)
+        array = array.view(np.ndarray)  # a record array reads as a plain one
+        fields = array.dtype.fields
+        names = EVENT_FIELDS if "y" in fields else ("x", "t", "p")
+        in_place = all(_native(fields[name][0], name) for name in names)
+        if len(_IN_PLACE) > 64:
+            _IN_PLACE.clear()
+        _IN_PLACE[array.dtype] = in_place
+    elif require_y and "y" not in array.dtype.fields:
+        _check_fields(array, source, require_y)
     if array.ndim != 1:
         raise EventValidationError(f"expected a 1-d event array, got shape {array.shape}", source=source)
-    array = array.view(np.ndarray) if type(array) is not np.ndarray else array
-    fields = array.dtype.fields
-    has_y = "y" in fields
-    names = EVENT_FIELDS if has_y else ("x", "t", "p")
-    if not all(_native(fields[name][0], name) for name in names):
+    has_y = "y" in array.dtype.fields
+    if not in_place:
         array = _converted(array, source)  # y, if missing, is zeros there
-    y = array["y"] if "y" in array.dtype.names else as_strided(_ZERO, shape=(array.shape[0],), strides=(0,))
+    y = array["y"] if "y" in array.dtype.fields else as_strided(_ZERO, shape=(array.shape[0],), strides=(0,))
     return EventFields(array, array["t"], array["x"], y, array["p"], has_y)
 
 

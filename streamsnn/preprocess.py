@@ -104,16 +104,16 @@ def _word(x, y, p):
 
 @nb.njit(cache=True, nogil=True)
 def _downsample_kernel(t, x, y, p, out, fx, fy):
-    for i in range(t.shape[0]):
-        out[2 * i] = np.int64(t[i])
-        out[2 * i + 1] = _word(np.int64(x[i]) // fx, np.int64(y[i]) // fy, np.int64(p[i]))
+    for i in range(np.uint64(t.shape[0])):
+        out[i + i] = np.int64(t[i])
+        out[i + i + np.uint64(1)] = _word(np.int64(x[i]) // fx, np.int64(y[i]) // fy, np.int64(p[i]))
 
 
 @nb.njit(cache=True, nogil=True)
 def _crop_kernel(t, x, y, p, out, x0, y0, width, height):
     """Copy the events inside the box, shifted to its origin; return how many."""
     kept = 0
-    for i in range(t.shape[0]):
+    for i in range(np.uint64(t.shape[0])):
         xi = np.int64(x[i]) - x0
         yi = np.int64(y[i]) - y0
         if (xi >= 0) & (xi < width) & (yi >= 0) & (yi < height):
@@ -125,9 +125,9 @@ def _crop_kernel(t, x, y, p, out, x0, y0, width, height):
 
 @nb.njit(cache=True, nogil=True)
 def _merge_kernel(t, x, y, out):
-    for i in range(t.shape[0]):
-        out[2 * i] = np.int64(t[i])
-        out[2 * i + 1] = _word(np.int64(x[i]), np.int64(y[i]), 0)
+    for i in range(np.uint64(t.shape[0])):
+        out[i + i] = np.int64(t[i])
+        out[i + i + np.uint64(1)] = _word(np.int64(x[i]), np.int64(y[i]), 0)
 
 
 @nb.njit(cache=True, nogil=True)
@@ -138,7 +138,7 @@ def _denoise_kernel(t, x, y, p, out, memory, filter_time):
     """
     height, width = memory.shape
     kept = 0
-    for i in range(t.shape[0]):
+    for i in range(np.uint64(t.shape[0])):
         ti = t[i]
         xi = np.int64(x[i])
         yi = np.int64(y[i])

@@ -293,3 +293,22 @@ def test_three_polarity_channels_and_the_errors_that_name_them():
     events["p"][7] = 3
     with pytest.raises(EventValidationError, match="event 7: polarity p = 3, expected 0 to 2"):
         to_frame(events, sensor, n_event_bins=3)
+
+
+def test_a_bad_chunk_is_taken_back_exactly_even_next_to_a_saturated_pixel():
+    dtype = LAYOUTS["tonic"]
+
+    def chunk(xs, ts):
+        events = np.zeros(len(xs), dtype)
+        events["x"], events["t"] = xs, ts
+        return events
+
+    for dtype_frames, first_count in ((np.int16, 32767), (np.int32, 40000)):
+        binner = StreamingBinner((3, 1, 2), 100_000, start_time=0, dtype=dtype_frames)
+        binner.push(chunk(np.zeros(40000, int), np.arange(40000)))
+        # Counts pixels 0 and 1 of the open window, spills into later windows, then meets x = 3.
+        bad = chunk([1, 0, 1, 0, 2, 3], [40000, 40001, 40002, 150_000, 250_000, 260_000])
+        with pytest.raises(EventValidationError, match="chunk event 5: x = 3"):
+            binner.push(bad)
+        frames = binner.push(chunk([2], [40005])) + binner.flush(100_000)
+        assert frames[0].data[0, 0].tolist() == [first_count, 0, 1]

@@ -78,15 +78,13 @@ Where streamsnn deliberately differs from tonic
 from __future__ import annotations
 
 import math
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numba as nb
 import numpy as np
 
 from .errors import ConfigError, EventValidationError
 from .events import EventFields, SensorSize, event_fields
+from .threads import available_threads, pool
 
 __all__ = ["to_frame", "StreamingBinner", "Frame", "FRAME_DTYPES"]
 
@@ -369,34 +367,12 @@ def _merge_scratch(frames, scratch, tasks, saturation):
 _EVENTS_PER_THREAD = 250_000
 
 
-def available_threads() -> int:
-    """CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def _thread_count(threads, work: int) -> int:
     if threads is None:
         return max(1, min(available_threads(), work // _EVENTS_PER_THREAD))
     if isinstance(threads, (bool, np.bool_)) or not isinstance(threads, (int, np.integer)) or threads < 1:
         raise ConfigError(f"threads must be a positive integer or None (choose by input size), got {threads!r}")
     return int(threads)
-
-
-_POOL_LOCK = threading.Lock()
-_POOL: list = [None, 0, 0]  # executor, its size, the process it belongs to
-
-
-def _pool(size: int) -> ThreadPoolExecutor:
-    """A shared pool of at least size threads; a forked child (a DataLoader worker) gets its own."""
-    with _POOL_LOCK:
-        executor, have, pid = _POOL
-        if executor is None or have < size or pid != os.getpid():
-            executor = ThreadPoolExecutor(max_workers=size, thread_name_prefix="streamsnn-bin")
-            _POOL[:] = [executor, size, os.getpid()]
-        return executor
 
 
 def _plan(starts: np.ndarray, ends: np.ndarray, n: int) -> np.ndarray:
@@ -481,7 +457,7 @@ def _run_plan(fields: EventFields, frames: np.ndarray, starts, ends, width, heig
                           width, height, p_lo, p_span, saturation, low_min_events)
 
     runs = list(zip(bounds[:-1], bounds[1:]))
-    futures = [_pool(len(runs) - 1).submit(run, first, last) for first, last in runs[1:]]
+    futures = [pool(len(runs) - 1).submit(run, first, last) for first, last in runs[1:]]
     results = [run(*runs[0])] + [future.result() for future in futures]
     bad = [r for r in results if r >= 0]
     if bad:

@@ -228,22 +228,3 @@ def test_evt2_whose_first_data_byte_is_percent_reads_whole(tmp_path, t):
     path = tmp_path / "percent.raw"
     write_raw(path, events, (640, 480), "evt2")
     np.testing.assert_array_equal(read_events(path), events)
-
-
-@pytest.mark.parametrize("block_bytes", [None, 64])
-def test_evt3_denser_than_one_event_per_word_reads_whole(tmp_path, block_bytes):
-    # Full VECT_12 words hold 12 events each: more events than words, past the decoder's first buffer.
-    rows = 3000
-    words = [0x8001]
-    for row in range(rows):
-        words += [0x6000 | (row % 4096), 0x0000 | (row % 700), 0x3800 | 24, 0x4FFF, 0x4FFF, 0x50FF]
-    path = _with_header(tmp_path, "dense.raw", b"% evt 3.0\n% geometry 1280x720\n",
-                        np.array(words, dtype="<u2").tobytes())
-    from streamsnn.io.prophesee import Evt3Recording
-
-    recording = Evt3Recording(path) if block_bytes is None else Evt3Recording(path, block_bytes=block_bytes)
-    events = recording.read() if block_bytes is None else np.concatenate(list(recording.chunks(n_events=997)))
-    assert len(events) == rows * 32 > len(words)
-    np.testing.assert_array_equal(events["x"][:32], np.arange(24, 56))
-    np.testing.assert_array_equal(events["y"][-32:], (rows - 1) % 700)
-    assert (events["p"] == 1).all()

@@ -502,9 +502,10 @@ def _attribute(obj, name: str, default=None):
     attribute = h5py.h5a.open(obj.id, key)
     value = np.empty(attribute.shape, attribute.dtype)
     attribute.read(value)
-    if value.dtype.kind == "O":  # variable-length strings arrive as bytes
-        value = np.vectorize(lambda v: v.decode() if isinstance(v, bytes) else v, otypes=[object])(value)
-    return value[()] if value.shape == () else value
+    if value.shape != ():
+        return value
+    value = value[()]
+    return value.decode() if isinstance(value, bytes) else value  # variable-length strings arrive as bytes
 
 
 def _scaleoffset_fill(params, dtype) -> int:

@@ -52,7 +52,14 @@ n_event_bins, overlap (fraction of a bin, 0 <= overlap < 1):
     fewer events than bins gives all-zero frames.
 
 A one-polarity sensor (``P == 1``) puts every event in channel 0; events of
-both polarities on such a sensor are an error, as in tonic.
+both polarities on such a sensor are an error, as in tonic. With more
+channels, p indexes the channel (0 <= p < P). Events without a ``y`` field
+(a 1-D sensor) give frames ``(T, P, W)``, as tonic's.
+
+Any event layout is read in place: the kernels take views of the fields
+(any order, integer x/y of any width, integer or float t, bool or integer
+p, strided), validate each event in the loop that counts it, and count on
+several threads for large inputs (``threads``).
 
 Where streamsnn deliberately differs from tonic
 -----------------------------------------------
@@ -64,7 +71,7 @@ Where streamsnn deliberately differs from tonic
 * Counts past 32,767 on one pixel: tonic's int16 wraps around silently to
   negative values. streamsnn saturates at the dtype's maximum, and
   ``dtype=np.int32`` or ``np.float32`` gives exact counts.
-* p outside {0, 1}: tonic indexes the channel with p, so p = -1 silently lands
+* p outside [0, P): tonic indexes the channel with p, so p = -1 silently lands
   in the last channel. Unsorted timestamps give tonic wrong frames silently;
   coordinates outside the sensor raise IndexError or (if negative) wrap to the
   other edge. streamsnn raises EventValidationError naming the event index
@@ -155,29 +162,31 @@ def _number(value):
 # kernels
 # --------------------------------------------------------------------------
 
+@nb.njit(cache=True, nogil=True, inline="always")
+def _bisect_t(t, lo, hi, value):
+    """First index in [lo, hi) whose t >= value (hi if none), for sorted t."""
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if t[mid] < value:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
 @nb.njit(cache=True, nogil=True)
 def _searchsorted_left(t, starts, ends):
     """np.searchsorted(t, ., 'left') of window starts and ends, on the t field in place."""
-    n = t.shape[0]
     out = np.empty((2, starts.shape[0]), dtype=np.int64)
     for row in range(2):
         values = starts if row == 0 else ends
         for i in range(values.shape[0]):
-            v = values[i]
-            lo = 0
-            hi = n
-            while lo < hi:
-                mid = (lo + hi) >> 1
-                if t[mid] < v:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            out[row, i] = lo
+            out[row, i] = _bisect_t(t, 0, t.shape[0], values[i])
     return out[0], out[1]
 
 
 # Frames larger than this are counted, when dense, in one byte per pixel
-# first (see _count_low): half the footprint of int16 keeps the scattered
+# first (see _count): half the footprint of int16 keeps the scattered
 # counts in L2 (1.7x on a 640x480 frame of uniformly spread events). It costs
 # two passes over the frame, so a frame must hold at least one event per
 # _LOW_COUNTER_BYTES_PER_EVENT bytes to use it: sparse frames of real scenes
@@ -202,34 +211,54 @@ def _low_counter_min_events(frame_bytes: int) -> int:
 # single comparison as one past the sensor. t must not go down; a NaN t
 # fails ``t >= previous`` too.
 
+@nb.njit(cache=True, nogil=True, inline="always")
+def _pixel(x, y, p, i, width, height, p_lo, p_span):
+    """(flat index of event i's pixel, whether x, y and p lie inside); width, height, p_span uint64."""
+    xi = np.uint64(np.int64(x[i]))
+    yi = np.uint64(np.int64(y[i]))
+    ci = np.uint64(np.int64(p[i]) - p_lo)
+    return (ci * height + yi) * width + xi, (xi < width) & (yi < height) & (ci <= p_span)
+
+
 @nb.njit(cache=True, nogil=True)
-def _count(t, x, y, p, lo, hi, target, width, height, p_lo, p_span, saturation, stop_at_saturation=False):
+def _count(t, x, y, p, lo, hi, target, low, width, height, p_lo, p_span, saturation, stop_at_saturation=False):
     """Validate events [lo, hi) and count them into target (flat P*H*W); first bad index or -1.
 
     Event lo is compared with event lo - 1 (with itself when lo == 0). The
     channel is p - p_lo: p_lo is 0, or the one polarity of a one-polarity
-    sensor (p_span 0). stop_at_saturation: return -2 - i instead of letting
-    event i find its pixel saturated, so that every count made so far is a
-    true increment (which _uncount can take back).
+    sensor (p_span 0). low: empty, or a uint8 scratch (flat P*H*W) to count
+    in first, every 256th count of a pixel carrying into target; target +
+    low is then the true count (capped at saturation), and _carry_low folds
+    low into target once the window is over. stop_at_saturation (counting
+    in target): return -2 - i instead of letting event i find its pixel
+    saturated, so that every count made so far is a true increment (which
+    _uncount can take back).
     """
     width = np.uint64(width)
     height = np.uint64(height)
     p_span = np.uint64(p_span)
+    in_low = low.shape[0] > 0
     previous = t[lo - 1] if lo > 0 else t[lo]
     for i in range(np.uint64(lo), np.uint64(hi)):
         ti = t[i]
-        xi = np.uint64(np.int64(x[i]))
-        yi = np.uint64(np.int64(y[i]))
-        ci = np.uint64(np.int64(p[i]) - p_lo)
-        if not ((xi < width) & (yi < height) & (ci <= p_span) & (ti >= previous)):
+        index, inside = _pixel(x, y, p, i, width, height, p_lo, p_span)
+        if not (inside & (ti >= previous)):
             return np.int64(i)
         previous = ti
-        index = (ci * height + yi) * width + xi
-        v = target[index]
-        if v < saturation:
-            target[index] = v + 1
-        elif stop_at_saturation:
-            return -2 - np.int64(i)
+        if in_low:
+            v = low[index]
+            if v == 255:
+                low[index] = 0
+                high = target[index]
+                target[index] = high + 256 if high < saturation - 255 else saturation
+            else:
+                low[index] = v + 1
+        else:
+            v = target[index]
+            if v < saturation:
+                target[index] = v + 1
+            elif stop_at_saturation:
+                return -2 - np.int64(i)
     return -1
 
 
@@ -239,36 +268,6 @@ def _uncount(x, y, p, lo, hi, target, width, height, p_lo):
     for i in range(np.uint64(lo), np.uint64(hi)):
         index = np.uint64(((np.int64(p[i]) - p_lo) * height + np.int64(y[i])) * width + np.int64(x[i]))
         target[index] -= 1
-
-
-@nb.njit(cache=True, nogil=True)
-def _count_low(t, x, y, p, lo, hi, low, target, width, height, p_lo, p_span, saturation):
-    """_count into low (uint8, flat); every 256th count of a pixel carries into target.
-
-    target + low is the true count (capped at saturation); _carry_low folds
-    low into target once the window is over.
-    """
-    width = np.uint64(width)
-    height = np.uint64(height)
-    p_span = np.uint64(p_span)
-    previous = t[lo - 1] if lo > 0 else t[lo]
-    for i in range(np.uint64(lo), np.uint64(hi)):
-        ti = t[i]
-        xi = np.uint64(np.int64(x[i]))
-        yi = np.uint64(np.int64(y[i]))
-        ci = np.uint64(np.int64(p[i]) - p_lo)
-        if not ((xi < width) & (yi < height) & (ci <= p_span) & (ti >= previous)):
-            return np.int64(i)
-        previous = ti
-        index = (ci * height + yi) * width + xi
-        v = low[index]
-        if v == 255:
-            low[index] = 0
-            high = target[index]
-            target[index] = high + 256 if high < saturation - 255 else saturation
-        else:
-            low[index] = v + 1
-    return -1
 
 
 @nb.njit(cache=True, nogil=True)
@@ -289,8 +288,7 @@ def _first_bad(t, x, y, p, lo, hi, width, height, p_lo, p_span):
     previous = t[lo - 1] if lo > 0 else t[lo]
     for i in range(np.uint64(lo), np.uint64(hi)):
         ti = t[i]
-        if not ((np.uint64(np.int64(x[i])) < width) & (np.uint64(np.int64(y[i])) < height)
-                & (np.uint64(np.int64(p[i]) - p_lo) <= p_span) & (ti >= previous)):
+        if not (_pixel(x, y, p, i, width, height, p_lo, p_span)[1] & (ti >= previous)):
             return np.int64(i)
         previous = ti
     return -1
@@ -335,11 +333,11 @@ def _bin_tasks(t, x, y, p, frames, scratch, low, tasks, first, last, width, heig
             slot = tasks[k, _T_SLOT]
             target = frames[frame] if slot < 0 else scratch[slot]
             target[:] = 0
-            if hi - lo >= low_min_events:
-                bad = _count_low(t, x, y, p, lo, hi, low, target, width, height, p_lo, p_span, saturation)
+            in_low = hi - lo >= low_min_events
+            bad = _count(t, x, y, p, lo, hi, target, low if in_low else low[:0], width, height, p_lo, p_span,
+                         saturation)
+            if in_low:
                 _carry_low(target, low, saturation)
-            else:
-                bad = _count(t, x, y, p, lo, hi, target, width, height, p_lo, p_span, saturation)
         if bad >= 0:
             return bad
     return -1
@@ -718,18 +716,6 @@ _S_P_REQUIRED, _S_START, _S_WINDOW, _S_OPEN_INDEX, _S_WIDTH, _S_HEIGHT, _S_POLAR
 _C_LAST_T, _C_CLOCK_T = range(2)
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
-def _bisect_t(t, lo, hi, value):
-    """First index in [lo, hi) whose t >= value (hi if none), for sorted t."""
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if t[mid] < value:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
-
-
 @nb.njit(cache=True, nogil=True)
 def _count_chunk(t, x, y, p, state, open_frame, block, low, saturation, p_lo, p_span, fused):
     """Count a chunk into the open frame and the block of newer frames, validating as it goes.
@@ -763,10 +749,8 @@ def _count_chunk(t, x, y, p, state, open_frame, block, low, saturation, p_lo, p_
         # The chunk may be unsorted: bisection still gives a j in [i, n], and
         # counting validates every event from i on.
         j = _bisect_t(t, i, n, current_end)
-        if use_low:
-            bad = _count_low(t, x, y, p, i, j, low, frame, width, height, p_lo, p_span, saturation)
-        else:
-            bad = _count(t, x, y, p, i, j, frame, width, height, p_lo, p_span, saturation, fused and current == 0)
+        bad = _count(t, x, y, p, i, j, frame, low if use_low else low[:0], width, height, p_lo, p_span,
+                     saturation, fused and current == 0)
         if current == 0:
             open_hi = j if bad == -1 else (bad if bad >= 0 else -2 - bad)
         if bad != -1:
@@ -801,7 +785,7 @@ def _push_chunk(t, x, y, p, state, clock, open_frame, block, low, saturation):
     One pass counts and validates together; if it meets a bad event, the
     counts it put in the open frame are taken back (block is the caller's new
     memory, dropped on failure). Where taking back could not be exact -- the
-    open window counts in low bytes (see _count_low), or a pixel of it would
+    open window counts in low bytes (see _count), or a pixel of it would
     saturate -- the chunk is validated first and counted after. A window that
     follows a dense one (state[_S_LOW_MIN_EVENTS] events or more) is counted
     in low bytes, which carry into its frame when it closes. open_frame and
@@ -909,7 +893,7 @@ class StreamingBinner:
         self._no_block = np.zeros((0, self._plane), self.dtype)
         frame_bytes = self.dtype.itemsize * self._plane
         self._low_min_events = _low_counter_min_events(frame_bytes)
-        # The open window's low count bytes (large frames only; see _count_low).
+        # The open window's low count bytes (large frames only; see _count).
         self._low = np.zeros(self._plane if frame_bytes > _LOW_COUNTER_BYTES else 0, np.uint8)
         self._state = np.zeros(10, np.int64)
         self._clock = np.zeros(2, np.float64)

@@ -36,6 +36,17 @@ def layout(events: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return out
 
 
+def random_events(dtype, n, width, height, t_max, seed) -> np.ndarray:
+    """n events in dtype: uniform pixels and polarities, sorted integer t below t_max."""
+    rng = np.random.default_rng(seed)
+    events = np.zeros(n, dtype)
+    events["x"] = rng.integers(0, width, n)
+    events["y"] = rng.integers(0, height, n)
+    events["t"] = np.sort(rng.integers(0, t_max, n))
+    events["p"] = rng.integers(0, 2, n)
+    return events
+
+
 def tonic_frames(events, sensor_size, **kwargs):
     # tonic writes p = 0 into its input for a one-polarity sensor: give it a copy.
     return tonic.transforms.ToFrame(sensor_size=sensor_size, **kwargs)(events.copy())
@@ -102,13 +113,7 @@ def test_layouts_are_read_in_place_not_copied():
 
 @pytest.mark.parametrize("name", sorted(LAYOUTS))
 def test_streaming_binner_reads_every_layout(name):
-    rng = np.random.default_rng(3)
-    n = 5000
-    events = np.zeros(n, LAYOUTS[name])
-    events["x"] = rng.integers(0, 17, n)
-    events["y"] = rng.integers(0, 9, n)
-    events["t"] = np.sort(rng.integers(0, 100_000, n))
-    events["p"] = rng.integers(0, 2, n)
+    events = random_events(LAYOUTS[name], 5000, 17, 9, 100_000, seed=3)
     binner = StreamingBinner((17, 9, 2), 7000, start_time=0)
     frames = []
     for chunk in np.array_split(events, 37):
@@ -137,13 +142,7 @@ def test_streaming_binner_names_a_bad_event_in_any_layout_and_keeps_its_state():
 
 @pytest.mark.parametrize("name", ["tonic", "t first, uint16", "float t"])
 def test_preprocessing_reads_every_layout(name):
-    rng = np.random.default_rng(5)
-    n = 3000
-    events = np.zeros(n, LAYOUTS[name])
-    events["x"] = rng.integers(0, 40, n)
-    events["y"] = rng.integers(0, 30, n)
-    events["t"] = np.sort(rng.integers(0, 200_000, n))
-    events["p"] = rng.integers(0, 2, n)
+    events = random_events(LAYOUTS[name], 3000, 40, 30, 200_000, seed=5)
     reference = layout(events, EVENT_DTYPE)
     sensor = (40, 30, 2)
     for function, args in ((preprocess.downsample, (3,)), (preprocess.crop, ((20, 10),)),

@@ -52,7 +52,14 @@ n_event_bins, overlap (fraction of a bin, 0 <= overlap < 1):
     fewer events than bins gives all-zero frames.
 
 A one-polarity sensor (``P == 1``) puts every event in channel 0; events of
-both polarities on such a sensor are an error, as in tonic.
+both polarities on such a sensor are an error, as in tonic. With more
+channels, p indexes the channel (0 <= p < P). Events without a ``y`` field
+(a 1-D sensor) give frames ``(T, P, W)``, as tonic's.
+
+Any event layout is read in place: the kernels take views of the fields
+(any order, integer x/y of any width, integer or float t, bool or integer
+p, strided), validate each event in the loop that counts it, and count on
+several threads for large inputs (``threads``).
 
 Where streamsnn deliberately differs from tonic
 -----------------------------------------------
@@ -64,7 +71,7 @@ Where streamsnn deliberately differs from tonic
 * Counts past 32,767 on one pixel: tonic's int16 wraps around silently to
   negative values. streamsnn saturates at the dtype's maximum, and
   ``dtype=np.int32`` or ``np.float32`` gives exact counts.
-* p outside {0, 1}: tonic indexes the channel with p, so p = -1 silently lands
+* p outside [0, P): tonic indexes the channel with p, so p = -1 silently lands
   in the last channel. Unsorted timestamps give tonic wrong frames silently;
   coordinates outside the sensor raise IndexError or (if negative) wrap to the
   other edge. streamsnn raises EventValidationError naming the event index
@@ -83,62 +90,53 @@ import numba as nb
 import numpy as np
 
 from .errors import ConfigError, EventValidationError
-from .events import EVENT_DTYPE, SensorSize, as_events
+from .events import EventFields, SensorSize, event_fields
+from .threads import available_threads, pool
 
 __all__ = ["to_frame", "StreamingBinner", "Frame", "FRAME_DTYPES"]
 
-# The kernels read each 16-byte event as two int64 words (t, then x|y<<16|p<<32
-# plus padding) of one flat int64 array: it dispatches to Numba far faster
-# than a record array, one aligned load fetches x, y and p together, and the
-# constant stride lets LLVM vectorise the validation.
-assert EVENT_DTYPE.itemsize == 16 and EVENT_DTYPE.fields["t"][1] == 0
-assert EVENT_DTYPE.fields["x"][1] == 8 and EVENT_DTYPE.fields["y"][1] == 10
-assert EVENT_DTYPE.fields["p"][1] == 12
+# The kernels take the four field views of the caller's array (any order,
+# width and stride; see events.event_fields) and read each event where it
+# lies: no copy into EVENT_DTYPE. Numba compiles one specialisation per
+# combination of field types, reused for every array of that layout.
 
 FRAME_DTYPES = (np.dtype(np.int16), np.dtype(np.int32), np.dtype(np.float32))
 
-_INT64_MIN = np.iinfo(np.int64).min
-
-
-def packed_view(events: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Return (events as contiguous EVENT_DTYPE, the same memory as flat int64 words).
-
-    Word 2i is event i's t, word 2i+1 holds x | y << 16 | p << 32.
-    """
-    events = as_events(events)
-    if events.ndim != 1:
-        raise EventValidationError(f"expected a 1-d event array, got shape {events.shape}")
-    if not events.flags.c_contiguous:
-        events = np.ascontiguousarray(events)
-    return events, events.view(np.int64)
-
 
 def raise_event_error(events: np.ndarray, index: int, sensor: SensorSize | None, p_required: int = -1,
-                      previous_t: int | None = None, clock_t: int | None = None, what: str = "event") -> None:
+                      previous_t=None, clock_t=None, what: str = "event") -> None:
     """Explain why a kernel stopped at events[index]: raise EventValidationError naming event and field.
 
     The kernels only report where the first bad event is; finding out what is
-    wrong with it here keeps their inner loops to a single branch.
+    wrong with it here keeps their inner loops to a single branch. p must lie
+    in [0, polarities) (in {0, 1} without a sensor).
     """
     ev = events[index]
-    t = int(ev["t"])
-    if index > 0 and t < int(events["t"][index - 1]):
+    t = ev["t"]
+    if t != t:
+        raise EventValidationError(f"{what} {index}: t is not a number", index=index, field="t")
+    before = events["t"][index - 1] if index > 0 else None
+    if before is not None and t < before:
         raise EventValidationError(
-            f"timestamps are not sorted: {what} {index} has t = {t} us after "
-            f"t = {int(events['t'][index - 1])} us", index=index, field="t")
+            f"timestamps are not sorted: {what} {index} has t = {_number(t)} us after "
+            f"t = {_number(before)} us", index=index, field="t")
     if index == 0 and previous_t is not None and t < previous_t:
         raise EventValidationError(
-            f"timestamps are not sorted: {what} {index} has t = {t} us, but earlier chunks "
-            f"reached t = {previous_t} us", index=index, field="t")
+            f"timestamps are not sorted: {what} {index} has t = {_number(t)} us, but earlier chunks "
+            f"reached t = {_number(previous_t)} us", index=index, field="t")
     if index == 0 and clock_t is not None and t < clock_t:
         raise EventValidationError(
-            f"{what} {index} has t = {t} us, but the stream was flushed up to t = {clock_t} us: "
+            f"{what} {index} has t = {_number(t)} us, but the stream was flushed up to t = {_number(clock_t)} us: "
             "events must not arrive for time already closed", index=index, field="t")
     p = int(ev["p"])
-    if p not in (0, 1):
-        raise EventValidationError(f"{what} {index}: polarity p = {p}, expected 0 or 1",
+    polarities = sensor.polarities if sensor is not None else 2
+    if not 0 <= p < max(polarities, 2):
+        expected = "0 or 1" if polarities <= 2 else f"0 to {polarities - 1}"
+        raise EventValidationError(f"{what} {index}: polarity p = {p}, expected {expected}",
                                    index=index, field="p")
     for name, limit in (("x", sensor.width if sensor else None), ("y", sensor.height if sensor else None)):
+        if name not in events.dtype.names:
+            continue
         value = int(ev[name])
         if value < 0 and limit is None:
             raise EventValidationError(f"{what} {index}: {name} = {value} is negative", index=index, field=name)
@@ -154,114 +152,22 @@ def raise_event_error(events: np.ndarray, index: int, sensor: SensorSize | None,
     raise AssertionError(f"kernel rejected {what} {index} but no rule explains why")
 
 
+def _number(value):
+    """A timestamp for a message: integers without a trailing .0."""
+    value = value.item() if isinstance(value, np.generic) else value
+    return int(value) if float(value).is_integer() else value
+
+
 # --------------------------------------------------------------------------
 # kernels
 # --------------------------------------------------------------------------
 
-@nb.njit(cache=True, nogil=True)
-def _searchsorted_left(packed, starts, ends):
-    """np.searchsorted(t, ., 'left') of window starts and ends, on the t words without copying them out."""
-    n = packed.shape[0] // 2
-    out = np.empty((2, starts.shape[0]), dtype=np.int64)
-    for row in range(2):
-        values = starts if row == 0 else ends
-        for i in range(values.shape[0]):
-            v = values[i]
-            lo = 0
-            hi = n
-            while lo < hi:
-                mid = (lo + hi) >> 1
-                if packed[2 * mid] < v:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            out[row, i] = lo
-    return out[0], out[1]
-
-
-# Events are validated a block at a time, then counted: a branch-free check
-# over a block that is then still in L1 costs far less than a branch per
-# event inside the scattered counting loop.
-_BLOCK = 2048
-# Overlapping frames are filled together, block by block, while this many
-# bytes of them fit in a core's L2 together with the events; else one by one.
-_INTERLEAVED_BYTES = 1 << 20
-# Frames larger than this are filled one at a time, and dense ones are
-# counted in one byte per pixel first (see _count_run_low): half the
-# footprint of int16 keeps the scattered counts in L2 (1.7x on a 640x480
-# frame of uniformly spread events). It costs two passes over the frame, so
-# a frame must hold at least one event per _LOW_COUNTER_BYTES_PER_EVENT bytes
-# to use it: sparse frames of real scenes count faster in place.
-_LOW_COUNTER_BYTES = 256 * 1024
-_LOW_COUNTER_BYTES_PER_EVENT = 4
-
-
-def _low_counter_min_events(frame_bytes: int) -> int:
-    """Events a window needs before counting it in low bytes pays (never, for small frames)."""
-    if frame_bytes <= _LOW_COUNTER_BYTES:
-        return np.iinfo(np.int64).max
-    return frame_bytes // _LOW_COUNTER_BYTES_PER_EVENT
-
-
 @nb.njit(cache=True, nogil=True, inline="always")
-def _event_is_bad(word, width, height, p_lo, p_hi):
-    # Negative x, y or p read as unsigned are >= 32768 (or 128): one
-    # comparison each rejects both ends of the range.
-    p = (word >> 32) & 0xFF
-    return ((word & 0xFFFF) >= width) | (((word >> 16) & 0xFFFF) >= height) | (p > p_hi) | (p < p_lo)
-
-
-@nb.njit(cache=True, nogil=True, inline="always")
-def _any_bad(packed, lo, hi, width, height, p_lo, p_hi):
-    """Whether any event in [lo, hi) (lo >= 1) is bad or earlier than the one before it.
-
-    Written as min/max reductions, which LLVM vectorises, rather than as a
-    test per event.
-    """
-    max_x = 0
-    max_y = 0
-    max_p = 0
-    min_p = 255
-    min_step = 0
-    for i in range(lo, hi):
-        word = packed[2 * i + 1]
-        max_x = max(max_x, word & 0xFFFF)
-        max_y = max(max_y, (word >> 16) & 0xFFFF)
-        p = (word >> 32) & 0xFF
-        max_p = max(max_p, p)
-        min_p = min(min_p, p)
-        min_step = min(min_step, packed[2 * i] - packed[2 * (i - 1)])
-    return (max_x >= width) | (max_y >= height) | (max_p > p_hi) | ((min_p < p_lo) & (hi > lo)) | (min_step < 0)
-
-
-@nb.njit(cache=True, nogil=True, inline="always")
-def _first_bad(packed, lo, hi, width, height, p_lo, p_hi):
-    for i in range(lo, hi):
-        if (packed[2 * i] < packed[2 * (i - 1)]) | _event_is_bad(packed[2 * i + 1], width, height, p_lo, p_hi):
-            return i
-    return -1
-
-
-@nb.njit(cache=True, nogil=True)
-def first_invalid_event(packed, width, height, previous_t):
-    """Index of the first event that is out of order (previous_t before event 0), outside
-    width x height, or with p not in {0, 1}; -1 if none. packed as from packed_view."""
-    n = packed.shape[0] // 2
-    if n == 0:
-        return -1
-    if (packed[0] < previous_t) | _event_is_bad(packed[1], width, height, 0, 1):
-        return 0
-    if _any_bad(packed, 1, n, width, height, 0, 1):
-        return _first_bad(packed, 1, n, width, height, 0, 1)
-    return -1
-
-
-@nb.njit(cache=True, nogil=True, inline="always")
-def _bisect_t(packed, lo, hi, value):
+def _bisect_t(t, lo, hi, value):
     """First index in [lo, hi) whose t >= value (hi if none), for sorted t."""
     while lo < hi:
         mid = (lo + hi) >> 1
-        if packed[2 * mid] < value:
+        if t[mid] < value:
             lo = mid + 1
         else:
             hi = mid
@@ -269,148 +175,298 @@ def _bisect_t(packed, lo, hi, value):
 
 
 @nb.njit(cache=True, nogil=True)
-def _count_run(packed, lo, hi, frame, channel_mask, saturation):
-    """Count events [lo, hi) into one frame: the hot loop of the whole module.
+def _searchsorted_left(t, starts, ends):
+    """np.searchsorted(t, ., 'left') of window starts and ends, on the t field in place."""
+    out = np.empty((2, starts.shape[0]), dtype=np.int64)
+    for row in range(2):
+        values = starts if row == 0 else ends
+        for i in range(values.shape[0]):
+            out[row, i] = _bisect_t(t, 0, t.shape[0], values[i])
+    return out[0], out[1]
 
-    A separate function keeps the frame fixed in its loop. Indexing a slice
-    from 0 and masking the channel with a non-negative mask let LLVM prove
-    every index non-negative and drop Numba's negative-index wraparound.
-    """
-    run = packed[2 * lo:2 * hi]
-    mask = channel_mask & 1
-    for i in range(run.shape[0] // 2):
-        word = run[2 * i + 1]
-        x = word & 0xFFFF
-        y = (word >> 16) & 0xFFFF
-        c = (word >> 32) & mask
-        v = frame[c, y, x]
-        if v < saturation:
-            frame[c, y, x] = v + 1
+
+# Frames larger than this are counted, when dense, in one byte per pixel
+# first (see _count): half the footprint of int16 keeps the scattered
+# counts in L2 (1.7x on a 640x480 frame of uniformly spread events). It costs
+# two passes over the frame, so a frame must hold at least one event per
+# _LOW_COUNTER_BYTES_PER_EVENT bytes to use it: sparse frames of real scenes
+# count faster in place.
+_LOW_COUNTER_BYTES = 256 * 1024
+_LOW_COUNTER_BYTES_PER_EVENT = 4
+
+
+_NEVER = np.iinfo(np.int64).max
+
+
+def _low_counter_min_events(frame_bytes: int) -> int:
+    """Events a window needs before counting it in low bytes pays (never, for small frames)."""
+    if frame_bytes <= _LOW_COUNTER_BYTES:
+        return _NEVER
+    return frame_bytes // _LOW_COUNTER_BYTES_PER_EVENT
+
+
+# Validation happens in the counting loop itself, one well-predicted branch
+# per event: the coordinates are read once, for both. Loops index with
+# unsigned integers: Numba then drops its negative-index wraparound, whose
+# per-access selects (four strided fields) kept LLVM from reducing the
+# stride multiplications and cost 2.8x. x, y and p - p_lo are
+# compared as unsigned, so a negative value (huge as unsigned) fails the same
+# single comparison as one past the sensor. t must not go down; a NaN t
+# fails ``t >= previous`` too.
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _pixel(x, y, p, i, width, height, p_lo, p_span):
+    """(flat index of event i's pixel, whether x, y and p lie inside); width, height, p_span uint64."""
+    xi = np.uint64(np.int64(x[i]))
+    yi = np.uint64(np.int64(y[i]))
+    ci = np.uint64(np.int64(p[i]) - p_lo)
+    return (ci * height + yi) * width + xi, (xi < width) & (yi < height) & (ci <= p_span)
 
 
 @nb.njit(cache=True, nogil=True)
-def _count_run_low(packed, lo, hi, low, frame, channel_mask, saturation):
-    """Count events [lo, hi) in low (uint8); every 256th count of a pixel carries into frame.
+def _count(t, x, y, p, lo, hi, target, low, width, height, p_lo, p_span, saturation, stop_at_saturation=False):
+    """Validate events [lo, hi) and count them into target (flat P*H*W); first bad index or -1.
 
-    frame + low is the true count (capped at saturation); _carry_low folds low
-    into frame once the window is over.
+    Event lo is compared with event lo - 1 (with itself when lo == 0). The
+    channel is p - p_lo: p_lo is 0, or the one polarity of a one-polarity
+    sensor (p_span 0). low: empty, or a uint8 scratch (flat P*H*W) to count
+    in first, every 256th count of a pixel carrying into target; target +
+    low is then the true count (capped at saturation), and _carry_low folds
+    low into target once the window is over. stop_at_saturation (counting
+    in target): return -2 - i instead of letting event i find its pixel
+    saturated, so that every count made so far is a true increment (which
+    _uncount can take back).
     """
-    run = packed[2 * lo:2 * hi]
-    mask = channel_mask & 1
-    for i in range(run.shape[0] // 2):
-        word = run[2 * i + 1]
-        x = word & 0xFFFF
-        y = (word >> 16) & 0xFFFF
-        c = (word >> 32) & mask
-        v = low[c, y, x]
-        if v == 255:
-            low[c, y, x] = 0
-            high = frame[c, y, x]
-            frame[c, y, x] = high + 256 if high < saturation - 255 else saturation
+    width = np.uint64(width)
+    height = np.uint64(height)
+    p_span = np.uint64(p_span)
+    in_low = low.shape[0] > 0
+    previous = t[lo - 1] if lo > 0 else t[lo]
+    for i in range(np.uint64(lo), np.uint64(hi)):
+        ti = t[i]
+        index, inside = _pixel(x, y, p, i, width, height, p_lo, p_span)
+        if not (inside & (ti >= previous)):
+            return np.int64(i)
+        previous = ti
+        if in_low:
+            v = low[index]
+            if v == 255:
+                low[index] = 0
+                high = target[index]
+                target[index] = high + 256 if high < saturation - 255 else saturation
+            else:
+                low[index] = v + 1
         else:
-            low[c, y, x] = v + 1
-
-
-@nb.njit(cache=True, nogil=True)
-def _carry_low(frame, low, saturation):
-    """frame += low (capped at saturation), and clear low for the next window."""
-    high = frame.ravel()
-    counts = low.ravel()
-    for i in range(high.shape[0]):
-        total = high[i] + counts[i]
-        high[i] = total if total < saturation else saturation
-    counts[:] = 0
-
-
-@nb.njit(cache=True, nogil=True)
-def _bin_slices(packed, starts, ends, frames, width, height, p_lo, p_hi, saturation):
-    """Count event k into every frame s with starts[s] <= k < ends[s], validating every event.
-
-    frames may arrive uninitialised: each is cleared here just before it
-    first fills, which writes it sequentially into cache, where the scattered
-    counts then land, instead of missing cache on every count into a cold
-    zero page. starts and ends are non-decreasing in every tonic mode, so the
-    events split into runs that all belong to the same frames [lo, hi): one
-    pass over the events, a block of which is validated and then counted
-    into each of its frames while it is still in L1. Polarities outside
-    [p_lo, p_hi] are bad; p_lo == p_hi is a one-polarity sensor, counted in
-    channel 0. Returns the index of the first bad event, or -1.
-    """
-    n = packed.shape[0] // 2
-    n_slices = starts.shape[0]
-    channel_mask = 1 if p_hi > p_lo else 0
-    if n > 0 and _event_is_bad(packed[1], width, height, p_lo, p_hi):
-        return 0
-    lo = 0
-    hi = 0
-    zeroed = 0
-    k = 0
-    while k < n:
-        while lo < n_slices and ends[lo] <= k:
-            lo += 1
-        while hi < n_slices and starts[hi] <= k:
-            hi += 1
-        while zeroed < hi:
-            frames[zeroed].ravel()[:] = 0
-            zeroed += 1
-        stop = n
-        if lo < n_slices and ends[lo] < stop:
-            stop = ends[lo]
-        if hi < n_slices and starts[hi] < stop:
-            stop = starts[hi]
-        for b0 in range(k, stop, _BLOCK):
-            b1 = min(b0 + _BLOCK, stop)
-            if _any_bad(packed, max(b0, 1), b1, width, height, p_lo, p_hi):
-                return _first_bad(packed, max(b0, 1), b1, width, height, p_lo, p_hi)
-            # A run in several (small, overlapping) frames is counted into
-            # each while the block is still in L1.
-            for s in range(lo, hi):
-                _count_run(packed, b0, b1, frames[s], channel_mask, saturation)
-        k = stop
-    while zeroed < n_slices:
-        frames[zeroed].ravel()[:] = 0
-        zeroed += 1
+            v = target[index]
+            if v < saturation:
+                target[index] = v + 1
+            elif stop_at_saturation:
+                return -2 - np.int64(i)
     return -1
 
 
 @nb.njit(cache=True, nogil=True)
-def _bin_frame_by_frame(packed, starts, ends, frames, low, width, height, p_lo, p_hi, saturation,
-                        low_min_events):
-    """_bin_slices for large frames: fill one whole frame at a time.
+def _uncount(x, y, p, lo, hi, target, width, height, p_lo):
+    """Take back _count's increments of the (valid) events [lo, hi)."""
+    for i in range(np.uint64(lo), np.uint64(hi)):
+        index = np.uint64(((np.int64(p[i]) - p_lo) * height + np.int64(y[i])) * width + np.int64(x[i]))
+        target[index] -= 1
 
-    Each event is still validated once, block by block, the first time a
-    frame's range reaches it (events in no frame are validated too).
-    Overlapping windows read their shared events again rather than keep
-    several large frames in cache at once. A frame of at least
-    low_min_events events is counted in low bytes first; low is a (P, H, W)
-    uint8 scratch.
-    """
-    n = packed.shape[0] // 2
-    channel_mask = 1 if p_hi > p_lo else 0
-    if n > 0 and _event_is_bad(packed[1], width, height, p_lo, p_hi):
+
+@nb.njit(cache=True, nogil=True)
+def _carry_low(target, low, saturation):
+    """target += low (capped at saturation), and clear low for the next window."""
+    for i in range(np.uint64(target.shape[0])):
+        total = target[i] + low[i]
+        target[i] = total if total < saturation else saturation
+        low[i] = 0
+
+
+@nb.njit(cache=True, nogil=True)
+def _first_bad(t, x, y, p, lo, hi, width, height, p_lo, p_span):
+    """First event in [lo, hi) that is bad or earlier than the one before it; -1 if none."""
+    width = np.uint64(width)
+    height = np.uint64(height)
+    p_span = np.uint64(p_span)
+    previous = t[lo - 1] if lo > 0 else t[lo]
+    for i in range(np.uint64(lo), np.uint64(hi)):
+        ti = t[i]
+        if not (_pixel(x, y, p, i, width, height, p_lo, p_span)[1] & (ti >= previous)):
+            return np.int64(i)
+        previous = ti
+    return -1
+
+
+@nb.njit(cache=True, nogil=True)
+def first_invalid_event(t, x, y, p, width, height, polarities, previous_t):
+    """Index of the first event that is out of order (previous_t before event 0), outside
+    width x height, or with p outside [0, polarities); -1 if none."""
+    n = t.shape[0]
+    if n == 0:
+        return -1
+    if not t[0] >= previous_t:
         return 0
-    checked = 1
-    low.ravel()[:] = 0
+    return _first_bad(t, x, y, p, 0, n, width, height, 0, polarities - 1)
+
+
+# A row of the work plan: the frame it fills (-1: only validate), the event
+# range, and the scratch slot it counts into (-1: straight into the frame).
+_T_FRAME, _T_LO, _T_HI, _T_SLOT = range(4)
+
+
+@nb.njit(cache=True, nogil=True)
+def _bin_tasks(t, x, y, p, frames, scratch, low, tasks, first, last, width, height, p_lo, p_span, saturation,
+               low_min_events):
+    """Run tasks[first:last] of a work plan; return the first bad event index found, or -1.
+
+    frames (T, P*H*W) and scratch (S, P*H*W) may arrive uninitialised: each
+    target is cleared just before it fills, which writes it sequentially into
+    cache, where the scattered counts then land. A target of low_min_events
+    events or more is counted in low bytes first (low: P*H*W uint8 zeros).
+    Tasks are ordered by their first event, so the first bad index found
+    within one run is the first among the events that run covers.
+    """
+    for k in range(first, last):
+        frame = tasks[k, _T_FRAME]
+        lo = tasks[k, _T_LO]
+        hi = tasks[k, _T_HI]
+        if frame < 0:
+            bad = _first_bad(t, x, y, p, lo, hi, width, height, p_lo, p_span)
+        else:
+            slot = tasks[k, _T_SLOT]
+            target = frames[frame] if slot < 0 else scratch[slot]
+            target[:] = 0
+            in_low = hi - lo >= low_min_events
+            bad = _count(t, x, y, p, lo, hi, target, low if in_low else low[:0], width, height, p_lo, p_span,
+                         saturation)
+            if in_low:
+                _carry_low(target, low, saturation)
+        if bad >= 0:
+            return bad
+    return -1
+
+
+@nb.njit(cache=True, nogil=True)
+def _merge_scratch(frames, scratch, tasks, saturation):
+    """Add each scratch slot into its frame, saturating: a sum of capped counts capped again is the capped sum."""
+    for k in range(tasks.shape[0]):
+        slot = tasks[k, _T_SLOT]
+        if slot >= 0:
+            target = frames[tasks[k, _T_FRAME]]
+            part = scratch[slot]
+            for i in range(target.shape[0]):
+                total = target[i] + part[i]
+                target[i] = total if total < saturation else saturation
+
+
+# --------------------------------------------------------------------------
+# work plan and threads
+# --------------------------------------------------------------------------
+
+# Below this many events per thread, a thread's start-up and the scratch
+# merge cost more than the thread saves.
+_EVENTS_PER_THREAD = 250_000
+
+
+def _thread_count(threads, work: int) -> int:
+    if threads is None:
+        return 1 if work < 2 * _EVENTS_PER_THREAD else min(available_threads(), work // _EVENTS_PER_THREAD)
+    if isinstance(threads, (bool, np.bool_)) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise ConfigError(f"threads must be a positive integer or None (choose by input size), got {threads!r}")
+    return int(threads)
+
+
+@nb.njit(cache=True, nogil=True)
+def _plan(starts, ends, n):
+    """Tasks (frame, lo, hi, slot) in order of lo: one per frame, and one per run of events in no frame.
+
+    Events in no frame (before the first, between frames, after the last)
+    are validated all the same. Numba, not numpy: for a sample of a few
+    thousand events, numpy's calls cost more than the counting.
+    """
+    rows = 0
+    reach = 0
     for s in range(starts.shape[0]):
-        frame = frames[s]
-        frame.ravel()[:] = 0
-        use_low = ends[s] - starts[s] >= low_min_events
-        for b0 in range(starts[s], ends[s], _BLOCK):
-            b1 = min(b0 + _BLOCK, ends[s])
-            if b1 > checked:
-                # From where validation stopped: events in no frame (before
-                # this one, or between two) are checked too.
-                if _any_bad(packed, checked, b1, width, height, p_lo, p_hi):
-                    return _first_bad(packed, checked, b1, width, height, p_lo, p_hi)
-                checked = b1
-            if use_low:
-                _count_run_low(packed, b0, b1, low, frame, channel_mask, saturation)
-            else:
-                _count_run(packed, b0, b1, frame, channel_mask, saturation)
-        if use_low:
-            _carry_low(frame, low, saturation)
-    if n > checked and _any_bad(packed, checked, n, width, height, p_lo, p_hi):
-        return _first_bad(packed, checked, n, width, height, p_lo, p_hi)
+        rows += 2 if starts[s] > reach else 1
+        reach = max(reach, ends[s])
+    if reach < n:
+        rows += 1
+    tasks = np.empty((rows, 4), np.int64)
+    k = 0
+    reach = 0
+    for s in range(starts.shape[0]):
+        if starts[s] > reach:
+            tasks[k, _T_FRAME], tasks[k, _T_LO], tasks[k, _T_HI], tasks[k, _T_SLOT] = -1, reach, starts[s], -1
+            k += 1
+        tasks[k, _T_FRAME], tasks[k, _T_LO], tasks[k, _T_HI], tasks[k, _T_SLOT] = s, starts[s], ends[s], -1
+        k += 1
+        reach = max(reach, ends[s])
+    if reach < n:
+        tasks[k, _T_FRAME], tasks[k, _T_LO], tasks[k, _T_HI], tasks[k, _T_SLOT] = -1, reach, n, -1
+    return tasks
+
+
+def _split(tasks: np.ndarray, workers: int) -> tuple[np.ndarray, list[int], int]:
+    """Cut the plan into workers runs of equal event counts.
+
+    A frame cut in two counts its second part into a scratch slot, merged
+    afterwards; returns (tasks, the first task of each run and the end, slots).
+    """
+    sizes = tasks[:, _T_HI] - tasks[:, _T_LO]
+    total = int(sizes.sum())
+    bounds = [0]
+    slots = 0
+    for w in range(1, workers):
+        target = total * w // workers
+        done = np.cumsum(tasks[:, _T_HI] - tasks[:, _T_LO])
+        k = int(np.searchsorted(done, target, "right"))
+        if k >= len(tasks):
+            break
+        before = int(done[k] - (tasks[k, _T_HI] - tasks[k, _T_LO]))
+        cut = int(tasks[k, _T_LO]) + target - before
+        if cut > tasks[k, _T_LO]:
+            second = tasks[k].copy()
+            second[_T_LO] = cut
+            if second[_T_FRAME] >= 0:
+                second[_T_SLOT] = slots
+                slots += 1
+            tasks = np.insert(tasks, k + 1, second, axis=0)
+            tasks[k, _T_HI] = cut
+            k += 1
+        if k > bounds[-1]:
+            bounds.append(k)
+    bounds.append(len(tasks))
+    return tasks, bounds, slots
+
+
+def _run_plan(fields: EventFields, frames: np.ndarray, starts, ends, width, height, p_lo, p_span, saturation,
+              threads) -> int:
+    """Count and validate per the plan, on one thread or several; the first bad event index or -1."""
+    n = fields.t.shape[0]
+    plane = frames.shape[1]
+    frame_bytes = plane * frames.dtype.itemsize
+    low_min_events = _low_counter_min_events(frame_bytes)
+    low_shape = plane if frame_bytes > _LOW_COUNTER_BYTES else 0
+    tasks = _plan(starts, ends, n)
+    workers = _thread_count(threads, n)
+    t, x, y, p = fields.t, fields.x, fields.y, fields.p
+    if workers == 1:
+        return _bin_tasks(t, x, y, p, frames, frames[:0], np.zeros(low_shape, np.uint8), tasks, 0, len(tasks),
+                          width, height, p_lo, p_span, saturation, low_min_events)
+    tasks, bounds, slots = _split(tasks, workers)
+    scratch = np.empty((slots, plane), frames.dtype)
+
+    def run(first, last):
+        return _bin_tasks(t, x, y, p, frames, scratch, np.zeros(low_shape, np.uint8), tasks, first, last,
+                          width, height, p_lo, p_span, saturation, low_min_events)
+
+    runs = list(zip(bounds[:-1], bounds[1:]))
+    futures = [pool(len(runs) - 1).submit(run, first, last) for first, last in runs[1:]]
+    results = [run(*runs[0])] + [future.result() for future in futures]
+    bad = [r for r in results if r >= 0]
+    if bad:
+        return min(bad)
+    _merge_scratch(frames, scratch, tasks, saturation)
     return -1
 
 
@@ -448,14 +504,12 @@ def _time_window_count(first_t, last_t, time_window, overlap, include_incomplete
     return max(n_slices, 1), start, stride
 
 
-def _time_window_slices(packed, time_window, overlap, include_incomplete, start_time, end_time):
-    t0 = packed[0]
-    t1 = packed[-2]
-    n_slices, start, stride = _time_window_count(t0, t1, time_window, overlap, include_incomplete,
+def _time_window_slices(t, time_window, overlap, include_incomplete, start_time, end_time):
+    n_slices, start, stride = _time_window_count(t[0], t[-1], time_window, overlap, include_incomplete,
                                                  start_time, end_time)
     window_start_times = np.arange(n_slices) * stride + start
     window_end_times = window_start_times + time_window
-    return _searchsorted_left(packed, window_start_times, window_end_times)
+    return _searchsorted_left(t, window_start_times, window_end_times)
 
 
 def _event_count_slices(n_events, event_count, overlap, include_incomplete):
@@ -470,14 +524,12 @@ def _event_count_slices(n_events, event_count, overlap, include_incomplete):
     return np.minimum(starts, n_events), np.minimum(ends, n_events)
 
 
-def _time_bin_slices(packed, n_time_bins, overlap):
-    t0 = packed[0]
-    t1 = packed[-2]
-    time_window = (t1 - t0) // n_time_bins * (1 + overlap)
+def _time_bin_slices(t, n_time_bins, overlap):
+    time_window = (t[-1] - t[0]) // n_time_bins * (1 + overlap)
     stride = time_window * (1 - overlap)
-    window_start_times = np.arange(n_time_bins) * stride + t0
+    window_start_times = np.arange(n_time_bins) * stride + t[0]
     window_end_times = window_start_times + time_window
-    return _searchsorted_left(packed, window_start_times, window_end_times)
+    return _searchsorted_left(t, window_start_times, window_end_times)
 
 
 def _event_bin_slices(n_events, n_event_bins, overlap):
@@ -522,51 +574,68 @@ def _saturation(dtype: np.dtype):
 
 
 @nb.njit(cache=True, nogil=True)
-def _extent(packed):
-    """Largest x and y, and the polarities seen (bit 0: p = 0, bit 1: p = 1, bit 2: anything else).
+def _extent(x, y, p):
+    """Smallest and largest x and y, and the polarities seen (bit k: p = k, for 0 <= k < 62; bit 63: any other)."""
+    min_x = np.int64(x[0])
+    max_x = min_x
+    min_y = np.int64(y[0])
+    max_y = min_y
+    seen_p = np.uint64(0)
+    for i in range(x.shape[0]):
+        xi = np.int64(x[i])
+        yi = np.int64(y[i])
+        min_x = min(min_x, xi)
+        max_x = max(max_x, xi)
+        min_y = min(min_y, yi)
+        max_y = max(max_y, yi)
+        pi = np.uint64(np.int64(p[i]))
+        seen_p |= np.uint64(1) << min(pi, np.uint64(63))
+    return min_x, max_x, min_y, max_y, seen_p
 
-    x and y are read as unsigned 16-bit: a negative one shows as >= 32768.
-    """
-    max_x = 0
-    max_y = 0
-    seen_p = 0
-    for i in range(packed.shape[0] // 2):
-        word = packed[2 * i + 1]
-        max_x = max(max_x, word & 0xFFFF)
-        max_y = max(max_y, (word >> 16) & 0xFFFF)
-        seen_p |= 1 << min((word >> 32) & 0xFF, 2)
-    return max_x, max_y, seen_p
 
-
-def _infer_sensor_size(events: np.ndarray, packed: np.ndarray) -> SensorSize:
-    """tonic's rule for a missing sensor size: max x + 1, max y + 1, number of distinct p."""
-    if events.size == 0:
+def _infer_sensor_size(fields: EventFields) -> SensorSize:
+    """tonic's rule for a missing sensor size: max x + 1, max y + 1 (1 without y), number of distinct p."""
+    events = fields.events
+    if fields.t.shape[0] == 0:
         raise ConfigError("sensor_size is required for an empty event array (nothing to infer it from)")
-    max_x, max_y, seen_p = _extent(packed)
-    for name, largest in (("x", max_x), ("y", max_y)):
-        if largest >= 1 << 15:
+    min_x, max_x, min_y, max_y, seen_p = _extent(fields.x, fields.y, fields.p)
+    for name, smallest in (("x", min_x), ("y", min_y)):
+        if smallest < 0:
             bad = int(np.flatnonzero(events[name] < 0)[0])
             raise EventValidationError(f"event {bad}: {name} = {int(events[name][bad])} is negative",
                                        index=bad, field=name)
-    if seen_p & 4:
-        bad = int(np.flatnonzero((events["p"] != 0) & (events["p"] != 1))[0])
-        raise EventValidationError(f"event {bad}: polarity p = {int(events['p'][bad])}, expected 0 or 1",
+    seen_p = int(seen_p)
+    if seen_p & ~3:
+        p = events["p"].astype(np.int64)
+        bad = int(np.flatnonzero((p != 0) & (p != 1))[0])
+        raise EventValidationError(f"event {bad}: polarity p = {int(p[bad])}, expected 0 or 1",
                                    index=bad, field="p")
-    return SensorSize(int(max_x) + 1, int(max_y) + 1, bin(int(seen_p)).count("1"))
+    return SensorSize(int(max_x) + 1, int(max_y) + 1, bin(seen_p).count("1"))
 
 
 def to_frame(events, sensor_size, time_window=None, event_count=None, n_time_bins=None, n_event_bins=None,
-             overlap=0, include_incomplete=False, start_time=None, end_time=None, dtype=None) -> np.ndarray:
+             overlap=0, include_incomplete=False, start_time=None, end_time=None, dtype=None,
+             threads=None) -> np.ndarray:
     """Count events into frames of shape (T, P, H, W), exactly like ``tonic.transforms.ToFrame``.
 
     Give exactly one of time_window (µs), event_count, n_time_bins or
     n_event_bins. overlap is in µs for time_window, in events for
     event_count, and a fraction of a bin in [0, 1) for the bin modes.
     include_incomplete applies to time_window and event_count; start_time and
-    end_time to time_window. sensor_size is (width, height, polarities); None
-    infers it from the events as tonic does (max x + 1, max y + 1, number of
-    distinct polarities). dtype is int16 (default, as tonic; counts saturate
-    at 32,767), int32 or float32.
+    end_time to time_window. sensor_size is (width, height, polarities), any
+    number of polarities (p indexes the channel); None infers it from the
+    events as tonic does (max x + 1, max y + 1, number of distinct
+    polarities). dtype is int16 (default, as tonic; counts saturate at
+    32,767), int32 or float32.
+
+    events may have any layout (fields x, y, t, p in any order and integer
+    widths, t integer or float, p bool or integer, strided views included);
+    they are read in place. Events without a y field (a 1-D sensor such as
+    audio spikes) give frames (T, P, W), as tonic's do.
+
+    threads: how many threads count (frames, or parts of one, in parallel);
+    None picks by input size, one thread per 250,000 events up to the cores
+    this process may use.
 
     The module docstring lists tonic's slicing rules, which this function
     reproduces, and the cases where it deliberately differs from tonic.
@@ -574,9 +643,9 @@ def to_frame(events, sensor_size, time_window=None, event_count=None, n_time_bin
 
     Raises:
         ConfigError: bad parameters.
-        EventValidationError: t not sorted, p not in {0, 1}, x or y outside the
-            sensor, or both polarities on a one-polarity sensor; the message
-            names the first offending event's index and field.
+        EventValidationError: t not sorted, p outside [0, polarities), x or y
+            outside the sensor, or both polarities on a one-polarity sensor;
+            the message names the first offending event's index and field.
     """
     modes = {"time_window": time_window, "event_count": event_count,
              "n_time_bins": n_time_bins, "n_event_bins": n_event_bins}
@@ -585,9 +654,15 @@ def to_frame(events, sensor_size, time_window=None, event_count=None, n_time_bin
         raise ConfigError("give exactly one of time_window, event_count, n_time_bins, n_event_bins; got "
                           + (", ".join(chosen) if chosen else "none"))
     frame_dtype = _frame_dtype(dtype)
-    events, packed = packed_view(events)
-    sensor = _infer_sensor_size(events, packed) if sensor_size is None else _sensor(sensor_size)
-    n = packed.shape[0] // 2
+    fields = event_fields(events, require_y=False)
+    events, t = fields.events, fields.t
+    sensor = _infer_sensor_size(fields) if sensor_size is None else _sensor(sensor_size)
+    n = t.shape[0]
+    height = sensor.height if fields.has_y else 1
+    frame_shape = (sensor.polarities, sensor.height, sensor.width) if fields.has_y \
+        else (sensor.polarities, sensor.width)
+    if n and t.dtype.kind == "f" and not (math.isfinite(t[0]) and math.isfinite(t[-1])):
+        raise_event_error(events, 0 if not math.isfinite(t[0]) else n - 1, sensor)
 
     if time_window is not None:
         _check_positive("time_window", time_window)
@@ -598,53 +673,37 @@ def to_frame(events, sensor_size, time_window=None, event_count=None, n_time_bin
             if start_time is not None and end_time is not None:
                 n_slices, _, _ = _time_window_count(0, 0, time_window, overlap, include_incomplete,
                                                     start_time, end_time)
-            return np.zeros((n_slices, sensor.polarities, sensor.height, sensor.width), frame_dtype)
-        starts, ends = _time_window_slices(packed, time_window, overlap, include_incomplete,
-                                           start_time, end_time)
+            return np.zeros((n_slices,) + frame_shape, frame_dtype)
+        starts, ends = _time_window_slices(t, time_window, overlap, include_incomplete, start_time, end_time)
     elif event_count is not None:
         _check_positive_int("event_count", event_count)
         if not event_count - overlap > 0:
             raise ConfigError(f"overlap ({overlap!r}) must be smaller than event_count ({event_count!r})")
         if n == 0:
-            return np.zeros((1, sensor.polarities, sensor.height, sensor.width), frame_dtype)
+            return np.zeros((1,) + frame_shape, frame_dtype)
         starts, ends = _event_count_slices(n, event_count, overlap, include_incomplete)
     elif n_time_bins is not None:
         _check_positive_int("n_time_bins", n_time_bins)
         _check_bin_overlap(overlap)
         if n == 0:
-            return np.zeros((n_time_bins, sensor.polarities, sensor.height, sensor.width), frame_dtype)
-        starts, ends = _time_bin_slices(packed, n_time_bins, overlap)
+            return np.zeros((n_time_bins,) + frame_shape, frame_dtype)
+        starts, ends = _time_bin_slices(t, n_time_bins, overlap)
     else:
         _check_positive_int("n_event_bins", n_event_bins)
         _check_bin_overlap(overlap)
         if n == 0:
-            return np.zeros((n_event_bins, sensor.polarities, sensor.height, sensor.width), frame_dtype)
+            return np.zeros((n_event_bins,) + frame_shape, frame_dtype)
         starts, ends = _event_bin_slices(n, n_event_bins, overlap)
 
-    frames = np.empty((len(starts), sensor.polarities, sensor.height, sensor.width), frame_dtype)
+    frames = np.empty((len(starts),) + frame_shape, frame_dtype)
     # A one-polarity sensor takes the events of one polarity, whichever it is (tonic's rule).
-    p_required = int(events["p"][0]) if sensor.polarities == 1 else -1
+    p_required = int(fields.p[0]) if sensor.polarities == 1 else -1
     if p_required not in (-1, 0, 1):
         raise_event_error(events, 0, sensor)
-    p_lo, p_hi = (0, 1) if p_required < 0 else (p_required, p_required)
-    starts = np.asarray(starts, np.int64)
-    ends = np.asarray(ends, np.int64)
-    saturation = _saturation(frame_dtype)
-    frame_bytes = frames[0].nbytes if len(frames) else 0
-    interleave = frame_bytes <= _LOW_COUNTER_BYTES
-    # Slices overlap only when overlap > 0, in every mode. Counting a block
-    # into all its frames at once pays while those frames fit in cache
-    # together; beyond that, filling one frame at a time is faster.
-    if interleave and overlap > 0 and len(starts) > 1:
-        depth = int(np.max(np.searchsorted(starts, ends, "left") - np.arange(len(starts))))
-        interleave = depth * frame_bytes <= _INTERLEAVED_BYTES
-    if interleave:
-        bad_index = _bin_slices(packed, starts, ends, frames, sensor.width, sensor.height, p_lo, p_hi,
-                                saturation)
-    else:
-        low = np.empty(frames.shape[1:], np.uint8)
-        bad_index = _bin_frame_by_frame(packed, starts, ends, frames, low, sensor.width, sensor.height,
-                                        p_lo, p_hi, saturation, _low_counter_min_events(frame_bytes))
+    p_lo, p_span = (0, sensor.polarities - 1) if p_required < 0 else (p_required, 0)
+    bad_index = _run_plan(fields, frames.reshape(len(starts), -1), np.asarray(starts, np.int64),
+                          np.asarray(ends, np.int64), sensor.width, height, p_lo, p_span,
+                          _saturation(frame_dtype), threads)
     if bad_index >= 0:
         raise_event_error(events, bad_index, sensor, p_required)
     return frames
@@ -655,76 +714,121 @@ def to_frame(events, sensor_size, time_window=None, event_count=None, n_time_bin
 # --------------------------------------------------------------------------
 
 # The binner's scalar state lives in one int64 array so that a push costs one
-# short Numba dispatch: these are its slots.
-_S_LAST_T, _S_CLOCK_T, _S_P_REQUIRED, _S_START, _S_WINDOW, _S_OPEN_INDEX, _S_WIDTH, _S_HEIGHT, \
-    _S_POLARITIES, _S_OPEN_EVENTS, _S_OPEN_USES_LOW, _S_LOW_MIN_EVENTS = range(12)
+# short Numba dispatch: these are its slots. The times that events are
+# checked against (last event, flushed clock) live in a float64 pair, which
+# compares exactly with integer t below 2**53 µs and with float t alike.
+_S_P_REQUIRED, _S_START, _S_WINDOW, _S_OPEN_INDEX, _S_WIDTH, _S_HEIGHT, _S_POLARITIES, _S_OPEN_EVENTS, \
+    _S_OPEN_USES_LOW, _S_LOW_MIN_EVENTS = range(10)
+_C_LAST_T, _C_CLOCK_T = range(2)
 
 
 @nb.njit(cache=True, nogil=True)
-def _push_chunk(packed, state, open_frame, block, low, saturation):
-    """Validate a whole chunk, then count it into the open frame and the block of newer frames.
+def _count_chunk(t, x, y, p, state, open_frame, block, low, saturation, p_lo, p_span, fused):
+    """Count a chunk into the open frame and the block of newer frames, validating as it goes.
 
-    Validation runs to the end before anything is written, so a bad chunk
-    leaves the binner exactly as it was. A window that follows a dense one
-    (state[_S_LOW_MIN_EVENTS] events or more) is counted in low bytes first,
-    as in _bin_frame_by_frame, which carry into its frame when it closes.
-    Returns the first bad index or -1.
+    Returns (first bad index or -1, i0, open_hi): the events [i0, open_hi)
+    went into the open frame. fused (the chunk is not validated yet): the open
+    frame is counted in place and stops short of saturating a pixel (-2 - i),
+    so that a failure can be taken back; a transition to a window the block
+    does not hold can only come from unsorted t, and is reported as the first
+    bad event from there. The binner's state changes only on success.
     """
-    n = packed.shape[0] // 2
-    if n == 0:
-        return -1
+    n = t.shape[0]
     width = state[_S_WIDTH]
     height = state[_S_HEIGHT]
-    p_required = state[_S_P_REQUIRED]
-    if p_required < 0 and state[_S_POLARITIES] == 1:
-        p_required = (packed[1] >> 32) & 0xFF
-        if p_required > 1:
-            return 0
-    if p_required >= 0:
-        p_lo = p_required
-        p_hi = p_required
-    else:
-        p_lo = 0
-        p_hi = 1
-    if (packed[0] < max(state[_S_LAST_T], state[_S_CLOCK_T])) \
-            | _event_is_bad(packed[1], width, height, p_lo, p_hi):
-        return 0
-    if _any_bad(packed, 1, n, width, height, p_lo, p_hi):
-        return _first_bad(packed, 1, n, width, height, p_lo, p_hi)
-    state[_S_LAST_T] = packed[2 * (n - 1)]
-    state[_S_P_REQUIRED] = p_required
     start = state[_S_START]
     window = state[_S_WINDOW]
     open_index = state[_S_OPEN_INDEX]
-    channel_mask = 1 if p_hi > p_lo else 0
-    # The chunk is sorted now: window edges are found by bisection, not by a test per event.
-    i = _bisect_t(packed, 0, n, start)
+    # Events before the stream's start are not counted, but are checked all the same.
+    i0 = _bisect_t(t, 0, n, start)
+    bad = _first_bad(t, x, y, p, 0, i0, width, height, p_lo, p_span)
+    if bad >= 0:
+        return bad, i0, i0
+    i = i0
+    open_hi = i0
     current = 0
     current_end = start + (open_index + 1) * window
     frame = open_frame
     use_low = state[_S_OPEN_USES_LOW] != 0
     window_events = state[_S_OPEN_EVENTS]
     while i < n:
-        j = _bisect_t(packed, i, n, current_end)
-        if use_low:
-            _count_run_low(packed, i, j, low, frame, channel_mask, saturation)
-        else:
-            _count_run(packed, i, j, frame, channel_mask, saturation)
+        # The chunk may be unsorted: bisection still gives a j in [i, n], and
+        # counting validates every event from i on.
+        j = _bisect_t(t, i, n, current_end)
+        bad = _count(t, x, y, p, i, j, frame, low if use_low else low[:0], width, height, p_lo, p_span,
+                     saturation, fused and current == 0)
+        if current == 0:
+            open_hi = j if bad == -1 else (bad if bad >= 0 else -2 - bad)
+        if bad != -1:
+            return bad, i0, open_hi
         window_events += j - i
         if j == n:
             break
+        if not t[j] >= current_end:
+            return max(_first_bad(t, x, y, p, j, n, width, height, p_lo, p_span), j), i0, open_hi
+        step = np.int64((t[j] - current_end) // window) + 1
+        if current + step > block.shape[0]:
+            return max(_first_bad(t, x, y, p, j, n, width, height, p_lo, p_span), j), i0, open_hi
         if use_low:
             _carry_low(frame, low, saturation)
         # Windows of one stream are alike: the one that closed picks the next one's counter.
-        use_low = window_events >= state[_S_LOW_MIN_EVENTS] and packed[2 * j] < current_end + window
+        use_low = window_events >= state[_S_LOW_MIN_EVENTS] and t[j] < current_end + window
         window_events = 0
         # A division only when the window changes, not per event.
-        current += (packed[2 * j] - current_end) // window + 1
+        current += step
         current_end = start + (open_index + current + 1) * window
         frame = block[current - 1]
         i = j
     state[_S_OPEN_EVENTS] = window_events
     state[_S_OPEN_USES_LOW] = 1 if use_low else 0
+    return -1, i0, open_hi
+
+
+@nb.njit(cache=True, nogil=True)
+def _push_chunk(t, x, y, p, state, clock, open_frame, block, low, saturation):
+    """Count a chunk into the open frame and the block of newer frames; a bad chunk changes nothing.
+
+    One pass counts and validates together; if it meets a bad event, the
+    counts it put in the open frame are taken back (block is the caller's new
+    memory, dropped on failure). Where taking back could not be exact -- the
+    open window counts in low bytes (see _count), or a pixel of it would
+    saturate -- the chunk is validated first and counted after. A window that
+    follows a dense one (state[_S_LOW_MIN_EVENTS] events or more) is counted
+    in low bytes, which carry into its frame when it closes. open_frame and
+    the rows of block are flat (P*H*W). Returns the first bad index or -1.
+    """
+    n = t.shape[0]
+    if n == 0:
+        return -1
+    p_required = state[_S_P_REQUIRED]
+    if p_required < 0 and state[_S_POLARITIES] == 1:
+        p_required = np.int64(p[0])
+        if p_required < 0 or p_required > 1:
+            return 0
+    if p_required >= 0:
+        p_lo = p_required
+        p_span = 0
+    else:
+        p_lo = 0
+        p_span = state[_S_POLARITIES] - 1
+    if not t[0] >= max(clock[_C_LAST_T], clock[_C_CLOCK_T]):
+        return 0
+    fused = state[_S_OPEN_USES_LOW] == 0
+    if fused:
+        bad, i0, open_hi = _count_chunk(t, x, y, p, state, open_frame, block, low, saturation, p_lo, p_span, True)
+        if bad != -1:
+            _uncount(x, y, p, i0, open_hi, open_frame, state[_S_WIDTH], state[_S_HEIGHT], p_lo)
+            low[:] = 0  # only windows of this chunk, now dropped, can have used it
+            if bad >= 0:
+                return bad
+            fused = False  # a pixel of the open window saturates: validate first, then count
+    if not fused:
+        bad = _first_bad(t, x, y, p, 0, n, state[_S_WIDTH], state[_S_HEIGHT], p_lo, p_span)
+        if bad >= 0:
+            return bad
+        _count_chunk(t, x, y, p, state, open_frame, block, low, saturation, p_lo, p_span, False)
+    clock[_C_LAST_T] = t[n - 1]
+    state[_S_P_REQUIRED] = p_required
     return -1
 
 
@@ -791,12 +895,15 @@ class StreamingBinner:
         self.dtype = _frame_dtype(dtype)
         self._saturation = _saturation(self.dtype)
         self._frame_shape = (self.sensor_size.polarities, self.sensor_size.height, self.sensor_size.width)
-        self._no_block = np.zeros((0,) + self._frame_shape, self.dtype)
-        frame_bytes = self.dtype.itemsize * int(np.prod(self._frame_shape))
+        self._plane = int(np.prod(self._frame_shape))
+        self._no_block = np.zeros((0, self._plane), self.dtype)
+        frame_bytes = self.dtype.itemsize * self._plane
         self._low_min_events = _low_counter_min_events(frame_bytes)
-        # The open window's low count bytes (large frames only; see _count_run_low).
-        self._low = np.zeros(self._frame_shape if frame_bytes > _LOW_COUNTER_BYTES else (0, 0, 0), np.uint8)
-        self._state = np.zeros(12, np.int64)
+        # The open window's low count bytes (large frames only; see _count).
+        self._low = np.zeros(self._plane if frame_bytes > _LOW_COUNTER_BYTES else 0, np.uint8)
+        self._state = np.zeros(10, np.int64)
+        self._clock = np.zeros(2, np.float64)
+        self._in_place_layout = None  # the dtype of chunks last read in place
         self.reset(start_time)
 
     def reset(self, start_time=None) -> None:
@@ -804,10 +911,10 @@ class StreamingBinner:
         self.start_time = None if start_time is None else int(start_time)
         self._open_index = 0
         self._open = np.zeros(self._frame_shape, self.dtype)
+        self._open_flat = self._open.reshape(-1)
         self._low[...] = 0
+        self._clock[:] = -np.inf
         state = self._state
-        state[_S_LAST_T] = _INT64_MIN
-        state[_S_CLOCK_T] = _INT64_MIN
         state[_S_P_REQUIRED] = -1
         state[_S_START] = 0 if start_time is None else int(start_time)
         state[_S_WINDOW] = self.time_window
@@ -826,30 +933,34 @@ class StreamingBinner:
         return t0, t0 + self.time_window
 
     def push(self, chunk) -> list[Frame]:
-        """Count a chunk of events; return the frames it completed (oldest first)."""
-        if type(chunk) is np.ndarray and chunk.dtype is EVENT_DTYPE and chunk.flags.c_contiguous:
-            # The common case, kept short: a live source pushes thousands of small chunks a second.
-            events, packed = chunk, chunk.view(np.int64)
+        """Count a chunk of events (any layout, read in place); return the frames it completed (oldest first)."""
+        if type(chunk) is np.ndarray and chunk.dtype is self._in_place_layout and chunk.ndim == 1:
+            # A live source pushes thousands of small chunks a second, all of one layout: skip the checks.
+            events, t, x, y, p = chunk, chunk["t"], chunk["x"], chunk["y"], chunk["p"]
         else:
-            events, packed = packed_view(chunk)
-        n = packed.shape[0] // 2
+            events, t, x, y, p, has_y = event_fields(chunk, require_y=False)
+            if events is chunk and has_y and type(chunk) is np.ndarray:
+                self._in_place_layout = chunk.dtype
+        n = t.shape[0]
         if n == 0:
             return []
         state = self._state
         start = self.start_time
         if start is None:
-            start = int(packed[0])
+            if not t[0] == t[0]:
+                raise_event_error(events, 0, self.sensor_size, what="chunk event")
+            start = math.floor(t[0])
             state[_S_START] = start
-        last_t = int(packed[2 * (n - 1)])
-        n_new = (last_t - start) // self.time_window - self._open_index if last_t >= start else 0
-        block = np.zeros((n_new,) + self._frame_shape, self.dtype) if n_new > 0 else self._no_block
-        bad_index = _push_chunk(packed, state, self._open, block, self._low, self._saturation)
+        last_t = t[n - 1].item()
+        n_new = int((last_t - start) // self.time_window) - self._open_index if last_t >= start else 0
+        block = np.zeros((n_new, self._plane), self.dtype) if n_new > 0 else self._no_block
+        bad_index = _push_chunk(t, x, y, p, state, self._clock, self._open_flat, block, self._low,
+                                self._saturation)
         if bad_index >= 0:
-            last_event_t = int(state[_S_LAST_T])
-            clock_t = int(state[_S_CLOCK_T])
+            last_event_t, clock_t = self._clock
             raise_event_error(events, bad_index, self.sensor_size, int(state[_S_P_REQUIRED]),
-                              previous_t=None if last_event_t == _INT64_MIN else last_event_t,
-                              clock_t=None if clock_t == _INT64_MIN else clock_t, what="chunk event")
+                              previous_t=None if last_event_t == -np.inf else last_event_t,
+                              clock_t=None if clock_t == -np.inf else clock_t, what="chunk event")
         self.start_time = start
         if n_new <= 0:
             return []
@@ -859,28 +970,30 @@ class StreamingBinner:
         """The source's clock reached until_t: return every window ending at or before it."""
         until_t = int(until_t)
         state = self._state
-        state[_S_CLOCK_T] = max(int(state[_S_CLOCK_T]), until_t)
+        self._clock[_C_CLOCK_T] = max(self._clock[_C_CLOCK_T], until_t)
         if self.start_time is None or until_t < self.start_time:
             return []
         n_new = (until_t - self.start_time) // self.time_window - self._open_index
         if n_new <= 0:
             return []
         if state[_S_OPEN_USES_LOW]:
-            _carry_low(self._open, self._low, self._saturation)
+            _carry_low(self._open_flat, self._low, self._saturation)
         # The window after a flush starts empty-handed: in-place counting until a dense window shows up.
         state[_S_OPEN_USES_LOW] = 0
         state[_S_OPEN_EVENTS] = 0
-        return self._close(np.zeros((n_new,) + self._frame_shape, self.dtype), n_new)
+        return self._close(np.zeros((n_new, self._plane), self.dtype), n_new)
 
     def _close(self, block: np.ndarray, n_new: int) -> list[Frame]:
         """Emit the open frame and all but the last of block; the last becomes the open frame."""
         window = self.time_window
         t0 = self.start_time + self._open_index * window
         frames = [Frame(self._open, t0, t0 + window)]
+        block = block.reshape((n_new,) + self._frame_shape)
         for i in range(n_new - 1):
             t0 += window
             frames.append(Frame(block[i], t0, t0 + window))
         self._open = block[n_new - 1]
+        self._open_flat = self._open.reshape(-1)
         self._open_index += n_new
         self._state[_S_OPEN_INDEX] = self._open_index
         return frames

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
 from .errors import EventValidationError, SensorSizeError
 
@@ -39,9 +40,10 @@ class SensorSize(NamedTuple):
             raise SensorSizeError(f"sensor size must be (width, height[, polarities]), got {value!r}") from exc
         if len(items) == 2:
             items = items + (2,)
-        if len(items) != 3 or items[0] <= 0 or items[1] <= 0 or items[2] not in (1, 2):
+        # Any number of polarity channels, as tonic allows: p indexes the channel.
+        if len(items) != 3 or items[0] <= 0 or items[1] <= 0 or items[2] <= 0:
             raise SensorSizeError(
-                f"sensor size must be (width > 0, height > 0, polarities in {{1, 2}}), got {value!r}")
+                f"sensor size must be (width > 0, height > 0, polarities > 0), got {value!r}")
         return cls(*items)
 
 
@@ -60,19 +62,30 @@ def make_events(x, y, t, p) -> np.ndarray:
     return events
 
 
-def as_events(array: np.ndarray, source: str | None = None) -> np.ndarray:
-    """Convert any structured array with x, y, t, p fields to EVENT_DTYPE (a copy only if needed)."""
+def _check_fields(array, source, require_y: bool = True) -> None:
     if not isinstance(array, np.ndarray) or array.dtype.names is None:
         raise EventValidationError("expected a structured numpy array with fields x, y, t, p", source=source)
-    missing = [f for f in EVENT_FIELDS if f not in array.dtype.names]
+    missing = [f for f in EVENT_FIELDS if f not in array.dtype.names and (require_y or f != "y")]
     if missing:
         raise EventValidationError(
             f"event array lacks field(s) {', '.join(missing)}; has {', '.join(array.dtype.names)}",
             field=missing[0], source=source)
+
+
+def as_events(array: np.ndarray, source: str | None = None) -> np.ndarray:
+    """Convert any structured array with x, y, t, p fields to EVENT_DTYPE (a copy only if needed)."""
+    _check_fields(array, source)
     if array.dtype == EVENT_DTYPE:
         return array
-    out = np.empty(array.shape[0], dtype=EVENT_DTYPE)
+    return _converted(array, source)
+
+
+def _converted(array: np.ndarray, source: str | None) -> np.ndarray:
+    """A copy in EVENT_DTYPE, each field range-checked; a missing y field becomes 0."""
+    out = np.zeros(array.shape[0], dtype=EVENT_DTYPE)
     for name in EVENT_FIELDS:
+        if name not in array.dtype.names:
+            continue
         column = array[name]
         target = EVENT_DTYPE[name]
         if column.dtype.kind == "f" and name != "t" and np.any(column != np.floor(column)):
@@ -87,6 +100,71 @@ def as_events(array: np.ndarray, source: str | None = None) -> np.ndarray:
                 field=name, source=source)
         out[name] = column
     return out
+
+
+class EventFields(NamedTuple):
+    """Field views of an event array, for kernels that read any layout in place.
+
+    ``events`` is the array the views look into (for naming a bad event);
+    ``y`` reads as zeros, stride 0, when the events have no y field
+    (``has_y`` False: a 1-D sensor, tonic's audio layout).
+    """
+
+    events: np.ndarray
+    t: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    p: np.ndarray
+    has_y: bool
+
+
+# The field types the kernels read natively; anything else (float or
+# big-endian coordinates, say) is converted to EVENT_DTYPE first.
+_NATIVE_KINDS = {"t": ("iu", "f"), "x": ("iu",), "y": ("iu",), "p": ("biu",)}
+_ZERO = np.zeros(1, np.int16)
+
+
+def _native(dtype: np.dtype, name: str) -> bool:
+    kinds = _NATIVE_KINDS[name]
+    if not dtype.isnative or dtype.shape != () or dtype.itemsize > 8:
+        return False
+    if dtype.kind in kinds[0]:
+        return True
+    return len(kinds) > 1 and dtype.kind in kinds[1] and dtype.itemsize in (4, 8)
+
+
+# dtype -> whether its fields are read in place, for the layouts seen so far:
+# a live source pushes thousands of small chunks a second, all alike.
+_IN_PLACE: dict = {}
+
+
+def event_fields(array, source: str | None = None, require_y: bool = True) -> EventFields:
+    """Views of the x, y, t, p fields of any structured event array, without copying it.
+
+    Any field order, integer x/y of any width, integer or float t, bool or
+    integer p, strided views and record arrays are read in place; other
+    field types are copied into EVENT_DTYPE (with the checks of as_events).
+    require_y False accepts events without a y field (then y reads as 0).
+    """
+    in_place = _IN_PLACE.get(array.dtype) if type(array) is np.ndarray else None
+    if in_place is None:
+        _check_fields(array, source, require_y)
+        array = array.view(np.ndarray)  # a record array reads as a plain one
+        fields = array.dtype.fields
+        names = EVENT_FIELDS if "y" in fields else ("x", "t", "p")
+        in_place = all(_native(fields[name][0], name) for name in names)
+        if len(_IN_PLACE) > 64:
+            _IN_PLACE.clear()
+        _IN_PLACE[array.dtype] = in_place
+    elif require_y and "y" not in array.dtype.fields:
+        _check_fields(array, source, require_y)
+    if array.ndim != 1:
+        raise EventValidationError(f"expected a 1-d event array, got shape {array.shape}", source=source)
+    has_y = "y" in array.dtype.fields
+    if not in_place:
+        array = _converted(array, source)  # y, if missing, is zeros there
+    y = array["y"] if "y" in array.dtype.fields else as_strided(_ZERO, shape=(array.shape[0],), strides=(0,))
+    return EventFields(array, array["t"], array["x"], y, array["p"], has_y)
 
 
 def validate_events(events: np.ndarray, sensor_size=None, *, source: str | None = None) -> np.ndarray:

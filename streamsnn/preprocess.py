@@ -34,9 +34,12 @@ Relation to tonic 1.7.0 (checked on the real recordings by the tests):
   neighbour exists, the two rules disagree only when every event is on pixel
   (0, 0) (tonic's box is then 1 x 1), for the events with t < filter_time.
 
-All of them validate their input (sorted t, p in {0, 1}, coordinates inside
-the sensor when it is known) and raise EventValidationError naming the event
-and field; none modifies its input.
+All of them read any event layout in place (fields x, y, t, p in any order
+and integer width, as ``to_frame`` does), validate it (sorted t, p in
+[0, polarities) -- {0, 1} without a sensor --, coordinates inside the sensor
+when it is known) and raise EventValidationError naming the event and
+field; none modifies its input. They return EVENT_DTYPE arrays (a float t
+is truncated to whole microseconds).
 """
 from __future__ import annotations
 
@@ -47,16 +50,15 @@ import numpy as np
 
 # Validation is binning's kernel, called from Python rather than inlined: a
 # Numba cache entry only notices changes to its own module's source.
-from .binning import first_invalid_event, packed_view, raise_event_error
+from .binning import first_invalid_event, raise_event_error
 from .errors import ConfigError
-from .events import EVENT_DTYPE, SensorSize
+from .events import EVENT_DTYPE, EventFields, SensorSize, event_fields
 
 __all__ = [
     "downsample", "crop", "merge_polarities", "denoise",
     "Downsample", "Crop", "MergePolarities", "Denoise", "Chain",
 ]
 
-_INT64_MIN = np.iinfo(np.int64).min
 # Coordinates are int16: without a sensor, only negative values are out of range.
 _NO_LIMIT = 1 << 15
 
@@ -65,13 +67,15 @@ _NO_LIMIT = 1 << 15
 # validation shared by every operation
 # --------------------------------------------------------------------------
 
-def _validated(events, sensor: SensorSize | None, previous_t=None, what="event"):
-    events, packed = packed_view(events)
-    width, height = (sensor.width, sensor.height) if sensor is not None else (_NO_LIMIT, _NO_LIMIT)
-    bad = first_invalid_event(packed, width, height, _INT64_MIN if previous_t is None else previous_t)
+def _validated(events, sensor: SensorSize | None, previous_t=None, what="event") -> EventFields:
+    fields = event_fields(events)
+    width, height, polarities = sensor if sensor is not None else (_NO_LIMIT, _NO_LIMIT, 2)
+    # A one-polarity sensor still takes p = 1 events here: merging them is the binner's business.
+    bad = first_invalid_event(fields.t, fields.x, fields.y, fields.p, width, height, max(polarities, 2),
+                              -np.inf if previous_t is None else previous_t)
     if bad >= 0:
-        raise_event_error(events, bad, sensor, previous_t=previous_t, what=what)
-    return events, packed
+        raise_event_error(fields.events, bad, sensor, previous_t=previous_t, what=what)
+    return fields
 
 
 def _sensor_or_none(sensor_size):
@@ -90,56 +94,59 @@ def _factors(factor) -> tuple[int, int]:
 # kernels
 # --------------------------------------------------------------------------
 
-@nb.njit(cache=True, nogil=True)
-def _downsample_kernel(packed, out, fx, fy):
-    for i in range(packed.shape[0] // 2):
-        word = packed[2 * i + 1]
-        x = (word & 0xFFFF) // fx
-        y = ((word >> 16) & 0xFFFF) // fy
-        out[2 * i] = packed[2 * i]
-        out[2 * i + 1] = x | (y << 16) | (word & 0xFF00000000)
+# Kernels read the input's field views and write EVENT_DTYPE as its two
+# int64 words per event (t, then x | y << 16 | p << 32): one store each.
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _word(x, y, p):
+    return x | (y << 16) | (p << 32)
 
 
 @nb.njit(cache=True, nogil=True)
-def _crop_kernel(packed, out, x0, y0, width, height):
+def _downsample_kernel(t, x, y, p, out, fx, fy):
+    for i in range(np.uint64(t.shape[0])):
+        out[i + i] = np.int64(t[i])
+        out[i + i + np.uint64(1)] = _word(np.int64(x[i]) // fx, np.int64(y[i]) // fy, np.int64(p[i]))
+
+
+@nb.njit(cache=True, nogil=True)
+def _crop_kernel(t, x, y, p, out, x0, y0, width, height):
     """Copy the events inside the box, shifted to its origin; return how many."""
     kept = 0
-    for i in range(packed.shape[0] // 2):
-        word = packed[2 * i + 1]
-        x = (word & 0xFFFF) - x0
-        y = ((word >> 16) & 0xFFFF) - y0
-        if (x >= 0) & (x < width) & (y >= 0) & (y < height):
-            out[2 * kept] = packed[2 * i]
-            out[2 * kept + 1] = x | (y << 16) | (word & 0xFF00000000)
+    for i in range(np.uint64(t.shape[0])):
+        xi = np.int64(x[i]) - x0
+        yi = np.int64(y[i]) - y0
+        if (xi >= 0) & (xi < width) & (yi >= 0) & (yi < height):
+            out[2 * kept] = np.int64(t[i])
+            out[2 * kept + 1] = _word(xi, yi, np.int64(p[i]))
             kept += 1
     return kept
 
 
 @nb.njit(cache=True, nogil=True)
-def _merge_kernel(packed, out):
-    for i in range(packed.shape[0] // 2):
-        out[2 * i] = packed[2 * i]
-        out[2 * i + 1] = packed[2 * i + 1] & 0xFFFFFFFF
+def _merge_kernel(t, x, y, out):
+    for i in range(np.uint64(t.shape[0])):
+        out[i + i] = np.int64(t[i])
+        out[i + i + np.uint64(1)] = _word(np.int64(x[i]), np.int64(y[i]), 0)
 
 
 @nb.njit(cache=True, nogil=True)
-def _denoise_kernel(packed, out, memory, filter_time):
+def _denoise_kernel(t, x, y, p, out, memory, filter_time):
     """tonic's denoise_numpy loop: memory[y, x] holds t + filter_time of the pixel's last event.
 
     memory is float64, as tonic's, so that a float filter_time rounds the same.
     """
     height, width = memory.shape
     kept = 0
-    for i in range(packed.shape[0] // 2):
-        t = packed[2 * i]
-        word = packed[2 * i + 1]
-        x = word & 0xFFFF
-        y = (word >> 16) & 0xFFFF
-        memory[y, x] = t + filter_time
-        if ((x > 0 and memory[y, x - 1] > t) or (x < width - 1 and memory[y, x + 1] > t)
-                or (y > 0 and memory[y - 1, x] > t) or (y < height - 1 and memory[y + 1, x] > t)):
-            out[2 * kept] = t
-            out[2 * kept + 1] = word & 0xFFFFFFFFFF
+    for i in range(np.uint64(t.shape[0])):
+        ti = t[i]
+        xi = np.int64(x[i])
+        yi = np.int64(y[i])
+        memory[yi, xi] = ti + filter_time
+        if ((xi > 0 and memory[yi, xi - 1] > ti) or (xi < width - 1 and memory[yi, xi + 1] > ti)
+                or (yi > 0 and memory[yi - 1, xi] > ti) or (yi < height - 1 and memory[yi + 1, xi] > ti)):
+            out[2 * kept] = np.int64(ti)
+            out[2 * kept + 1] = _word(xi, yi, np.int64(p[i]))
             kept += 1
     return kept
 
@@ -156,9 +163,9 @@ def _empty_like(n):
 def downsample(events, factor, sensor_size=None) -> np.ndarray:
     """Divide x by fx and y by fy (integer division): factor is an int or (fx, fy)."""
     fx, fy = _factors(factor)
-    events, packed = _validated(events, _sensor_or_none(sensor_size))
-    out, out_packed = _empty_like(len(events))
-    _downsample_kernel(packed, out_packed, fx, fy)
+    f = _validated(events, _sensor_or_none(sensor_size))
+    out, out_packed = _empty_like(len(f.t))
+    _downsample_kernel(f.t, f.x, f.y, f.p, out_packed, fx, fy)
     return out
 
 
@@ -184,17 +191,17 @@ def crop(events, size, origin=None, sensor_size=None) -> np.ndarray:
     """Keep the events inside the box of ``size`` (w, h) at ``origin`` (x, y; None: centred), shifted to 0."""
     sensor = _sensor_or_none(sensor_size)
     x0, y0, width, height = _crop_box(size, origin, sensor)
-    events, packed = _validated(events, sensor)
-    out, out_packed = _empty_like(len(events))
-    kept = _crop_kernel(packed, out_packed, x0, y0, width, height)
+    f = _validated(events, sensor)
+    out, out_packed = _empty_like(len(f.t))
+    kept = _crop_kernel(f.t, f.x, f.y, f.p, out_packed, x0, y0, width, height)
     return out[:kept].copy() if kept < len(out) else out
 
 
 def merge_polarities(events) -> np.ndarray:
     """All events with p = 0 (one polarity channel)."""
-    events, packed = _validated(events, None)
-    out, out_packed = _empty_like(len(events))
-    _merge_kernel(packed, out_packed)
+    f = _validated(events, None)
+    out, out_packed = _empty_like(len(f.t))
+    _merge_kernel(f.t, f.x, f.y, out_packed)
     return out
 
 
@@ -214,16 +221,16 @@ def denoise(events, filter_time, sensor_size=None) -> np.ndarray:
     """
     filter_time = _check_filter_time(filter_time)
     sensor = _sensor_or_none(sensor_size)
-    events, packed = _validated(events, sensor)
-    if len(events) == 0:
-        return events.copy()
+    f = _validated(events, sensor)
+    if len(f.t) == 0:
+        return _empty_like(0)[0]
     if sensor is None:
-        width, height = int(events["x"].max()) + 1, int(events["y"].max()) + 1
+        width, height = int(f.x.max()) + 1, int(f.y.max()) + 1
     else:
         width, height = sensor.width, sensor.height
     memory = np.full((height, width), filter_time)
-    out, out_packed = _empty_like(len(events))
-    kept = _denoise_kernel(packed, out_packed, memory, filter_time)
+    out, out_packed = _empty_like(len(f.t))
+    kept = _denoise_kernel(f.t, f.x, f.y, f.p, out_packed, memory, filter_time)
     return out[:kept].copy()
 
 
@@ -314,12 +321,12 @@ class Denoise(_Stage):
         self._last_t = None
 
     def push(self, events) -> np.ndarray:
-        events, packed = _validated(events, self.sensor_size, previous_t=self._last_t, what="chunk event")
-        if len(events) == 0:
-            return events.copy()
-        out, out_packed = _empty_like(len(events))
-        kept = _denoise_kernel(packed, out_packed, self._memory, self.filter_time)
-        self._last_t = int(packed[-2])
+        f = _validated(events, self.sensor_size, previous_t=self._last_t, what="chunk event")
+        if len(f.t) == 0:
+            return _empty_like(0)[0]
+        out, out_packed = _empty_like(len(f.t))
+        kept = _denoise_kernel(f.t, f.x, f.y, f.p, out_packed, self._memory, self.filter_time)
+        self._last_t = f.t[-1].item()
         return out[:kept].copy() if kept < len(out) else out
 
     def output_sensor_size(self, sensor_size) -> SensorSize:

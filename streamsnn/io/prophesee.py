@@ -183,10 +183,41 @@ _EVT3_UNDEFINED = (1 << 9) | (1 << 11) | (1 << 12) | (1 << 13)
 _EVT2_DEFINED = (1 << 0) | (1 << 1) | (1 << 8) | (1 << 10) | (1 << 14) | (1 << 15)
 
 
+# How many events each 12-bit vector mask holds.
+_POPCOUNT_12 = np.array([bin(m).count("1") for m in range(1 << 12)], dtype=np.uint8)
+
+
+@njit(cache=True, nogil=True)
+def _evt3_bound(words, popcount):
+    """Most events the words can decode to: one per EVT_ADDR_X, one per set bit of a vector mask.
+
+    A first pass at memory speed, so that the decoder writes into one buffer
+    of the right size, once, instead of filling guessed buffers and copying
+    them together.
+    """
+    bound = 0
+    for i in range(np.uint64(words.shape[0])):
+        w = words[i]
+        kind = w >> 12
+        if kind == 0x2:
+            bound += 1
+        elif kind == 0x4:
+            bound += popcount[w & 0xFFF]
+        elif kind == 0x5:
+            bound += popcount[w & 0xFF]
+    return bound
+
+
 @njit(cache=True, nogil=True)
 def _evt3_kernel(words, state, out, width, height):
-    n_words = words.shape[0]
-    capacity = out.shape[0]
+    """Decode EVT 3.0 words into out (flat int64: t, then x | y << 16 | p << 32 per event).
+
+    Indices are unsigned so that Numba drops its negative-index wraparound
+    from every load and store.
+    """
+    n_words = np.uint64(words.shape[0])
+    capacity = np.uint64(out.shape[0] // 2)
+    one = np.uint64(1)
     time_high = state[_S_TIME_HIGH]
     time_low = state[_S_TIME_LOW]
     loops = state[_S_LOOPS]
@@ -198,12 +229,12 @@ def _evt3_kernel(words, state, out, width, height):
     dropped = state[_S_DROPPED]
     t = (loops << 24) | (time_high << 12) | time_low
     y_ok = is_cd != 0 and y < height
-    n = 0
-    i = 0
+    n = np.uint64(0)
+    i = np.uint64(0)
     status = STATUS_DONE
     if started == 0:
         while i < n_words and (words[i] >> 12) != 0x8:
-            i += 1
+            i += one
         if i < n_words:
             started = 1
             time_high = np.int64(words[i] & 0xFFF)
@@ -218,13 +249,13 @@ def _evt3_kernel(words, state, out, width, height):
                 break
             x = w & 0x7FF
             if y_ok and x < width:
-                out[n, 0] = t
-                out[n, 1] = x | (y << 16) | (((w >> 11) & 1) << 32)
-                n += 1
+                out[n + n] = t
+                out[n + n + one] = x | (y << 16) | (((w >> 11) & 1) << 32)
+                n += one
             elif is_cd != 0:
                 dropped += 1
         elif kind == 0x4 or kind == 0x5:
-            if n + 12 > capacity:
+            if n + np.uint64(12) > capacity:
                 status = STATUS_FULL
                 break
             if kind == 0x4:
@@ -242,9 +273,9 @@ def _evt3_kernel(words, state, out, width, height):
                             if mask & 1:
                                 x = base_x + k
                                 if x < width:
-                                    out[n, 0] = t
-                                    out[n, 1] = x | word
-                                    n += 1
+                                    out[n + n] = t
+                                    out[n + n + one] = x | word
+                                    n += one
                                 else:
                                     dropped += 1
                             mask >>= 1
@@ -279,7 +310,7 @@ def _evt3_kernel(words, state, out, width, height):
             status = STATUS_BAD_TYPE
             break
         # 0x7, 0xA, 0xE, 0xF: continued words, triggers, IMU and other system events
-        i += 1
+        i += one
     state[_S_TIME_HIGH] = time_high
     state[_S_TIME_LOW] = time_low
     state[_S_LOOPS] = loops
@@ -289,7 +320,7 @@ def _evt3_kernel(words, state, out, width, height):
     state[_S_STARTED] = started
     state[_S_IS_CD] = is_cd
     state[_S_DROPPED] = dropped
-    return n, i, status
+    return np.int64(n), np.int64(i), status
 
 
 @njit(cache=True, nogil=True)
@@ -407,19 +438,23 @@ class _RawRecording(Recording):
             out = np.empty(min(remaining * self.expansion, remaining + (1 << 16)), dtype=EVENT_DTYPE)
             n, consumed, status = self._kernel(words[start:], state, out.view(np.int64).reshape(-1, 2))
             parts.append(out[:n])
-            if status == STATUS_BAD_TYPE:
-                kind = int(words[start + consumed]) >> (self.word_bytes * 8 - 4)
-                raise EventFormatError(
-                    self.path, f"word type 0x{kind:X} is not defined in {self.format.upper()}; "
-                               "the file is corrupt or not a RAW recording",
-                    offset=offset + (start + consumed) * self.word_bytes)
-            if status == STATUS_TIME_BACK:
-                raise EventFormatError(
-                    self.path, f"EVT_TIME_HIGH steps back to {int(words[start + consumed]) & 0x0FFFFFFF}"
-                               f" (x 64 us) from {int(state[_S2_TIME_HIGH])}; the file is corrupt",
-                    offset=offset + (start + consumed) * self.word_bytes)
+            self._check_status(status, words, start + consumed, state, offset)
             start += consumed
         return concat_or_empty(parts)
+
+    def _check_status(self, status: int, words: np.ndarray, stop: int, state: np.ndarray, offset: int) -> None:
+        """Raise EventFormatError if the kernel stopped at words[stop] on a bad word."""
+        if status == STATUS_BAD_TYPE:
+            kind = int(words[stop]) >> (self.word_bytes * 8 - 4)
+            raise EventFormatError(
+                self.path, f"word type 0x{kind:X} is not defined in {self.format.upper()}; "
+                           "the file is corrupt or not a RAW recording",
+                offset=offset + stop * self.word_bytes)
+        if status == STATUS_TIME_BACK:
+            raise EventFormatError(
+                self.path, f"EVT_TIME_HIGH steps back to {int(words[stop]) & 0x0FFFFFFF}"
+                           f" (x 64 us) from {int(state[_S2_TIME_HIGH])}; the file is corrupt",
+                offset=offset + stop * self.word_bytes)
 
     def _complete_end(self) -> int:
         data_bytes = self.file_size - self.data_offset
@@ -469,8 +504,28 @@ class Evt3Recording(_RawRecording):
 
     _word_dtype = np.dtype("<u2")
 
-    def _kernel(self, words, state, out):
-        return _evt3_kernel(words, state, out, self.sensor_size.width, self.sensor_size.height)
+    def _decode(self, words: np.ndarray, state: np.ndarray, offset: int) -> np.ndarray:
+        """Decode in one pass into one buffer; a file denser than one event per word sizes it exactly.
+
+        Real recordings hold about one event per word, so the buffer starts at
+        the word count: written once, in order. Only when vectors make more
+        events than that does a counting pass size the rest, and the part
+        decoded so far is copied over once.
+        """
+        width, height = self.sensor_size.width, self.sensor_size.height
+        # 12 spare: the kernel wants room for a whole vector before decoding one.
+        out = np.empty(words.size + 12, dtype=EVENT_DTYPE)
+        n, consumed, status = _evt3_kernel(words, state, out.view(np.int64), width, height)
+        if status == STATUS_FULL:
+            rest = words[consumed:]
+            bigger = np.empty(n + _evt3_bound(rest, _POPCOUNT_12) + 12, dtype=EVENT_DTYPE)
+            bigger[:n] = out[:n]
+            out = bigger
+            more, used, status = _evt3_kernel(rest, state, out[n:].view(np.int64), width, height)
+            n, consumed = n + more, consumed + used
+        self._check_status(status, words, consumed, state, offset)
+        assert status == STATUS_DONE, "the EVT 3.0 bound undercounted"
+        return out[:n]
 
 
 class Evt2Recording(_RawRecording):

@@ -148,3 +148,22 @@ def test_streams_join_and_leave_a_running_job(tmp_path, ckpt, sample_folder):
     assert any(r["stream"] == "endless" for r in rows)
     states = {s["stream"]: s["state"] for s in pipeline.final_status}
     assert states == {"endless": "stopped", "late": "finished"}
+
+
+@pytest.mark.timeout(60)
+def test_stop_while_waiting_for_subscribers_ends_the_job_at_once(tmp_path, ckpt):
+    """Ctrl-C / SIGTERM during the wait for subscribers (nobody comes) ends the job, it does not wait on."""
+    recording = tmp_path / "clip.npy"
+    write_npy(recording, _events(3000, 0, 300_000, 3))
+    pipeline = Pipeline(_config(ckpt, [SourceConfig(uri=str(recording), stream="clip", speed=1.0)],
+                                wait_subscribers=3, wait_timeout_s=30.0)).open()
+    codes = []
+    runner = threading.Thread(target=lambda: codes.append(pipeline.run()))
+    runner.start()
+    time.sleep(0.3)
+    stopped = time.monotonic()
+    pipeline.stop("SIGINT", 130)
+    runner.join(10)
+    assert not runner.is_alive()
+    assert time.monotonic() - stopped < 3.0
+    assert codes == [130]

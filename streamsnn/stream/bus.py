@@ -298,13 +298,15 @@ class Publisher:
         return sum(n for topic, n in self.subscriptions.items()
                    if b"decision.".startswith(topic) or topic.startswith(b"decision."))
 
-    def wait_for_subscribers(self, count: int = 0, timeout_s: float = 5.0, settle_s: float = 0.3) -> int:
+    def wait_for_subscribers(self, count: int = 0, timeout_s: float = 5.0, settle_s: float = 0.3,
+                             stop: threading.Event | None = None) -> int:
         """Close the slow-joiner gap before the first message.
 
         Waits ``settle_s`` in any case (subscribers already retrying a connection
         join in that time), then until ``count`` subscriptions that receive
         decisions (one per subscriber for ``streamsnn subscribe``) have arrived
-        or ``timeout_s`` has passed. Returns the number of such subscriptions.
+        or ``timeout_s`` has passed. Returns early, within about 20 ms, once
+        ``stop`` is set (Ctrl-C during the wait). Returns the number of such subscriptions.
         """
         start = time.monotonic()
         settle_end = start + max(0.0, settle_s)
@@ -312,6 +314,8 @@ class Publisher:
         while True:
             now = time.monotonic()
             seen = self.decision_subscriptions
+            if stop is not None and stop.is_set():
+                return seen
             if now >= settle_end and (seen >= count or now >= deadline):
                 return seen
             self.poll_subscriptions(20)

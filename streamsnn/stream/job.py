@@ -272,7 +272,7 @@ class Pipeline:
         c = self.config
         with self._send_lock:
             self.subscribers_at_start = self.publisher.wait_for_subscribers(c.wait_subscribers, c.wait_timeout_s,
-                                                                            c.settle_s)
+                                                                            c.settle_s, stop=self.stop_event)
         self.started_ns = time.time_ns()
         self._t0 = time.perf_counter()
         self._cpu0 = time.process_time()

@@ -167,3 +167,47 @@ def test_stop_while_waiting_for_subscribers_ends_the_job_at_once(tmp_path, ckpt)
     assert not runner.is_alive()
     assert time.monotonic() - stopped < 3.0
     assert codes == [130]
+
+
+def _rows_on_disk(path) -> int:
+    """Rows of a decision log as another process sees it (the job holds the file open)."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import sys, h5py; print(h5py.File(sys.argv[1], 'r')['decisions'].shape[0])"
+    env = dict(os.environ, HDF5_USE_FILE_LOCKING="FALSE")
+    return int(subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
+                              env=env, check=True).stdout)
+
+
+@pytest.mark.timeout(60)
+def test_a_lone_decision_reaches_the_log_file_within_the_flush_interval(tmp_path, ckpt):
+    from conftest import decision_message
+
+    recording = tmp_path / "clip.npy"
+    write_npy(recording, _events(3000, 0, 300_000, 3))
+    log = tmp_path / "log.h5"
+    pipeline = Pipeline(_config(ckpt, [SourceConfig(uri=str(recording), stream="clip")], log=str(log))).open()
+    try:
+        pipeline.publish_decision("s", dict(decision_message(0), frame_available_ns=time.time_ns()))
+        # and no decision after it
+        time.sleep(1.5)                                         # the log's flush interval is 0.5 s
+        assert _rows_on_disk(log) == 1
+    finally:
+        pipeline.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_log_write_error_stops_the_job_with_exit_code_1(tmp_path, ckpt, capsys):
+    recording = tmp_path / "clip.npy"
+    write_npy(recording, _events(3000, 0, 300_000, 3))
+    log = tmp_path / "log.h5"
+    pipeline = Pipeline(_config(ckpt, [SourceConfig(uri=str(recording), stream="clip", speed=1.0, loop=True)],
+                                log=str(log))).open()
+    # a row the log cannot write (no fields): the writer's append raises, as on a disk error
+    pipeline.publish_decision("s", {"schema": 1, "stream": "s", "frame_available_ns": time.time_ns()})
+    assert pipeline.run() == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"decision log {log}" in err
+    assert pipeline.final_status[0]["log_error"].startswith(f"decision log {log}")

@@ -156,6 +156,7 @@ class Pipeline:
         self._log_queue: queue_module.Queue = queue_module.Queue()
         self._log_thread = None
         self.log = None
+        self.log_error: str | None = None
         self.streams: list[Stream] = []
         self.started_ns = None
         self.sources_started: float | None = None     # perf_counter() when the first source thread started
@@ -365,6 +366,8 @@ class Pipeline:
             message["wall_s"] = now - self._t0
             message["cpu_s"] = time.process_time() - self._cpu0     # the whole process, every thread
             message["final"] = final
+            if self.log_error is not None:
+                message["log_error"] = self.log_error
             self._status_previous[stream.name] = message
             with self._send_lock:
                 message["subscribers"] = self.publisher.decision_subscriptions
@@ -378,11 +381,31 @@ class Pipeline:
             self._send_status()
 
     def _write_log(self) -> None:
-        while True:
-            message = self._log_queue.get()
-            if message is None:
-                break
-            self.log.append(message)
+        """Append queued decisions; flush buffered rows when they are due even if no decision follows.
+        A write error (disk full, h5py) stops the job with exit code 1 and a one-line error, on stderr
+        and in every status message after it: a job that cannot log must not look healthy."""
+        try:
+            while True:
+                try:
+                    message = self._log_queue.get(timeout=self.log.seconds_to_flush())
+                except queue_module.Empty:
+                    self.log.flush()
+                    continue
+                if message is None:
+                    break
+                self.log.append(message)
+        except Exception as exc:
+            self._log_failed(exc)
+            self.stop("decision log error")
+            while self._log_queue.get() is not None:   # drain until close() puts the end marker
+                pass
+
+    def _log_failed(self, exc: Exception) -> None:
+        if self.log_error is None:
+            self.log_error = f"decision log {self.log.path}: {type(exc).__name__}: {exc}"
+            print(f"streamsnn run: {self.log_error}", file=sys.stderr)
+        if self.exit_code == EXIT_OK:
+            self.exit_code = EXIT_SOURCE_ERROR
 
     # -- shutdown -----------------------------------------------------------------------------
     def close(self) -> list[dict]:
@@ -412,7 +435,10 @@ class Pipeline:
             self._log_queue.put(None)
             self._log_thread.join(5.0)
         if self.log is not None:
-            self.log.close()
+            try:
+                self.log.close()
+            except Exception as exc:   # the last rows cannot be written: said once, never a traceback
+                self._log_failed(exc)
         if self._opened:
             self.publisher.close(linger_ms=500)
         for stream in self.streams:

@@ -204,3 +204,36 @@ def test_a_stalled_sender_shows_as_stalled_on_the_job_status_topic(tmp_path):
         job.communicate(timeout=30)
         subscriber.close()
         peer.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_dv_source_refused_for_its_geometry_is_disconnected(tmp_path):
+    """A job that refuses a stream (sensor 64x48, the model takes 34x34) hangs up on its sender at once."""
+    from streamsnn.errors import ConfigError
+    from streamsnn.stream.config import PipelineConfig, SourceConfig
+    from streamsnn.stream.job import BUNDLED_CHECKPOINT, Pipeline
+
+    header, packets = _dv_stream_bytes(tmp_path, sensor=(64, 48))
+    hung_up = threading.Event()
+
+    def serve(connection, done):
+        connection.sendall(header + packets)
+        connection.settimeout(20)
+        try:
+            if connection.recv(1) == b"":
+                hung_up.set()
+        except ConnectionResetError:   # closed with our bytes unread: a reset, not an end of stream
+            hung_up.set()
+
+    peer = Peer(serve)
+    config = PipelineConfig(sources=[SourceConfig(uri=f"dv://127.0.0.1:{peer.port}", stream="cam")],
+                            checkpoint=str(BUNDLED_CHECKPOINT), endpoint="tcp://127.0.0.1:*", settle_s=0.0)
+    pipeline = Pipeline(config)
+    try:
+        # the error's traceback (kept, as a caller's would be) holds the source: only close() hangs up
+        with pytest.raises(ConfigError, match="64x48x2") as refused:
+            pipeline.open()
+        assert hung_up.wait(5)
+        assert refused.tb is not None
+    finally:
+        peer.close()

@@ -211,3 +211,28 @@ def test_a_log_write_error_stops_the_job_with_exit_code_1(tmp_path, ckpt, capsys
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"decision log {log}" in err
     assert pipeline.final_status[0]["log_error"].startswith(f"decision log {log}")
+
+
+@pytest.mark.timeout(60)
+def test_open_failing_part_way_releases_the_port(tmp_path, ckpt):
+    from conftest import free_port
+
+    from streamsnn.errors import ConfigError
+    from streamsnn.stream.bus import Publisher
+
+    recording = tmp_path / "clip.npy"
+    write_npy(recording, _events(3000, 0, 300_000, 3))
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    config = _config(ckpt, [SourceConfig(uri=str(recording), stream="clip")], log="/proc/x.h5")
+    config.endpoint = endpoint
+    with pytest.raises(ConfigError, match="/proc/x.h5"):
+        Pipeline(config).open()
+    deadline = time.monotonic() + 3     # ZeroMQ unbinds in its I/O thread, shortly after close()
+    while True:
+        try:
+            Publisher(endpoint).close()      # the port is free again
+            break
+        except ConfigError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)

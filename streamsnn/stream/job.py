@@ -167,6 +167,16 @@ class Pipeline:
 
     # -- setup ------------------------------------------------------------------------------
     def open(self) -> "Pipeline":
+        """Load the model, open and warm every source, bind the publisher, open the log. On any
+        failure part-way, whatever was created (sources, a bound port, the log) is closed before the
+        error goes on: a caller that never gets a Pipeline cannot close it."""
+        try:
+            return self._open()
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self) -> "Pipeline":
         import torch
 
         from ..cutoff import ConfidenceCutoff, policy_from_meta
@@ -230,6 +240,13 @@ class Pipeline:
         while source.stream in names:
             source.stream = f"{base}-{k}"
             k += 1
+        try:
+            return self._build_stream(source, sc)
+        except BaseException:   # a connected dv:// socket or an open file must not outlive the error
+            source.close()
+            raise
+
+    def _build_stream(self, source: Source, sc: SourceConfig) -> Stream:
         source.open(default_sensor_size=self.model_sensor_size)
         stages, out_size = build_preprocess(self.config, source.sensor_size)
         model_size = self.model_sensor_size
@@ -417,8 +434,10 @@ class Pipeline:
         for stream in self.streams:
             stream.stop.set()
         deadline = time.monotonic() + 1.0          # every thread together, not one second each
-        threads = [s.thread for s in self.streams] + [self.scheduler.thread if self._opened else None,
-                                                      self.frame_worker.thread if self._opened else None]
+        # after a failed open() only part of the job exists: close what does
+        scheduler, frame_worker = getattr(self, "scheduler", None), getattr(self, "frame_worker", None)
+        threads = [s.thread for s in self.streams] + [scheduler.thread if scheduler is not None else None,
+                                                      frame_worker.thread if frame_worker is not None else None]
         for thread in threads:
             if thread is not None:
                 thread.join(max(0.0, deadline - time.monotonic()))
@@ -439,8 +458,8 @@ class Pipeline:
                 self.log.close()
             except Exception as exc:   # the last rows cannot be written: said once, never a traceback
                 self._log_failed(exc)
-        if self._opened:
-            self.publisher.close(linger_ms=500)
+        if self._publisher is not None:
+            self._publisher.close(linger_ms=500)
         for stream in self.streams:
             try:
                 stream.source.close()

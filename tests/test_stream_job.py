@@ -236,3 +236,19 @@ def test_open_failing_part_way_releases_the_port(tmp_path, ckpt):
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
+
+
+def test_run_long_latency_percentiles_cost_the_same_at_any_length():
+    from streamsnn.stream.scheduler import LatencyHistogram
+
+    rng = np.random.default_rng(0)
+    latencies = rng.lognormal(mean=1.0, sigma=0.8, size=300_000)    # ms: a long run's decisions
+    histogram = LatencyHistogram()
+    size = histogram.counts.nbytes
+    for value in latencies:
+        histogram.add(float(value))
+    assert histogram.count == 300_000 and histogram.counts.nbytes == size   # nothing kept per decision
+    p50, p99 = histogram.percentiles()
+    assert p50 == pytest.approx(np.percentile(latencies, 50), rel=0.006)
+    assert p99 == pytest.approx(np.percentile(latencies, 99), rel=0.006)
+    assert LatencyHistogram().percentiles() == (None, None)

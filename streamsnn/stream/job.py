@@ -109,7 +109,7 @@ class Stream:
         lane = self.lane
         latencies, lane.interval_latencies = lane.interval_latencies, []
         p50, p99 = percentiles(latencies)
-        all50, all99 = percentiles(list(lane.latencies))
+        all50, all99 = lane.latencies.percentiles()
         read = self.source.events_read
         prev = previous or {}
         dt = max(interval_s, 1e-9)

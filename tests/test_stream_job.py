@@ -147,7 +147,7 @@ def test_streams_join_and_leave_a_running_job(tmp_path, ckpt, sample_folder):
     assert [tuple(r[k] for k in keys) for r in joined] == [tuple(r[k] for k in keys) for r in alone]
     assert any(r["stream"] == "endless" for r in rows)
     states = {s["stream"]: s["state"] for s in pipeline.final_status}
-    assert states == {"endless": "stopped", "late": "finished"}
+    assert states == {"late": "finished"}             # the removed stream had its final status then
 
 
 @pytest.mark.timeout(60)
@@ -252,3 +252,33 @@ def test_run_long_latency_percentiles_cost_the_same_at_any_length():
     assert p50 == pytest.approx(np.percentile(latencies, 50), rel=0.006)
     assert p99 == pytest.approx(np.percentile(latencies, 99), rel=0.006)
     assert LatencyHistogram().percentiles() == (None, None)
+
+
+@pytest.mark.timeout(60)
+def test_a_removed_stream_sends_its_final_status_and_is_forgotten(tmp_path, ckpt):
+    a, b = tmp_path / "a.npy", tmp_path / "b.npy"
+    write_npy(a, _events(3000, 0, 300_000, 1))
+    write_npy(b, _events(3000, 0, 300_000, 2))
+    pipeline = Pipeline(_config(ckpt, [SourceConfig(uri=str(a), stream="a", speed=1.0, loop=True),
+                                       SourceConfig(uri=str(b), stream="b", speed=1.0, loop=True)],
+                                status_interval_s=0.05)).open()
+    sub = Subscriber(pipeline.endpoint, topic="status", streams=["a"])
+    runner = threading.Thread(target=pipeline.run)
+    runner.start()
+    try:
+        time.sleep(0.5)
+        removed = next(s for s in pipeline.streams if s.name == "a")
+        assert pipeline.remove_stream("a")
+        assert [s.name for s in pipeline.streams] == ["b"]
+        assert removed not in pipeline.frame_worker._streams
+        time.sleep(0.5)                                 # ten status rounds of the job go by
+        statuses = []
+        while (item := sub.recv(timeout_s=0.3)) is not None:
+            statuses.append(item[1])
+        assert statuses and statuses[-1]["final"] is True and statuses[-1]["state"] == "stopped"
+        assert sum(s["final"] for s in statuses) == 1
+    finally:
+        pipeline.stop()
+        runner.join(5)
+        sub.close()
+    assert [s["stream"] for s in pipeline.final_status] == ["b"]

@@ -152,6 +152,7 @@ class Pipeline:
         self.stop_reason: str | None = None
         self._send_lock = threading.Lock()
         self._streams_lock = threading.Lock()
+        self._status_lock = threading.Lock()     # one status round (or a removed stream's final one) at a time
         self._publisher = publisher
         self._log_queue: queue_module.Queue = queue_module.Queue()
         self._log_thread = None
@@ -323,12 +324,27 @@ class Pipeline:
         return stream.name
 
     def remove_stream(self, name: str, timeout_s: float = 2.0) -> bool:
-        """Stop one stream (its decisions so far stay published); True once it has closed."""
+        """Stop one stream (its decisions so far stay published); True once it has closed, its final
+        status (``final`` true) is sent and the job has forgotten it (no status for it after that)."""
         stream = next((s for s in self.streams if s.name == name), None)
         if stream is None:
             raise ConfigError(f"remove_stream: no stream named {name!r}")
         stream.stop.set()
-        return stream.lane.closed.wait(timeout_s)
+        if not stream.lane.closed.wait(timeout_s):
+            return False
+        self.frame_worker.remove(stream)
+        if stream.thread is not None:
+            stream.thread.join(timeout_s)
+        now = time.perf_counter()
+        # under the status lock: the status thread cannot send one more (non-final) status after this
+        with self._status_lock:
+            with self._streams_lock:
+                self.streams = [s for s in self.streams if s is not stream]
+            if stream.lane.state_name in ("running", "starting"):
+                stream.lane.state_name = "stopped"
+            self._send_one_status(stream, now - getattr(self, "_last_status", self._t0), now, final=True)
+            self._status_previous.pop(stream.name, None)
+        return True
 
     def run(self) -> int:
         """Start, wait until every stream ends (or stop()), shut down cleanly; return the exit code."""
@@ -372,25 +388,25 @@ class Pipeline:
         return latency
 
     def _send_status(self, final: bool = False) -> list[dict]:
-        now = time.perf_counter()
-        interval = now - getattr(self, "_last_status", self._t0)
-        self._last_status = now
-        out = []
-        for stream in list(self.streams):
-            if stream.lane is None:
-                continue
-            message = stream.status(interval, self._status_previous.get(stream.name))
-            message["wall_s"] = now - self._t0
-            message["cpu_s"] = time.process_time() - self._cpu0     # the whole process, every thread
-            message["final"] = final
-            if self.log_error is not None:
-                message["log_error"] = self.log_error
-            self._status_previous[stream.name] = message
-            with self._send_lock:
-                message["subscribers"] = self.publisher.decision_subscriptions
-                self.publisher.send(status_topic(stream.name), message)
-            out.append(message)
-        return out
+        with self._status_lock:
+            now = time.perf_counter()
+            interval = now - getattr(self, "_last_status", self._t0)
+            self._last_status = now
+            return [self._send_one_status(stream, interval, now, final)
+                    for stream in list(self.streams) if stream.lane is not None]
+
+    def _send_one_status(self, stream: Stream, interval: float, now: float, final: bool) -> dict:
+        message = stream.status(interval, self._status_previous.get(stream.name))
+        message["wall_s"] = now - self._t0
+        message["cpu_s"] = time.process_time() - self._cpu0     # the whole process, every thread
+        message["final"] = final
+        if self.log_error is not None:
+            message["log_error"] = self.log_error
+        self._status_previous[stream.name] = message
+        with self._send_lock:
+            message["subscribers"] = self.publisher.decision_subscriptions
+            self.publisher.send(status_topic(stream.name), message)
+        return message
 
     def _status_loop(self) -> None:
         interval = self.config.status_interval_s

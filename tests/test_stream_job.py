@@ -282,3 +282,48 @@ def test_a_removed_stream_sends_its_final_status_and_is_forgotten(tmp_path, ckpt
         runner.join(5)
         sub.close()
     assert [s["stream"] for s in pipeline.final_status] == ["b"]
+
+
+@pytest.mark.timeout(60)
+def test_an_error_outside_the_frame_stage_ends_the_stream_and_the_job(tmp_path, ckpt, capsys):
+    """Not only a stage's process(): whatever raises in the frame thread for a stream (here its queue)
+    closes that stream in error, and the job ends with exit code 1 instead of waiting forever."""
+    recording = tmp_path / "clip.npy"
+    write_npy(recording, _events(3000, 0, 300_000, 3))
+    pipeline = Pipeline(_config(ckpt, [SourceConfig(uri=str(recording), stream="clip", speed=1.0, loop=True)])).open()
+
+    def broken_get_nowait():
+        raise RuntimeError("queue broke")
+
+    pipeline.streams[0].queue.get_nowait = broken_get_nowait
+    codes = []
+    runner = threading.Thread(target=lambda: codes.append(pipeline.run()), daemon=True)
+    runner.start()
+    runner.join(15)
+    assert not runner.is_alive() and codes == [1]
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "RuntimeError: queue broke" in err
+    assert pipeline.final_status[0]["state"] == "error"
+
+
+@pytest.mark.timeout(60)
+def test_a_stream_error_after_ctrl_c_keeps_the_signal_exit_code(tmp_path, ckpt):
+    from streamsnn.stream.frames import StreamClosed
+
+    recording = tmp_path / "clip.npy"
+    write_npy(recording, _events(3000, 0, 300_000, 3))
+    pipeline = Pipeline(_config(ckpt, [SourceConfig(uri=str(recording), stream="clip", speed=1.0, loop=True)],
+                                log=str(tmp_path / "log.h5"))).open()
+    runner = threading.Thread(target=pipeline.run)
+    runner.start()
+    time.sleep(0.3)
+    pipeline.stop("SIGINT", 130)
+    lane = pipeline.streams[0].lane
+    lane.error = "SourceError: the recording went away"      # what the inference thread reports next
+    pipeline._stream_closed(lane, StreamClosed("error", RuntimeError("late")))
+    runner.join(10)
+    assert pipeline.exit_code == 130
+    # and after the log's end marker nothing more is sent (it could not be logged)
+    assert pipeline.publish_decision("clip", {"frame_available_ns": time.time_ns()}) >= 0
+    assert pipeline.publisher.sent == sum(1 for _ in read_decision_log(tmp_path / "log.h5")) + sum(
+        1 for _ in pipeline.final_status)

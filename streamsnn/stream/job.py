@@ -158,6 +158,7 @@ class Pipeline:
         self._log_thread = None
         self.log = None
         self.log_error: str | None = None
+        self._log_ended = False          # the log's end marker is queued: no decision is sent after it
         self.streams: list[Stream] = []
         self.started_ns = None
         self.sources_started: float | None = None     # perf_counter() when the first source thread started
@@ -211,7 +212,8 @@ class Pipeline:
         else:
             self.policy = ConfidenceCutoff(0.0)   # never fires: every window runs to max_timesteps
         self.stepper = BlockStepper(self.model)
-        self.frame_worker = FrameWorker(self.stop_event, max_pending_frames=max(32, 2 * self.max_timesteps))
+        self.frame_worker = FrameWorker(self.stop_event, max_pending_frames=max(32, 2 * self.max_timesteps),
+                                        on_error=lambda exc: self._thread_failed("frame", exc))
         self.scheduler = Scheduler(self.stepper, self.policy, self.max_timesteps, self.publish_decision,
                                    stop=self.stop_event, class_names=self.class_names,
                                    on_closed=self._stream_closed, on_progress=self.frame_worker.wake.set,
@@ -360,31 +362,38 @@ class Pipeline:
     def stop(self, reason: str = "stopped", exit_code: int | None = None) -> None:
         if self.stop_reason is None:
             self.stop_reason = reason
-            if exit_code is not None and self.exit_code == EXIT_OK:
-                self.exit_code = exit_code
+        if exit_code is not None and self.exit_code == EXIT_OK:   # the first cause of a stop keeps its code
+            self.exit_code = exit_code
         self.stop_event.set()
         for stream in self.streams:
             stream.stop.set()
 
     def _stream_closed(self, lane: Lane | None, item) -> None:
-        if item.state == "error":
-            name = lane.name if lane is not None else "inference"
-            error = lane.error if lane is not None else f"{type(item.error).__name__}: {item.error}"
-            print(f"streamsnn run: stream {name!r}: {error}", file=sys.stderr)
-            self.exit_code = EXIT_SOURCE_ERROR
-            self.stop(f"error in stream {name}")
+        if item.state == "error" and lane is None:
+            self._thread_failed("inference", item.error)
+        elif item.state == "error":
+            print(f"streamsnn run: stream {lane.name!r}: {lane.error}", file=sys.stderr)
+            self.stop(f"error in stream {lane.name}", EXIT_SOURCE_ERROR)   # a Ctrl-C's 130/143 stays
         with self._streams_lock:
             if all(s.done for s in self.streams):
                 self.finished.set()
+
+    def _thread_failed(self, thread: str, exc: BaseException) -> None:
+        """A bug in one of the job's own threads (inference, frames): one line, exit code 1, the job stops."""
+        print(f"streamsnn run: the {thread} thread failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        self.stop(f"error in the {thread} thread", EXIT_SOURCE_ERROR)
+        self.finished.set()
 
     # -- sending ------------------------------------------------------------------------------
     def publish_decision(self, stream: str, message: dict) -> float:
         """Send one decision now (latency stamped at the send); queue it for the log. Returns latency ms."""
         with self._send_lock:
             latency = stamp_sent(message, time.time_ns())
+            if self._log_ended:   # only an inference thread that outlived close()'s wait: never sent unlogged
+                return latency
             self.publisher.send(decision_topic(stream), message)
-        if self.log is not None:
-            self._log_queue.put(message)
+            if self.log is not None:
+                self._log_queue.put(message)
         return latency
 
     def _send_status(self, final: bool = False) -> list[dict]:
@@ -467,7 +476,13 @@ class Pipeline:
             final = self._send_status(final=True)
         self.final_status = final
         if self._log_thread is not None:
-            self._log_queue.put(None)
+            # the inference thread publishes (and queues for the log): it must be done before the log's
+            # end marker, or a decision would go out that is never logged
+            if scheduler is not None and scheduler.thread is not None:
+                scheduler.thread.join(5.0)
+            with self._send_lock:
+                self._log_ended = True
+                self._log_queue.put(None)
             self._log_thread.join(5.0)
         if self.log is not None:
             try:

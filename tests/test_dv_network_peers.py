@@ -237,3 +237,32 @@ def test_a_dv_source_refused_for_its_geometry_is_disconnected(tmp_path):
         assert refused.tb is not None
     finally:
         peer.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_sender_of_a_header_and_no_events_shows_as_stalled(tmp_path):
+    from streamsnn.stream.config import PipelineConfig, SourceConfig
+    from streamsnn.stream.job import BUNDLED_CHECKPOINT, Pipeline
+
+    header, _ = _dv_stream_bytes(tmp_path, sensor=(34, 34))
+    peer = Peer(_serve_then(header, b"", lambda connection, done: done.wait(60)))
+    config = PipelineConfig(sources=[SourceConfig(uri=f"dv://127.0.0.1:{peer.port}", stream="cam")],
+                            checkpoint=str(BUNDLED_CHECKPOINT), endpoint="tcp://127.0.0.1:*", settle_s=0.0,
+                            status_interval_s=0.2)
+    pipeline = Pipeline(config).open()
+    subscriber = Subscriber(pipeline.endpoint, topic="status")
+    runner = threading.Thread(target=pipeline.run, daemon=True)
+    runner.start()
+    try:
+        states = []
+        deadline = time.monotonic() + 20
+        while "stalled" not in states and time.monotonic() < deadline:
+            item = subscriber.recv(timeout_s=0.5)
+            if item is not None:
+                states.append(item[1]["state"])
+        assert "stalled" in states, states
+    finally:
+        pipeline.stop()
+        runner.join(10)
+        subscriber.close()
+        peer.close()

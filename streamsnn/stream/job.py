@@ -134,8 +134,10 @@ class Stream:
             message["accuracy"] = lane.correct / lane.with_target
         source = self.source.stats()
         message.update({k: v for k, v in source.items() if k.startswith(("pacing", "source_")) or k == "speed"})
-        if source.get("source_stalled") and message["state"] == "running":
-            message["state"] = "stalled"  # a live sender that went quiet without closing the connection
+        if source.get("source_stalled") and message["state"] in ("starting", "running"):
+            # a live sender that went quiet without closing the connection, also one that sent its
+            # header and never an event (its lane never left "starting")
+            message["state"] = "stalled"
         if lane.error is not None:
             message["error"] = lane.error
         return message

@@ -49,7 +49,7 @@ STATUS_FIELDS: dict[str, type] = {
     "source": str,
     "queue_policy": str,
     "events_in": int,            # events the source has read
-    "events_processed": int,     # events taken from the queue by the job
+    "events_processed": int,     # events the frame stage took from the queue, plus those of decided samples the source skipped unread
     "dropped_events": int,
     "dropped_chunks": int,
     "frames": int,

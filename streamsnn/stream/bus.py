@@ -140,7 +140,7 @@ def _write_keys(root: Path, client_names: Iterable[str]) -> dict:
     return written
 
 
-def _load_server_keys(directory: Path, option: str = "--curve-keys") -> tuple[bytes, bytes]:
+def load_server_keys(directory: Path, option: str = "--curve-keys") -> tuple[bytes, bytes]:
     import zmq.auth
 
     secret = directory / f"{SERVER_KEY_NAME}.key_secret"
@@ -196,7 +196,7 @@ def _serve(socket, endpoint: str, curve_keys, context, what: str):
             from zmq.auth.thread import ThreadAuthenticator
 
             keys = Path(curve_keys)
-            public, secret = _load_server_keys(keys)
+            public, secret = load_server_keys(keys)
             authenticator = ThreadAuthenticator(context)
             authenticator.start()
             authenticator.configure_curve(domain="*", location=str(keys / AUTHORIZED_DIR))

@@ -193,7 +193,10 @@ class Pipeline:
         # quickly; with dozens of source threads runnable, the default 5 ms switch interval would add up to
         # 5 ms to a decision for each of them that grabs the GIL first.
         sys.setswitchinterval(min(sys.getswitchinterval(), 0.0005))
-        self.device = config.device or "cpu"
+        from ..training.trainer import pick_device
+
+        # as `streamsnn eval`: "cuda" without a CUDA device is a clear error, not a failed checkpoint load
+        self.device = str(pick_device(config.device)) if config.device else "cpu"
         self.model, self.meta = load_checkpoint(config.checkpoint, map_location=self.device)
         meta = self.meta
         channels, height, width = (int(v) for v in meta["input_size"])

@@ -349,7 +349,8 @@ class Pipeline:
                 self.streams = [s for s in self.streams if s is not stream]
             if stream.lane.state_name in ("running", "starting"):
                 stream.lane.state_name = "stopped"
-            self._send_one_status(stream, now - getattr(self, "_last_status", self._t0), now, final=True)
+            if not self._closed:   # after close() the job's final status has covered it
+                self._send_one_status(stream, now - getattr(self, "_last_status", self._t0), now, final=True)
             self._status_previous.pop(stream.name, None)
         return True
 

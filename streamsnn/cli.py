@@ -173,10 +173,19 @@ def _cmd_import_nir(args) -> int:
 def _cmd_run(args) -> int:
     """``streamsnn run``: exit code 0 at the end of the sources, 1 after a source error,
     130 after Ctrl-C, 143 after SIGTERM (both clean: log closed, last messages sent)."""
-    from .stream.job import EXIT_SIGINT, EXIT_SIGTERM, Pipeline
+    from .stream.job import Pipeline
 
     config = _run_config(args)
     pipeline = Pipeline(config)
+    try:
+        return _run_pipeline(pipeline, config)
+    finally:
+        pipeline.close()   # idempotent: run() closed it unless something failed before
+
+
+def _run_pipeline(pipeline, config) -> int:
+    from .stream.job import EXIT_SIGINT, EXIT_SIGTERM
+
     pipeline.open()
     names = ", ".join(f"{w.name} ({w.source.uri}, {w.queue.policy})" for w in pipeline.streams)
     print(f"streamsnn run: {names} -> {pipeline.endpoint}"
@@ -225,11 +234,8 @@ def _find_data(arg: str | None) -> Path | None:
 
 def _cmd_demo(args) -> int:
     """``streamsnn demo``: the N-MNIST Test split through the bundled checkpoint, decisions shown live."""
-    import numpy as np
-
-    from .stream.bus import Subscriber
     from .stream.config import PipelineConfig, SourceConfig
-    from .stream.job import BUNDLED_CHECKPOINT, EXIT_SIGINT, Pipeline
+    from .stream.job import BUNDLED_CHECKPOINT, Pipeline
 
     from .datasets import bundled_nmnist_root, download_nmnist
 
@@ -260,6 +266,18 @@ def _cmd_demo(args) -> int:
         checkpoint=str(checkpoint), endpoint=args.publish, origin="streamsnn demo",
         wait_subscribers=1, wait_timeout_s=5.0, settle_s=0.1)
     pipeline = Pipeline(config)
+    try:
+        return _demo_pipeline(pipeline, root, checkpoint)
+    finally:
+        pipeline.close()   # idempotent: run() closed it unless something failed before
+
+
+def _demo_pipeline(pipeline, root: Path, checkpoint: Path) -> int:
+    import numpy as np
+
+    from .stream.bus import Subscriber
+    from .stream.job import EXIT_SIGINT, EXIT_SIGTERM
+
     pipeline.open()
     subscriber = Subscriber(pipeline.endpoint, topic="decision")
     total = len(pipeline.streams[0].source.samples)
@@ -269,10 +287,19 @@ def _cmd_demo(args) -> int:
     received = []
 
     def on_signal(signum, frame):
-        pipeline.stop(signal.Signals(signum).name, EXIT_SIGINT)
+        code = EXIT_SIGINT if signum == signal.SIGINT else EXIT_SIGTERM   # as `streamsnn run`
+        pipeline.stop(signal.Signals(signum).name, code)
+
+    failure = []
+
+    def run_pipeline():
+        try:
+            pipeline.run()
+        except Exception as exc:   # said once in the main thread, not as a thread's traceback
+            failure.append(exc)
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    runner = threading.Thread(target=pipeline.run, name="pipeline", daemon=True)
+    runner = threading.Thread(target=run_pipeline, name="pipeline", daemon=True)
     runner.start()
     tty = sys.stderr.isatty()
     last_print, printed = 0.0, 0
@@ -296,6 +323,11 @@ def _cmd_demo(args) -> int:
             signal.signal(s, handler)
     if tty:
         print(file=sys.stderr)
+    if failure:
+        if isinstance(failure[0], StreamsnnError):
+            raise failure[0]
+        print(f"streamsnn demo: error: {type(failure[0]).__name__}: {failure[0]}", file=sys.stderr)
+        return 1
     if not received:
         print("streamsnn demo: no decisions received", file=sys.stderr)
         return pipeline.exit_code or 1

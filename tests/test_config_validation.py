@@ -219,3 +219,26 @@ def test_replay_pacer_refuses_speeds_that_are_not_finite(speed):
 
     with pytest.raises(ConfigError, match="replay speed must be a finite number >= 0"):
         Pacer(speed)
+
+
+def test_device_and_curve_keys_are_checked_before_anything_loads(tmp_path):
+    with pytest.raises(ConfigError, match=r"\[model\].device must be cpu or cuda\[:N\], got 'bogus'"):
+        validate(PipelineConfig(device="bogus"))
+    validate(PipelineConfig(device="cuda:1"))        # spelt right; whether CUDA is there is asked at open()
+    with pytest.raises(ConfigError, match=r"curve_keys must be a folder written by"):
+        validate(PipelineConfig(curve_keys=str(tmp_path / "nonexistent")))
+    with pytest.raises(ConfigError, match=r"\[publish\].curve_keys .*: no server.key_secret"):
+        validate(PipelineConfig(curve_keys=str(tmp_path)))
+    generate_keys(tmp_path / "keys")
+    validate(PipelineConfig(curve_keys=str(tmp_path / "keys")))
+
+
+def test_run_with_a_bad_device_or_keys_is_one_line_naming_the_option(tmp_path):
+    from streamsnn.stream.job import BUNDLED_CHECKPOINT
+
+    for option, value, expected in (("--device", "bogus", "must be cpu or cuda[:N]"),
+                                    ("--curve-keys", str(tmp_path / "none"), "curve_keys must be a folder")):
+        out = subprocess.run([PY, "-m", "streamsnn.cli", "run", "--source", str(tmp_path / "x.npy"),
+                              "--checkpoint", str(BUNDLED_CHECKPOINT), option, value],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2 and out.stderr.count("\n") == 1 and expected in out.stderr, out.stderr

@@ -204,3 +204,65 @@ def test_a_stalled_sender_shows_as_stalled_on_the_job_status_topic(tmp_path):
         job.communicate(timeout=30)
         subscriber.close()
         peer.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_dv_source_refused_for_its_geometry_is_disconnected(tmp_path):
+    """A job that refuses a stream (sensor 64x48, the model takes 34x34) hangs up on its sender at once."""
+    from streamsnn.errors import ConfigError
+    from streamsnn.stream.config import PipelineConfig, SourceConfig
+    from streamsnn.stream.job import BUNDLED_CHECKPOINT, Pipeline
+
+    header, packets = _dv_stream_bytes(tmp_path, sensor=(64, 48))
+    hung_up = threading.Event()
+
+    def serve(connection, done):
+        connection.sendall(header + packets)
+        connection.settimeout(20)
+        try:
+            if connection.recv(1) == b"":
+                hung_up.set()
+        except ConnectionResetError:   # closed with our bytes unread: a reset, not an end of stream
+            hung_up.set()
+
+    peer = Peer(serve)
+    config = PipelineConfig(sources=[SourceConfig(uri=f"dv://127.0.0.1:{peer.port}", stream="cam")],
+                            checkpoint=str(BUNDLED_CHECKPOINT), endpoint="tcp://127.0.0.1:*", settle_s=0.0)
+    pipeline = Pipeline(config)
+    try:
+        # the error's traceback (kept, as a caller's would be) holds the source: only close() hangs up
+        with pytest.raises(ConfigError, match="64x48x2") as refused:
+            pipeline.open()
+        assert hung_up.wait(5)
+        assert refused.tb is not None
+    finally:
+        peer.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_sender_of_a_header_and_no_events_shows_as_stalled(tmp_path):
+    from streamsnn.stream.config import PipelineConfig, SourceConfig
+    from streamsnn.stream.job import BUNDLED_CHECKPOINT, Pipeline
+
+    header, _ = _dv_stream_bytes(tmp_path, sensor=(34, 34))
+    peer = Peer(_serve_then(header, b"", lambda connection, done: done.wait(60)))
+    config = PipelineConfig(sources=[SourceConfig(uri=f"dv://127.0.0.1:{peer.port}", stream="cam")],
+                            checkpoint=str(BUNDLED_CHECKPOINT), endpoint="tcp://127.0.0.1:*", settle_s=0.0,
+                            status_interval_s=0.2)
+    pipeline = Pipeline(config).open()
+    subscriber = Subscriber(pipeline.endpoint, topic="status")
+    runner = threading.Thread(target=pipeline.run, daemon=True)
+    runner.start()
+    try:
+        states = []
+        deadline = time.monotonic() + 20
+        while "stalled" not in states and time.monotonic() < deadline:
+            item = subscriber.recv(timeout_s=0.5)
+            if item is not None:
+                states.append(item[1]["state"])
+        assert "stalled" in states, states
+    finally:
+        pipeline.stop()
+        runner.join(10)
+        subscriber.close()
+        peer.close()

@@ -608,3 +608,39 @@ def test_source_path_from_an_environment_variable_is_relative_to_the_working_dir
     assert config.sources[0].uri == str(tmp_path / "data" / "nmnist" / "Test")
     # Paths written in the file itself stay relative to the file.
     assert config.checkpoint == str(tmp_path / "defs" / "ck.pt")
+
+
+@pytest.mark.timeout(120)
+def test_demo_sigterm_exits_143_like_run(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "STREAMSNN_DATA"}
+    env["STREAMSNN_CACHE"] = str(tmp_path / "cache")
+    demo = subprocess.Popen([PY, "-m", "streamsnn.cli", "demo", "--speed", "1", "--publish",
+                             f"tcp://127.0.0.1:{free_port()}"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert "publishing on" in demo.stderr.readline()      # running, its handlers installed
+        time.sleep(1.0)
+        demo.send_signal(signal.SIGTERM)
+        demo.communicate(timeout=30)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.communicate()
+    assert demo.returncode == 143
+
+
+@pytest.mark.timeout(120)
+def test_demo_pipeline_failure_is_one_line(monkeypatch, capsys, tmp_path):
+    from streamsnn import cli
+
+    def broken_start(self):
+        raise RuntimeError("the pipeline broke")
+
+    monkeypatch.setenv("STREAMSNN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("STREAMSNN_DATA", raising=False)
+    monkeypatch.setattr(Pipeline, "start", broken_start)
+    code = cli.main(["demo", "--limit", "2", "--speed", "0", "--publish", f"tcp://127.0.0.1:{free_port()}"])
+    err = capsys.readouterr().err
+    assert code == 1
+    lines = [line for line in err.splitlines() if "publishing on" not in line]
+    assert lines == ["streamsnn demo: error: RuntimeError: the pipeline broke"], err

@@ -50,22 +50,23 @@ _LOOPBACK = ("localhost", "lo", "lo0")
 
 # --------------------------------------------------------------------------- endpoints
 
-def normalize_endpoint(endpoint: str | int | None) -> str:
+def normalize_endpoint(endpoint: str | int | None, what: str = "publish endpoint") -> str:
     """``None`` -> the default; ``5556`` or ``"5556"`` -> ``tcp://127.0.0.1:5556``;
-    ``tcp://:5556`` -> loopback too. Anything else is used as given (the user asked for it)."""
+    ``tcp://:5556`` -> loopback too. Anything else is used as given (the user asked for it).
+    ``what`` names the endpoint in errors (a broker's upstream is not a publish endpoint of its own)."""
     if endpoint is None or endpoint == "":
         return DEFAULT_ENDPOINT
     text = str(endpoint).strip()
     if text.isdigit():
         text = f"tcp://127.0.0.1:{text}"
     if "://" not in text:
-        raise ConfigError(f"publish endpoint {text!r}: expected tcp://HOST:PORT, ipc://PATH or a port number")
+        raise ConfigError(f"{what} {text!r}: expected tcp://HOST:PORT, ipc://PATH or a port number")
     scheme, rest = text.split("://", 1)
     if scheme == "tcp":
         port = rest.rsplit(":", 1)[1] if ":" in rest else ""
         # ZeroMQ takes a port number modulo 65536: 99999 would silently be 34463
         if not (port in ("*", "!") or (port.isdigit() and 0 <= int(port) <= 65535)):
-            raise ConfigError(f"endpoint {text!r}: the port must be 0 to 65535 (0 or * for any free one)")
+            raise ConfigError(f"{what} {text!r}: the port must be 0 to 65535 (0 or * for any free one)")
         if rest.startswith(":"):
             return f"tcp://127.0.0.1{rest}"
     return text
@@ -101,11 +102,18 @@ def generate_keys(directory: str | os.PathLike, client_names: Iterable[str] = ("
     ``streamsnn subscribe --curve-keys DIR/clients/NAME``). Existing server keys
     are kept, so clients can be added later; an existing client is refused.
     """
+    root = Path(directory)
+    try:
+        return _write_keys(root, client_names)
+    except OSError as exc:   # a folder that cannot be made or written (read-only, /proc, a file in the way)
+        raise ConfigError(f"keys {root}: cannot write the key files ({exc.strerror or exc})") from exc
+
+
+def _write_keys(root: Path, client_names: Iterable[str]) -> dict:
     import shutil
 
     import zmq.auth
 
-    root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)
     server_public = root / f"{SERVER_KEY_NAME}.key"
     server_secret = root / f"{SERVER_KEY_NAME}.key_secret"
@@ -132,21 +140,21 @@ def generate_keys(directory: str | os.PathLike, client_names: Iterable[str] = ("
     return written
 
 
-def _load_server_keys(directory: Path) -> tuple[bytes, bytes]:
+def load_server_keys(directory: Path, option: str = "--curve-keys") -> tuple[bytes, bytes]:
     import zmq.auth
 
     secret = directory / f"{SERVER_KEY_NAME}.key_secret"
     if not secret.is_file():
-        raise ConfigError(f"--curve-keys {directory}: no {secret.name} (run `streamsnn keys {directory}` first)")
+        raise ConfigError(f"{option} {directory}: no {secret.name} (run `streamsnn keys {directory}` first)")
     public, private = zmq.auth.load_certificate(secret)
     if private is None:
         raise ConfigError(f"{secret}: holds no secret key")
     if not (directory / AUTHORIZED_DIR).is_dir():
-        raise ConfigError(f"--curve-keys {directory}: no {AUTHORIZED_DIR}/ folder of allowed client keys")
+        raise ConfigError(f"{option} {directory}: no {AUTHORIZED_DIR}/ folder of allowed client keys")
     return public, private
 
 
-def _load_client_keys(directory: Path) -> tuple[bytes, bytes, bytes]:
+def _load_client_keys(directory: Path, option: str = "--curve-keys") -> tuple[bytes, bytes, bytes]:
     """Client pair + server public key from a folder written by generate_keys (DIR/clients/NAME,
     or the root DIR itself when it holds exactly one client)."""
     import zmq.auth
@@ -162,12 +170,12 @@ def _load_client_keys(directory: Path) -> tuple[bytes, bytes, bytes]:
         if secrets and (folder / f"{SERVER_KEY_NAME}.key").is_file():
             found.append((folder, secrets[0]))
     if not found:
-        raise ConfigError(f"--curve-keys {directory}: no client key pair (NAME.key_secret) with "
+        raise ConfigError(f"{option} {directory}: no client key pair (NAME.key_secret) with "
                           f"{SERVER_KEY_NAME}.key beside it; run `streamsnn keys DIR --name NAME` and "
                           f"use DIR/{CLIENTS_DIR}/NAME")
     if len(found) > 1 and found[0][0] != directory:
         names = ", ".join(str(f) for f, _ in found)
-        raise ConfigError(f"--curve-keys {directory}: several client key pairs ({names}); name one folder")
+        raise ConfigError(f"{option} {directory}: several client key pairs ({names}); name one folder")
     folder, secret = found[0]
     public, private = zmq.auth.load_certificate(secret)
     server_public, _ = zmq.auth.load_certificate(folder / f"{SERVER_KEY_NAME}.key")
@@ -178,33 +186,39 @@ def _load_client_keys(directory: Path) -> tuple[bytes, bytes, bytes]:
 
 def _serve(socket, endpoint: str, curve_keys, context, what: str):
     """Bind a sending socket to ``endpoint``, as a CurveZMQ server when ``curve_keys`` is given (clients
-    must be in ``curve_keys/authorized/``). Returns the authenticator to stop at the end (or None)."""
-    authenticator = None
-    if curve_keys is not None:
-        from zmq.auth.thread import ThreadAuthenticator
+    must be in ``curve_keys/authorized/``). Returns the authenticator to stop at the end (or None).
 
-        keys = Path(curve_keys)
-        public, secret = _load_server_keys(keys)
-        authenticator = ThreadAuthenticator(context)
-        authenticator.start()
-        authenticator.configure_curve(domain="*", location=str(keys / AUTHORIZED_DIR))
-        socket.curve_secretkey = secret
-        socket.curve_publickey = public
-        socket.curve_server = True
-    elif not is_loopback(endpoint):
-        warnings.warn(f"{what} on {endpoint} beyond loopback without --curve-keys: "
-                      "anyone who can reach this port receives the decisions", stacklevel=3)
+    On any failure (keys that do not load, a bind refused) the socket is closed and the authenticator
+    stopped before the error is raised: an open socket would make ``context.term()`` wait forever."""
+    authenticator = None
     try:
-        socket.bind(endpoint)
-    except zmq.ZMQError as exc:
+        if curve_keys is not None:
+            from zmq.auth.thread import ThreadAuthenticator
+
+            keys = Path(curve_keys)
+            public, secret = load_server_keys(keys)
+            authenticator = ThreadAuthenticator(context)
+            authenticator.start()
+            authenticator.configure_curve(domain="*", location=str(keys / AUTHORIZED_DIR))
+            socket.curve_secretkey = secret
+            socket.curve_publickey = public
+            socket.curve_server = True
+        elif not is_loopback(endpoint):
+            warnings.warn(f"{what} on {endpoint} beyond loopback without --curve-keys: "
+                          "anyone who can reach this port receives the decisions", stacklevel=3)
+        try:
+            socket.bind(endpoint)
+        except zmq.ZMQError as exc:
+            raise ConfigError(f"cannot bind the {what} to {endpoint}: {exc}") from exc
+    except BaseException:
         socket.close(0)
         if authenticator is not None:
             authenticator.stop()
-        raise ConfigError(f"cannot bind the {what} to {endpoint}: {exc}") from exc
+        raise
     return authenticator
 
 
-def _receiver(context, kind: int, hwm: int, curve_keys):
+def _receiver(context, kind: int, hwm: int, curve_keys, option: str = "--curve-keys"):
     """A receiving socket (SUB, XSUB) that reconnects quickly, optionally a CurveZMQ client with the key
     pair in ``curve_keys`` (a client folder written by generate_keys)."""
     socket = context.socket(kind)
@@ -213,7 +227,7 @@ def _receiver(context, kind: int, hwm: int, curve_keys):
     socket.setsockopt(zmq.RECONNECT_IVL, 50)
     if curve_keys is not None:
         try:
-            public, secret, server_public = _load_client_keys(Path(curve_keys))
+            public, secret, server_public = _load_client_keys(Path(curve_keys), option)
         except ConfigError:
             socket.close(0)
             raise
@@ -221,6 +235,16 @@ def _receiver(context, kind: int, hwm: int, curve_keys):
         socket.curve_secretkey = secret
         socket.curve_serverkey = server_public
     return socket
+
+
+def _connect(socket, endpoints: Iterable[str], what: str) -> None:
+    """Connect to every endpoint; an address ZeroMQ refuses (unknown scheme, unresolvable host) is a
+    ConfigError naming it. The caller closes the socket on failure."""
+    for endpoint in endpoints:
+        try:
+            socket.connect(endpoint)
+        except zmq.ZMQError as exc:
+            raise ConfigError(f"cannot connect to the {what} {endpoint}: {exc}") from exc
 
 
 # --------------------------------------------------------------------------- publisher
@@ -274,13 +298,15 @@ class Publisher:
         return sum(n for topic, n in self.subscriptions.items()
                    if b"decision.".startswith(topic) or topic.startswith(b"decision."))
 
-    def wait_for_subscribers(self, count: int = 0, timeout_s: float = 5.0, settle_s: float = 0.3) -> int:
+    def wait_for_subscribers(self, count: int = 0, timeout_s: float = 5.0, settle_s: float = 0.3,
+                             stop: threading.Event | None = None) -> int:
         """Close the slow-joiner gap before the first message.
 
         Waits ``settle_s`` in any case (subscribers already retrying a connection
         join in that time), then until ``count`` subscriptions that receive
         decisions (one per subscriber for ``streamsnn subscribe``) have arrived
-        or ``timeout_s`` has passed. Returns the number of such subscriptions.
+        or ``timeout_s`` has passed. Returns early, within about 20 ms, once
+        ``stop`` is set (Ctrl-C during the wait). Returns the number of such subscriptions.
         """
         start = time.monotonic()
         settle_end = start + max(0.0, settle_s)
@@ -288,6 +314,8 @@ class Publisher:
         while True:
             now = time.monotonic()
             seen = self.decision_subscriptions
+            if stop is not None and stop.is_set():
+                return seen
             if now >= settle_end and (seen >= count or now >= deadline):
                 return seen
             self.poll_subscriptions(20)
@@ -363,8 +391,13 @@ class Subscriber:
         self._poller = zmq.Poller()
         self._poller.register(socket, zmq.POLLIN)
         self._poller.register(self._monitor, zmq.POLLIN)
-        for e in self.endpoints:
-            socket.connect(e)
+        try:
+            _connect(socket, self.endpoints, "publisher")
+        except ConfigError:
+            socket.disable_monitor()
+            self._monitor.close(0)
+            socket.close(0)
+            raise
         self.socket = socket
 
     def recv(self, timeout_s: float | None = None) -> tuple[str, dict] | None:
@@ -450,32 +483,35 @@ class Broker:
     def __init__(self, upstream: Iterable[str], endpoint: str | None = None, *,
                  curve_keys: str | os.PathLike | None = None,
                  upstream_curve_keys: str | os.PathLike | None = None, hwm: int = 100_000):
-        upstream = [normalize_endpoint(e) for e in upstream]
+        upstream = [normalize_endpoint(e, "upstream endpoint") for e in upstream]
         if not upstream:
             raise ConfigError("broker: no upstream endpoint (give the publish endpoint of every job)")
+        endpoint = normalize_endpoint(endpoint or DEFAULT_BROKER_ENDPOINT, "broker endpoint")
         self.upstream = upstream
         # its own context: a CurveZMQ server needs the context's one authentication handler
         self.context = zmq.Context()
         self.authenticator = None
-        xsub = _receiver(self.context, zmq.XSUB, hwm, upstream_curve_keys)
-        for e in upstream:
-            xsub.connect(e)
-        xpub = self.context.socket(zmq.XPUB)
-        xpub.setsockopt(zmq.SNDHWM, int(hwm))
-        xpub.setsockopt(zmq.LINGER, 0)
-        xpub.setsockopt(zmq.XPUB_VERBOSE, 1)     # every subscription goes up, so jobs count subscribers
-        endpoint = normalize_endpoint(endpoint or DEFAULT_BROKER_ENDPOINT)
+        self._xsub = self._xpub = self._control = None
         try:
+            self._xsub = _receiver(self.context, zmq.XSUB, hwm, upstream_curve_keys, "--upstream-curve-keys")
+            _connect(self._xsub, upstream, "upstream publisher")
+            xpub = self._xpub = self.context.socket(zmq.XPUB)
+            xpub.setsockopt(zmq.SNDHWM, int(hwm))
+            xpub.setsockopt(zmq.LINGER, 0)
+            # every subscription and unsubscription goes up (as for the Publisher: with XPUB_VERBOSE
+            # alone the departure of a subscriber is passed on only when a topic's last one leaves),
+            # so jobs count the subscribers behind the broker. libzmq's XSUB still forwards an
+            # unsubscription only when its own count for the topic reaches zero (changing that needs
+            # the draft option XSUB_VERBOSE_UNSUBSCRIBE), so a job may count a departed one.
+            xpub.setsockopt(zmq.XPUB_VERBOSER, 1)
             self.authenticator = _serve(xpub, endpoint, curve_keys, self.context, "broker")
-        except ConfigError:
-            xsub.close(0)
-            self.context.term()
+            self.endpoint = xpub.getsockopt_string(zmq.LAST_ENDPOINT)
+            self._control_address = f"inproc://broker-control-{id(self)}"
+            self._control = self.context.socket(zmq.PAIR)
+            self._control.bind(self._control_address)
+        except BaseException:
+            self._close_all()
             raise
-        self.endpoint = xpub.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._xsub, self._xpub = xsub, xpub
-        self._control_address = f"inproc://broker-control-{id(self)}"
-        self._control = self.context.socket(zmq.PAIR)
-        self._control.bind(self._control_address)
         self._thread: threading.Thread | None = None
 
     def start(self) -> "Broker":
@@ -498,12 +534,18 @@ class Broker:
             self._control.send(b"TERMINATE")
             self._thread.join(2.0)
             self._thread = None
+        self._close_all()
+
+    def _close_all(self) -> None:
+        """Every socket closed and the authenticator stopped before term(), which waits for open sockets."""
         for socket in (self._control, self._xsub, self._xpub):
-            socket.close(0)
+            if socket is not None and not socket.closed:
+                socket.close(0)
         if self.authenticator is not None:
             self.authenticator.stop()
             self.authenticator = None
-        self.context.term()
+        if not self.context.closed:
+            self.context.term()
 
     def __enter__(self):
         return self.start()

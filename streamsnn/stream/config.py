@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -340,6 +341,9 @@ def validate(config: PipelineConfig) -> PipelineConfig:
     check("[publish].wait_timeout_s", config.wait_timeout_s, 0, 86400, "a number of seconds")
     check("[publish].status_interval_s", config.status_interval_s, STATUS_INTERVAL_MIN_S, 3600, "a number of seconds")
     check("[model].torch_threads", config.torch_threads, 1, TORCH_THREADS_MAX)
+    # the spelling here, before the model loads (whether CUDA is there is asked when the job opens)
+    if config.device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?", str(config.device)):
+        fail("[model].device", "cpu or cuda[:N]", config.device)
     from .bus import normalize_endpoint
 
     try:
@@ -353,8 +357,13 @@ def validate(config: PipelineConfig) -> PipelineConfig:
 def _check_files(config: PipelineConfig, fail) -> None:
     if config.checkpoint and os.path.exists(config.checkpoint) and not os.path.isfile(config.checkpoint):
         fail("[model].checkpoint", "a checkpoint file", config.checkpoint)
-    if config.curve_keys and os.path.exists(config.curve_keys) and not os.path.isdir(config.curve_keys):
-        fail("[publish].curve_keys", "a folder written by `streamsnn keys`", config.curve_keys)
+    if config.curve_keys:
+        # checked now, with the other files: not only once the model and every source have warmed up
+        if not os.path.isdir(config.curve_keys):
+            fail("[publish].curve_keys", "a folder written by `streamsnn keys`", config.curve_keys)
+        from .bus import load_server_keys
+
+        load_server_keys(Path(config.curve_keys), f"{config.origin}: [publish].curve_keys")
     if config.log:
         if os.path.isdir(config.log):
             fail("[log].path", "a decision log file, not a folder", config.log)

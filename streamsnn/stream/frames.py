@@ -250,8 +250,11 @@ class FrameStage:
 class FrameWorker:
     """One thread running the frame stages of every stream (round robin over the streams with work)."""
 
-    def __init__(self, stop: threading.Event, *, max_pending_frames: int = 32):
+    def __init__(self, stop: threading.Event, *, max_pending_frames: int = 32, on_error=None):
         self.stop = stop
+        # told of an exception outside any one stream (a bug), after which the thread has ended
+        self.on_error = on_error or (lambda exc: None)
+        self.error: BaseException | None = None
         self.max_pending_frames = int(max_pending_frames)
         self.wake = threading.Event()
         # set while the worker has nothing left to do: the scheduler waits briefly for it, so that the frames
@@ -278,6 +281,13 @@ class FrameWorker:
         self.thread.start()
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:     # a bug: reported by the job (as the Scheduler's), never a silent end
+            self.error = exc
+            self.on_error(exc)
+
+    def _loop(self) -> None:
         while not self.stop.is_set():
             self.idle.set()
             self.wake.wait(0.05)
@@ -289,22 +299,33 @@ class FrameWorker:
                 for stream in self._streams:
                     if stream.closed or stream.lane.pending_frames >= self.max_pending_frames:
                         continue
-                    out: list = []
-                    # a few items at a time per stream, so no stream waits behind another's backlog
-                    for _ in range(4):
-                        item = stream.queue.get_nowait()
-                        if item is None:
-                            break
-                        try:
-                            stream.stage.process(item, out)
-                        except Exception as exc:      # bad events (a corrupt file): this stream ends in error
-                            out.append(StreamClosed("error", exc))
-                            stream.stop.set()
-                            stream.closed = True
-                            break
-                        if isinstance(item, (SourceEnd, SourceFailure)):
-                            stream.closed = True
-                            break
-                    if out:
-                        stream.lane.submit(out)
+                    try:
+                        busy = self._serve(stream) or busy
+                    except Exception as exc:   # anything else of this stream's (its queue, its lane): it ends in error
+                        stream.stop.set()
+                        stream.closed = True
+                        stream.lane.submit([StreamClosed("error", exc)])
                         busy = True
+
+    def _serve(self, stream) -> bool:
+        """A few items of one stream through its stage (so no stream waits behind another's backlog);
+        True when something was handed on."""
+        out: list = []
+        for _ in range(4):
+            item = stream.queue.get_nowait()
+            if item is None:
+                break
+            try:
+                stream.stage.process(item, out)
+            except Exception as exc:      # bad events (a corrupt file): this stream ends in error
+                out.append(StreamClosed("error", exc))
+                stream.stop.set()
+                stream.closed = True
+                break
+            if isinstance(item, (SourceEnd, SourceFailure)):
+                stream.closed = True
+                break
+        if out:
+            stream.lane.submit(out)
+            return True
+        return False

@@ -109,7 +109,7 @@ class Stream:
         lane = self.lane
         latencies, lane.interval_latencies = lane.interval_latencies, []
         p50, p99 = percentiles(latencies)
-        all50, all99 = percentiles(list(lane.latencies))
+        all50, all99 = lane.latencies.percentiles()
         read = self.source.events_read
         prev = previous or {}
         dt = max(interval_s, 1e-9)
@@ -134,8 +134,10 @@ class Stream:
             message["accuracy"] = lane.correct / lane.with_target
         source = self.source.stats()
         message.update({k: v for k, v in source.items() if k.startswith(("pacing", "source_")) or k == "speed"})
-        if source.get("source_stalled") and message["state"] == "running":
-            message["state"] = "stalled"  # a live sender that went quiet without closing the connection
+        if source.get("source_stalled") and message["state"] in ("starting", "running"):
+            # a live sender that went quiet without closing the connection, also one that sent its
+            # header and never an event (its lane never left "starting")
+            message["state"] = "stalled"
         if lane.error is not None:
             message["error"] = lane.error
         return message
@@ -152,10 +154,13 @@ class Pipeline:
         self.stop_reason: str | None = None
         self._send_lock = threading.Lock()
         self._streams_lock = threading.Lock()
+        self._status_lock = threading.Lock()     # one status round (or a removed stream's final one) at a time
         self._publisher = publisher
         self._log_queue: queue_module.Queue = queue_module.Queue()
         self._log_thread = None
         self.log = None
+        self.log_error: str | None = None
+        self._log_ended = False          # the log's end marker is queued: no decision is sent after it
         self.streams: list[Stream] = []
         self.started_ns = None
         self.sources_started: float | None = None     # perf_counter() when the first source thread started
@@ -166,6 +171,16 @@ class Pipeline:
 
     # -- setup ------------------------------------------------------------------------------
     def open(self) -> "Pipeline":
+        """Load the model, open and warm every source, bind the publisher, open the log. On any
+        failure part-way, whatever was created (sources, a bound port, the log) is closed before the
+        error goes on: a caller that never gets a Pipeline cannot close it."""
+        try:
+            return self._open()
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self) -> "Pipeline":
         import torch
 
         from ..cutoff import ConfidenceCutoff, policy_from_meta
@@ -178,7 +193,10 @@ class Pipeline:
         # quickly; with dozens of source threads runnable, the default 5 ms switch interval would add up to
         # 5 ms to a decision for each of them that grabs the GIL first.
         sys.setswitchinterval(min(sys.getswitchinterval(), 0.0005))
-        self.device = config.device or "cpu"
+        from ..training.trainer import pick_device
+
+        # as `streamsnn eval`: "cuda" without a CUDA device is a clear error, not a failed checkpoint load
+        self.device = str(pick_device(config.device)) if config.device else "cpu"
         self.model, self.meta = load_checkpoint(config.checkpoint, map_location=self.device)
         meta = self.meta
         channels, height, width = (int(v) for v in meta["input_size"])
@@ -199,7 +217,8 @@ class Pipeline:
         else:
             self.policy = ConfidenceCutoff(0.0)   # never fires: every window runs to max_timesteps
         self.stepper = BlockStepper(self.model)
-        self.frame_worker = FrameWorker(self.stop_event, max_pending_frames=max(32, 2 * self.max_timesteps))
+        self.frame_worker = FrameWorker(self.stop_event, max_pending_frames=max(32, 2 * self.max_timesteps),
+                                        on_error=lambda exc: self._thread_failed("frame", exc))
         self.scheduler = Scheduler(self.stepper, self.policy, self.max_timesteps, self.publish_decision,
                                    stop=self.stop_event, class_names=self.class_names,
                                    on_closed=self._stream_closed, on_progress=self.frame_worker.wake.set,
@@ -229,6 +248,13 @@ class Pipeline:
         while source.stream in names:
             source.stream = f"{base}-{k}"
             k += 1
+        try:
+            return self._build_stream(source, sc)
+        except BaseException:   # a connected dv:// socket or an open file must not outlive the error
+            source.close()
+            raise
+
+    def _build_stream(self, source: Source, sc: SourceConfig) -> Stream:
         source.open(default_sensor_size=self.model_sensor_size)
         stages, out_size = build_preprocess(self.config, source.sensor_size)
         model_size = self.model_sensor_size
@@ -272,7 +298,7 @@ class Pipeline:
         c = self.config
         with self._send_lock:
             self.subscribers_at_start = self.publisher.wait_for_subscribers(c.wait_subscribers, c.wait_timeout_s,
-                                                                            c.settle_s)
+                                                                            c.settle_s, stop=self.stop_event)
         self.started_ns = time.time_ns()
         self._t0 = time.perf_counter()
         self._cpu0 = time.process_time()
@@ -305,12 +331,28 @@ class Pipeline:
         return stream.name
 
     def remove_stream(self, name: str, timeout_s: float = 2.0) -> bool:
-        """Stop one stream (its decisions so far stay published); True once it has closed."""
+        """Stop one stream (its decisions so far stay published); True once it has closed, its final
+        status (``final`` true) is sent and the job has forgotten it (no status for it after that)."""
         stream = next((s for s in self.streams if s.name == name), None)
         if stream is None:
             raise ConfigError(f"remove_stream: no stream named {name!r}")
         stream.stop.set()
-        return stream.lane.closed.wait(timeout_s)
+        if not stream.lane.closed.wait(timeout_s):
+            return False
+        self.frame_worker.remove(stream)
+        if stream.thread is not None:
+            stream.thread.join(timeout_s)
+        now = time.perf_counter()
+        # under the status lock: the status thread cannot send one more (non-final) status after this
+        with self._status_lock:
+            with self._streams_lock:
+                self.streams = [s for s in self.streams if s is not stream]
+            if stream.lane.state_name in ("running", "starting"):
+                stream.lane.state_name = "stopped"
+            if not self._closed:   # after close() the job's final status has covered it
+                self._send_one_status(stream, now - getattr(self, "_last_status", self._t0), now, final=True)
+            self._status_previous.pop(stream.name, None)
+        return True
 
     def run(self) -> int:
         """Start, wait until every stream ends (or stop()), shut down cleanly; return the exit code."""
@@ -326,51 +368,60 @@ class Pipeline:
     def stop(self, reason: str = "stopped", exit_code: int | None = None) -> None:
         if self.stop_reason is None:
             self.stop_reason = reason
-            if exit_code is not None and self.exit_code == EXIT_OK:
-                self.exit_code = exit_code
+        if exit_code is not None and self.exit_code == EXIT_OK:   # the first cause of a stop keeps its code
+            self.exit_code = exit_code
         self.stop_event.set()
         for stream in self.streams:
             stream.stop.set()
 
     def _stream_closed(self, lane: Lane | None, item) -> None:
-        if item.state == "error":
-            name = lane.name if lane is not None else "inference"
-            error = lane.error if lane is not None else f"{type(item.error).__name__}: {item.error}"
-            print(f"streamsnn run: stream {name!r}: {error}", file=sys.stderr)
-            self.exit_code = EXIT_SOURCE_ERROR
-            self.stop(f"error in stream {name}")
+        if item.state == "error" and lane is None:
+            self._thread_failed("inference", item.error)
+        elif item.state == "error":
+            print(f"streamsnn run: stream {lane.name!r}: {lane.error}", file=sys.stderr)
+            self.stop(f"error in stream {lane.name}", EXIT_SOURCE_ERROR)   # a Ctrl-C's 130/143 stays
         with self._streams_lock:
             if all(s.done for s in self.streams):
                 self.finished.set()
+
+    def _thread_failed(self, thread: str, exc: BaseException) -> None:
+        """A bug in one of the job's own threads (inference, frames): one line, exit code 1, the job stops."""
+        print(f"streamsnn run: the {thread} thread failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        self.stop(f"error in the {thread} thread", EXIT_SOURCE_ERROR)
+        self.finished.set()
 
     # -- sending ------------------------------------------------------------------------------
     def publish_decision(self, stream: str, message: dict) -> float:
         """Send one decision now (latency stamped at the send); queue it for the log. Returns latency ms."""
         with self._send_lock:
             latency = stamp_sent(message, time.time_ns())
+            if self._log_ended:   # only an inference thread that outlived close()'s wait: never sent unlogged
+                return latency
             self.publisher.send(decision_topic(stream), message)
-        if self.log is not None:
-            self._log_queue.put(message)
+            if self.log is not None:
+                self._log_queue.put(message)
         return latency
 
     def _send_status(self, final: bool = False) -> list[dict]:
-        now = time.perf_counter()
-        interval = now - getattr(self, "_last_status", self._t0)
-        self._last_status = now
-        out = []
-        for stream in list(self.streams):
-            if stream.lane is None:
-                continue
-            message = stream.status(interval, self._status_previous.get(stream.name))
-            message["wall_s"] = now - self._t0
-            message["cpu_s"] = time.process_time() - self._cpu0     # the whole process, every thread
-            message["final"] = final
-            self._status_previous[stream.name] = message
-            with self._send_lock:
-                message["subscribers"] = self.publisher.decision_subscriptions
-                self.publisher.send(status_topic(stream.name), message)
-            out.append(message)
-        return out
+        with self._status_lock:
+            now = time.perf_counter()
+            interval = now - getattr(self, "_last_status", self._t0)
+            self._last_status = now
+            return [self._send_one_status(stream, interval, now, final)
+                    for stream in list(self.streams) if stream.lane is not None]
+
+    def _send_one_status(self, stream: Stream, interval: float, now: float, final: bool) -> dict:
+        message = stream.status(interval, self._status_previous.get(stream.name))
+        message["wall_s"] = now - self._t0
+        message["cpu_s"] = time.process_time() - self._cpu0     # the whole process, every thread
+        message["final"] = final
+        if self.log_error is not None:
+            message["log_error"] = self.log_error
+        self._status_previous[stream.name] = message
+        with self._send_lock:
+            message["subscribers"] = self.publisher.decision_subscriptions
+            self.publisher.send(status_topic(stream.name), message)
+        return message
 
     def _status_loop(self) -> None:
         interval = self.config.status_interval_s
@@ -378,11 +429,31 @@ class Pipeline:
             self._send_status()
 
     def _write_log(self) -> None:
-        while True:
-            message = self._log_queue.get()
-            if message is None:
-                break
-            self.log.append(message)
+        """Append queued decisions; flush buffered rows when they are due even if no decision follows.
+        A write error (disk full, h5py) stops the job with exit code 1 and a one-line error, on stderr
+        and in every status message after it: a job that cannot log must not look healthy."""
+        try:
+            while True:
+                try:
+                    message = self._log_queue.get(timeout=self.log.seconds_to_flush())
+                except queue_module.Empty:
+                    self.log.flush()
+                    continue
+                if message is None:
+                    break
+                self.log.append(message)
+        except Exception as exc:
+            self._log_failed(exc)
+            self.stop("decision log error")
+            while self._log_queue.get() is not None:   # drain until close() puts the end marker
+                pass
+
+    def _log_failed(self, exc: Exception) -> None:
+        if self.log_error is None:
+            self.log_error = f"decision log {self.log.path}: {type(exc).__name__}: {exc}"
+            print(f"streamsnn run: {self.log_error}", file=sys.stderr)
+        if self.exit_code == EXIT_OK:
+            self.exit_code = EXIT_SOURCE_ERROR
 
     # -- shutdown -----------------------------------------------------------------------------
     def close(self) -> list[dict]:
@@ -394,8 +465,10 @@ class Pipeline:
         for stream in self.streams:
             stream.stop.set()
         deadline = time.monotonic() + 1.0          # every thread together, not one second each
-        threads = [s.thread for s in self.streams] + [self.scheduler.thread if self._opened else None,
-                                                      self.frame_worker.thread if self._opened else None]
+        # after a failed open() only part of the job exists: close what does
+        scheduler, frame_worker = getattr(self, "scheduler", None), getattr(self, "frame_worker", None)
+        threads = [s.thread for s in self.streams] + [scheduler.thread if scheduler is not None else None,
+                                                      frame_worker.thread if frame_worker is not None else None]
         for thread in threads:
             if thread is not None:
                 thread.join(max(0.0, deadline - time.monotonic()))
@@ -409,12 +482,21 @@ class Pipeline:
             final = self._send_status(final=True)
         self.final_status = final
         if self._log_thread is not None:
-            self._log_queue.put(None)
+            # the inference thread publishes (and queues for the log): it must be done before the log's
+            # end marker, or a decision would go out that is never logged
+            if scheduler is not None and scheduler.thread is not None:
+                scheduler.thread.join(5.0)
+            with self._send_lock:
+                self._log_ended = True
+                self._log_queue.put(None)
             self._log_thread.join(5.0)
         if self.log is not None:
-            self.log.close()
-        if self._opened:
-            self.publisher.close(linger_ms=500)
+            try:
+                self.log.close()
+            except Exception as exc:   # the last rows cannot be written: said once, never a traceback
+                self._log_failed(exc)
+        if self._publisher is not None:
+            self._publisher.close(linger_ms=500)
         for stream in self.streams:
             try:
                 stream.source.close()

@@ -121,6 +121,14 @@ class DecisionLog:
         if len(self._pending) >= self.flush_every or time.monotonic() - self._last_flush >= self.flush_interval_s:
             self.flush()
 
+    def seconds_to_flush(self) -> float | None:
+        """Seconds until the buffered rows are due (0 when overdue); None when nothing is buffered.
+        The writer waits at most this long for the next decision, so that sparse decisions are
+        written within ``flush_interval_s`` too, not only when the next one arrives."""
+        if not self._pending:
+            return None
+        return max(0.0, self.flush_interval_s - (time.monotonic() - self._last_flush))
+
     def flush(self) -> None:
         self._last_flush = time.monotonic()
         if not self._pending or self._file is None:

@@ -49,7 +49,9 @@ STATUS_FIELDS: dict[str, type] = {
     "source": str,
     "queue_policy": str,
     "events_in": int,            # events the source has read
-    "events_processed": int,     # events taken from the queue by the job
+    # events the frame stage took from the queue, plus those the source read but never queued: the
+    # rest of a sample already decided (skipped, see Source.window_done)
+    "events_processed": int,
     "dropped_events": int,
     "dropped_chunks": int,
     "frames": int,

@@ -90,6 +90,25 @@ def _sensor_size(text: str):
     return values if len(values) == 3 else values + (2,)
 
 
+def _height_width(text: str):
+    parts = text.lower().replace("x", ",").split(",")
+    try:
+        values = tuple(int(p) for p in parts if p.strip())
+    except ValueError:
+        values = ()
+    if len(values) != 2 or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH, got {text!r}")
+    return values
+
+
+def _add_dataset_options(p, default_help: str = "nmnist") -> None:
+    from .datasets import DATASETS
+
+    p.add_argument("--dataset", choices=list(DATASETS), default=None,
+                   help=f"dataset layout under --data (default: {default_help})")
+    p.add_argument("--download", action="store_true", help="download the dataset with tonic if absent (network)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="streamsnn",
@@ -114,11 +133,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a spiking network offline (TET + STR/RCS)")
     p.add_argument("--data", required=True, metavar="DIR",
-                   help="dataset root in the N-MNIST archive layout (Train/<class>/*.bin, Test/<class>/*.bin)")
-    p.add_argument("--model", default="nmnist", help="model name (nmnist, dvsgesture, cifar10dvs)")
-    p.add_argument("--timesteps", type=int, default=10, help="frames per sample, T")
-    p.add_argument("--time-window", type=float, default=30_000.0, help="frame length in microseconds")
-    p.add_argument("--reg", choices=["none", "str", "rcs"], default="str", help="regulariser on top of TET")
+                   help="dataset root as tonic extracts it (for nmnist: Train/<class>/*.bin, Test/<class>/*.bin)")
+    _add_dataset_options(p)
+    p.add_argument("--recipe", default=None, help="named recipe (default: the dataset's; see docs/anytime.md)")
+    p.add_argument("--model", default=None, help="model name (nmnist, dvsgesture, cifar10dvs; default: the recipe's)")
+    p.add_argument("--timesteps", type=int, default=None, help="frames per sample, T (default: the recipe's)")
+    p.add_argument("--time-window", type=float, default=None, help="frame length in microseconds (default: the recipe's)")
+    p.add_argument("--input-size", type=_height_width, default=None, metavar="HxW",
+                   help="resize frames to this model input (default: the recipe's, else the sensor's)")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the 9:1 split (cifar10dvs, ncaltech101)")
+    p.add_argument("--no-amp", action="store_true", help="no bf16 mixed precision on CUDA")
+    p.add_argument("--reg", choices=["none", "str", "rcs"], default=None, help="regulariser on top of TET (default str)")
     p.add_argument("--reg-strength", type=float, default=None, help="regulariser weight (default per method)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the README recipe)")
     p.add_argument("--batch-size", type=int, default=None)
@@ -133,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="anytime evaluation: accuracy against mean timesteps (JSON + PNG)")
     p.add_argument("--checkpoint", required=True, metavar="CKPT")
     p.add_argument("--data", required=True, metavar="DIR")
+    _add_dataset_options(p, default_help="the checkpoint's")
     p.add_argument("--split", default="Test", help="Train or Test")
     p.add_argument("--json", default=None, metavar="OUT.json")
     p.add_argument("--plot", default=None, metavar="OUT.png")

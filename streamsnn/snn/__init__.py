@@ -8,13 +8,14 @@ Public API::
     model.step(frame, state)      frame (N, C, H, W) -> logits (N, K); state updated in place
     state.reset(), state.detach()
     frames_to_input(frames)       binner output (int16 counts) -> the float tensor the model takes
+    resize_input(x, (H, W))       that tensor resized to a model input smaller than the sensor
 """
 from __future__ import annotations
 
 from .models import LIF, MODELS, SpikingNet, build_model
 from .neuron import DECAY, THRESHOLD, TriangleSpike, lif_step, spike
-from .preprocess import frames_to_input
+from .preprocess import frames_to_input, resize_input
 from .state import LIFTrace, NetworkState, StateShapeError
 
 __all__ = ["LIF", "MODELS", "SpikingNet", "build_model", "DECAY", "THRESHOLD", "TriangleSpike", "lif_step",
-           "spike", "frames_to_input", "LIFTrace", "NetworkState", "StateShapeError"]
+           "spike", "frames_to_input", "resize_input", "LIFTrace", "NetworkState", "StateShapeError"]

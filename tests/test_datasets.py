@@ -192,3 +192,24 @@ def test_eval_uses_the_stored_held_out_files(replicas, tmp_path, capsys):
         assert held_out[0] in err and "held-out file" in err and len(err.strip().splitlines()) == 1
     finally:
         moved.rename(victim)
+
+
+def test_reproduce_paper_runs_on_a_replica(replicas, tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "reproduce_paper.py"
+    spec = importlib.util.spec_from_file_location("reproduce_paper", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    out = tmp_path / "paper"
+    assert tool.main(["--dataset", "dvsgesture", "--data", str(replicas), "--out", str(out), "--epochs", "1",
+                      "--timesteps", "2", "--input-size", "32x32", "--batch-size", "6",
+                      "--cache", str(tmp_path / "cache")]) == 0
+    table = (out / "paper_table.md").read_text()
+    for row in ("| TET | ", "| TET+RCS | ", "| TET+STR | "):
+        assert row in table
+    assert "97.80 %" in table and "98.26 %" in table  # the paper's column
+    results = json.loads((out / "results.json").read_text())
+    assert [r["method"] for r in results] == ["none", "rcs", "str"]
+    assert all(r["per_timestep_accuracy"] and 1 <= r["checkpoint_cutoff"]["mean_timesteps"] <= 2 for r in results)

@@ -2,9 +2,10 @@
 """Ablation: TET alone, TET+RCS, TET+STR over several seeds, same T and epochs; anytime table + plot.
 
     python tools/ablation.py --data ../shared/data/nmnist_small --out out/ablation --seeds 0 1 2
+    python tools/ablation.py --dataset dvsgesture --data ROOT --out out/gesture --seeds 0
 
-Each run is `streamsnn train` with the README recipe (only --reg and --seed differ), evaluated on
-Test. Per run: full-T accuracy, the confidence cutoff stored in the checkpoint (epsilon calibrated on
+Each run is `streamsnn train` with the dataset's recipe (or --recipe; only --reg and --seed differ),
+evaluated on Test. Per run: full-T accuracy, the confidence cutoff stored in the checkpoint (epsilon calibrated on
 the training split), and the "loses at most one sample" operating point: the largest epsilon of the
 sweep whose Test accuracy is at most one sample below full T (an oracle choice on Test, reported
 for comparison between methods). Finished runs are kept (OUT/runs/*.json) and skipped on a rerun.
@@ -26,8 +27,8 @@ from streamsnn.cli import main as cli_main  # noqa: E402
 from streamsnn.snn.checkpoint import load_checkpoint  # noqa: E402
 from streamsnn.cutoff import EPSILON_SWEEP, ConfidenceCutoff, evaluate_policy  # noqa: E402
 from streamsnn.training.evaluate import anytime_report, evaluate_checkpoint  # noqa: E402
-from streamsnn.training.loop import TrainConfig  # noqa: E402
-from streamsnn.training.trainer import RECIPE, configure_threads, train  # noqa: E402
+from streamsnn.training.recipes import recipe as find_recipe, train_config  # noqa: E402
+from streamsnn.training.trainer import configure_threads, train  # noqa: E402
 
 LABELS = {"none": "TET", "rcs": "TET+RCS", "str": "TET+STR"}
 
@@ -66,22 +67,23 @@ def run_one(method: str, seed: int, args) -> dict:
     if ckpt.exists() and not args.force:  # trained before, evaluation missing
         meta = load_checkpoint(ckpt)[1]
     elif set(spec) == {"reg"}:
-        # exactly `streamsnn train --data DIR --model nmnist --reg R [--seed S] --out CKPT`
-        argv = ["train", "--data", str(args.data), "--model", "nmnist", "--reg", spec["reg"], "--seed", str(seed),
-                "--timesteps", str(args.timesteps), "--out", str(ckpt), "--no-progress"]
-        if args.epochs:
-            argv += ["--epochs", str(args.epochs)]
-        if args.cache:
-            argv += ["--cache", str(args.cache)]
+        # exactly `streamsnn train --data DIR --recipe NAME --reg R [--seed S] --out CKPT`
+        argv = ["train", "--data", str(args.data), "--dataset", args.dataset, "--recipe", args.recipe,
+                "--reg", spec["reg"], "--seed", str(seed), "--out", str(ckpt), "--no-progress"]
+        for flag, value in (("--timesteps", args.timesteps), ("--epochs", args.epochs), ("--cache", args.cache),
+                            ("--input-size", args.input_size), ("--batch-size", args.batch_size)):
+            if value:
+                argv += [flag, str(value)]
         if cli_main(argv) != 0:
             raise SystemExit(f"training failed: streamsnn {' '.join(argv)}")
         meta = load_checkpoint(ckpt)[1]
     else:
-        cfg = TrainConfig(model="nmnist", timesteps=args.timesteps, seed=seed, **RECIPE, **spec)
-        if args.epochs:
-            cfg.epochs = args.epochs
+        hw = tuple(int(v) for v in args.input_size.lower().split("x")) if args.input_size else None
+        cfg = train_config(args.recipe, dataset=args.dataset, timesteps=args.timesteps, seed=seed,
+                           epochs=args.epochs, batch_size=args.batch_size, input_hw=hw, **spec)
         meta = train(args.data, ckpt, cfg, cache=args.cache, progress=False,
-                     command=f"python tools/ablation.py --methods {method} --seeds {seed}", report_test=False)
+                     command=f"python tools/ablation.py --recipe {args.recipe} --methods {method} --seeds {seed}",
+                     report_test=False)
     wall = time.perf_counter() - t0
     report, logits, labels = evaluate_checkpoint(ckpt, args.data, "Test", args.cache, progress=False)
     np.save(args.out / "runs" / f"{tag}-logits.npy", logits)
@@ -130,7 +132,7 @@ def summarise(results: list[dict], methods) -> tuple[str, dict]:
     return "\n".join(rows), summary
 
 
-def plot(results, methods, path, timesteps):
+def plot(results, methods, path, timesteps, title=""):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -165,28 +167,35 @@ def plot(results, methods, path, timesteps):
     axes[1].set_xlim(0.8, timesteps + 0.2)
     axes[1].grid(alpha=0.3)
     axes[1].legend(fontsize=7)
-    fig.suptitle(f"N-MNIST subset (1000 train / 100 test), T = {timesteps} x 30 ms", fontsize=9)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_run_options(p) -> None:
+    """Options shared with tools/reproduce_paper.py: where the data is and what every run trains."""
     p.add_argument("--data", default="../shared/data/nmnist_small")
-    p.add_argument("--out", type=Path, default=Path("out/ablation"))
+    p.add_argument("--dataset", default="nmnist")
+    p.add_argument("--recipe", default=None, help="named recipe (default: the dataset's)")
     p.add_argument("--cache", default=None)
-    p.add_argument("--methods", nargs="+", default=["none", "rcs", "str"])
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--timesteps", type=int, default=10)
-    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--timesteps", type=int, default=None, help="default: the recipe's")
+    p.add_argument("--epochs", type=int, default=None, help="default: the recipe's")
+    p.add_argument("--batch-size", type=int, default=None, help="default: the recipe's")
+    p.add_argument("--input-size", default=None, metavar="HxW", help="default: the recipe's")
     p.add_argument("--force", action="store_true", help="rerun finished runs")
-    p.add_argument("--plot", default=None, help="PNG path (default OUT/ablation.png)")
-    args = p.parse_args(argv)
-    configure_threads()
+
+
+def resolve_run_options(args) -> int:
+    """Fill the recipe name; returns T of the runs."""
+    args.recipe = args.recipe or args.dataset
+    return args.timesteps or find_recipe(args.recipe).timesteps
+
+
+def run_all(args, methods, seeds) -> list[dict]:
     results = []
-    for seed in args.seeds:
-        for method in args.methods:
+    for seed in seeds:
+        for method in methods:
             r = run_one(method, seed, args)
             results.append(r)
             print(f"{method:>12} seed {seed}: full {r['full_accuracy']:.3f}, <=1 lost: "
@@ -194,12 +203,28 @@ def main(argv=None) -> int:
                   f"(eps {r['lose_at_most_one']['epsilon']:g}); stored eps: "
                   f"{r['checkpoint_cutoff']['mean_timesteps']:.2f} steps at {r['checkpoint_cutoff']['accuracy']:.3f} "
                   f"({r['train_seconds']:.0f} s training)", flush=True)
+    return results
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_options(p)
+    p.add_argument("--out", type=Path, default=Path("out/ablation"))
+    p.add_argument("--methods", nargs="+", default=["none", "rcs", "str"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--plot", default=None, help="PNG path (default OUT/ablation.png)")
+    args = p.parse_args(argv)
+    timesteps = resolve_run_options(args)
+    configure_threads()
+    results = run_all(args, args.methods, args.seeds)
     order = sorted(args.methods, key=lambda m: (["none", "rcs", "str"].index(m) if m in LABELS else 3, m))
     table, summary = summarise(results, order)
     print(table)
     (args.out / "table.md").write_text(table + "\n")
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
-    plot(results, order, args.plot or (args.out / "ablation.png"), args.timesteps)
+    r = find_recipe(args.recipe)
+    title = f"{args.dataset}, recipe {args.recipe}: T = {timesteps} x {r.time_window / 1000:g} ms"
+    plot(results, order, args.plot or (args.out / "ablation.png"), timesteps, title)
     return 0
 
 

@@ -68,6 +68,16 @@ def test_str_stf_by_hand():
     assert float(str_loss([tr], "stf")) == pytest.approx((0 + 0.4 / 0.6) / 2, rel=1e-5)
 
 
+def test_str_l2_by_hand():
+    # one timestep, three neurons: u = [1.5, 0.3, 0.4], the first fires -> tied = [1.5, 0, 0], residual [0, 0.3, 0.4]
+    u = torch.tensor([[[1.5, 0.3, 0.4]]])
+    s = torch.tensor([[[1.0, 0.0, 0.0]]])
+    tr = LIFTrace("lif", u, u, s, u * (1 - s), 0.5, 1.0)
+    assert float(str_loss([tr], "l2")) == pytest.approx(0.5 / (1.5 + 0.5), rel=1e-5)
+    silent = LIFTrace("lif", u, u, torch.zeros_like(s), u, 0.5, 1.0)
+    assert float(str_loss([silent], "l2")) == pytest.approx(1.0, rel=1e-5)
+
+
 def test_str_unknown_variant():
     with pytest.raises(ValueError, match="unknown STR variant"):
         str_loss([_trace([[[1.0]]], [[[0.0]]])], "nope")
@@ -80,10 +90,10 @@ def test_regularisers_give_gradients_to_the_weights():
     model = build_model("nmnist")
     x = torch.poisson(torch.full((3, 4, 2, 34, 34), 1.0))
     y = torch.tensor([0, 1, 2, 3])
-    for name in ("str", "rcs"):
+    for name in ("str", "str:l2", "rcs"):
         model.zero_grad()
         logits, traces = model(x, return_traces=True)
-        loss = str_loss(traces) if name == "str" else rcs_loss(traces, logits, y)
+        loss = rcs_loss(traces, logits, y) if name == "rcs" else str_loss(traces, *name.split(":")[1:])
         loss.backward()
         assert model.body.conv1.weight.grad is not None
         assert torch.isfinite(model.body.conv1.weight.grad).all()

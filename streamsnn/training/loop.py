@@ -20,7 +20,7 @@ import torch.distributed as dist
 from ..errors import ConfigError
 from ..snn import frames_to_input, resize_input
 from .data import frame_source
-from .losses import DEFAULT_STRENGTH, STR_DEFAULT_VARIANT, regulariser, tet_loss
+from .losses import DEFAULT_STRENGTH, STR_DEFAULT_VARIANT, STR_VARIANTS, regulariser, tet_loss
 
 
 OPTIMIZERS = ("adam", "sgd")
@@ -59,6 +59,10 @@ class TrainConfig:
             raise ConfigError(f"time window must be > 0 us, got {self.time_window}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ConfigError("epochs and batch size must be >= 1 and lr > 0")
+        if self.reg not in DEFAULT_STRENGTH:
+            raise ConfigError(f"regulariser must be one of {', '.join(DEFAULT_STRENGTH)}, got {self.reg!r}")
+        if self.str_variant not in STR_VARIANTS:
+            raise ConfigError(f"STR variant must be one of {', '.join(STR_VARIANTS)}, got {self.str_variant!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.input_hw is not None:

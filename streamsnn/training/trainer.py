@@ -209,6 +209,7 @@ def config_from_args(args) -> TrainConfig:
     name = args.recipe or args.dataset or "nmnist"
     overrides = {"dataset": args.dataset, "model": args.model, "timesteps": args.timesteps,
                  "time_window": args.time_window, "reg": args.reg, "reg_strength": args.reg_strength,
+                 "str_variant": args.str_variant,
                  "seed": args.seed, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                  "input_hw": args.input_size, "split_seed": args.split_seed,
                  "amp": False if args.no_amp else None}
@@ -224,6 +225,7 @@ def command_from_args(args) -> str:
     optional = [("--dataset", args.dataset, None), ("--recipe", args.recipe, None), ("--model", args.model, None),
                 ("--reg", args.reg, None), ("--timesteps", args.timesteps, None),
                 ("--time-window", args.time_window, None), ("--reg-strength", args.reg_strength, None),
+                ("--str-variant", args.str_variant, None),
                 ("--epochs", args.epochs, None), ("--batch-size", args.batch_size, None), ("--lr", args.lr, None),
                 ("--input-size", "x".join(map(str, args.input_size)) if args.input_size else None, None),
                 ("--seed", args.seed, 0), ("--split-seed", args.split_seed, 0)]

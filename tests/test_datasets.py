@@ -213,3 +213,19 @@ def test_reproduce_paper_runs_on_a_replica(replicas, tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     assert [r["method"] for r in results] == ["none", "rcs", "str"]
     assert all(r["per_timestep_accuracy"] and 1 <= r["checkpoint_cutoff"]["mean_timesteps"] <= 2 for r in results)
+
+
+def test_recipes_fill_the_config_and_options_override():
+    from streamsnn.training.recipes import RECIPES, train_config
+
+    cfg = train_config("dvsgesture")
+    assert (cfg.timesteps, cfg.batch_size, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.epochs,
+            cfg.shift) == (16, 32, "sgd", 0.1, 0.9, 5e-4, 100, 25)
+    assert train_config("cifar10dvs").input_hw == (48, 48) and train_config("cifar10dvs").batch_size == 128
+    short = train_config("nmnist-short", timesteps=None, reg="none")
+    assert (short.timesteps, short.time_window, short.reg) == (20, 5_000.0, "none")
+    assert set(RECIPES) >= {"nmnist", "nmnist-short", "dvsgesture", "cifar10dvs", "ncaltech101"}
+    with pytest.raises(ConfigError, match="known recipes"):
+        train_config("imagenet")
+    with pytest.raises(ConfigError, match="STR variant"):
+        train_config("nmnist", str_variant="nope")

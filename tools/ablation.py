@@ -10,6 +10,12 @@ the training split), and the "loses at most one sample" operating point: the lar
 sweep whose Test accuracy is at most one sample below full T (an oracle choice on Test, reported
 for comparison between methods). Finished runs are kept (OUT/runs/*.json) and skipped on a rerun.
 Method names: none, rcs, str, or str:VARIANT / str:VARIANT:STRENGTH for STR variants.
+"At most 1 % lost" is the largest epsilon of the sweep whose accuracy is at most 1 % of the samples
+(at least one sample) below full T. With --select-on-train the same point is measured on the training
+split too, and the methods are ranked by it (a choice made without looking at Test):
+
+    python tools/ablation.py --recipe nmnist-short --out out/sweep --seeds 0 --select-on-train \
+        --methods str:stf:0.05 str:stf:0.1 str:stf:0.25 str:stf:0.5 str:stf:1.0 str:l2:0.05 ...
 """
 from __future__ import annotations
 
@@ -43,9 +49,11 @@ def parse_method(text: str) -> dict:
     return out
 
 
-def operating_point(logits, labels, max_lost: int = 1) -> dict:
-    """Largest epsilon of the sweep whose accuracy is at most ``max_lost`` samples below full T."""
+def operating_point(logits, labels, max_lost_fraction: float = 0.01) -> dict:
+    """Largest epsilon of the sweep whose accuracy is at most ``max_lost_fraction`` of the samples
+    (at least one sample) below full T."""
     n = len(labels)
+    max_lost = max(1, int(np.floor(max_lost_fraction * n + 1e-9)))
     full = float((np.asarray(logits).sum(0).argmax(-1) == labels).mean())
     best = evaluate_policy(ConfidenceCutoff(0.0), logits, labels)
     for eps in sorted(EPSILON_SWEEP):
@@ -53,6 +61,17 @@ def operating_point(logits, labels, max_lost: int = 1) -> dict:
         if r["accuracy"] >= full - max_lost / n - 1e-12:
             best = r
     return best
+
+
+def t_quantile_975(df: int) -> float:
+    """Student's t 97.5 % quantile (two-sided 95 % interval): exact table to 10 degrees of freedom,
+    the Cornish-Fisher expansion beyond (error < 1e-3 there)."""
+    table = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+    if df <= len(table):
+        return table[df - 1]
+    z = 1.959964
+    return (z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+            + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3))
 
 
 def run_one(method: str, seed: int, args) -> dict:
@@ -88,11 +107,16 @@ def run_one(method: str, seed: int, args) -> dict:
     report, logits, labels = evaluate_checkpoint(ckpt, args.data, "Test", args.cache, progress=False)
     np.save(args.out / "runs" / f"{tag}-logits.npy", logits)
     op = operating_point(logits, labels)
+    train_op = None
+    if args.select_on_train:
+        _, train_logits, train_labels = evaluate_checkpoint(ckpt, args.data, "Train", args.cache, progress=False)
+        train_op = operating_point(train_logits, train_labels)
     result = {"method": method, "seed": seed, "command": meta.get("command"), "cutoff_epsilon": meta["cutoff"]["epsilon"], "train_seconds": meta["train_seconds"], "wall_seconds": round(wall, 1),
               "train_accuracy": meta["train_accuracy"], "full_accuracy": report["full_accuracy"],
               "per_timestep_accuracy": report["per_timestep_accuracy"],
               "oracle_mean_timesteps": report["oracle_mean_timesteps"],
-              "checkpoint_cutoff": report["checkpoint_cutoff"], "lose_at_most_one": op,
+              "checkpoint_cutoff": report["checkpoint_cutoff"], "lose_at_most_1pct": op,
+              "train_lose_at_most_1pct": train_op,
               "sweep": [e for e in report["cutoff"] if e["policy"] == "confidence"]}
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(result, indent=1))
@@ -100,14 +124,21 @@ def run_one(method: str, seed: int, args) -> dict:
 
 
 def summarise(results: list[dict], methods) -> tuple[str, dict]:
-    rows = ["| method | full-T accuracy | cutoff losing <= 1 sample: mean timesteps | accuracy there | "
-            "stored cutoff (ε from Train): mean timesteps | accuracy there | oracle mean timesteps | seeds |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = ["| method | full-T accuracy | cutoff losing <= 1 %: mean timesteps | 95 % interval | accuracy there | "
+            "stored cutoff (ε from Train): mean timesteps | 95 % interval | accuracy there | oracle mean timesteps | "
+            "seeds |", "|---|---|---|---|---|---|---|---|---|---|"]
     summary = {}
 
     def ms(values, scale=1.0, fmt="{:.2f}"):
         v = np.asarray(values, dtype=float) * scale
         return (fmt + " ± " + fmt).format(v.mean(), v.std(ddof=1) if v.size > 1 else 0.0)
+
+    def ci(values):
+        v = np.asarray(values, dtype=float)
+        if v.size < 2:
+            return "—"
+        half = t_quantile_975(v.size - 1) * v.std(ddof=1) / np.sqrt(v.size)
+        return f"[{v.mean() - half:.2f}, {v.mean() + half:.2f}]"
 
     for method in methods:
         rs = [r for r in results if r["method"] == method]
@@ -116,9 +147,9 @@ def summarise(results: list[dict], methods) -> tuple[str, dict]:
         name = LABELS.get(method, method)
         s = {
             "full_accuracy": [r["full_accuracy"] for r in rs],
-            "op_mean_timesteps": [r["lose_at_most_one"]["mean_timesteps"] for r in rs],
-            "op_accuracy": [r["lose_at_most_one"]["accuracy"] for r in rs],
-            "op_epsilon": [r["lose_at_most_one"]["epsilon"] for r in rs],
+            "op_mean_timesteps": [r["lose_at_most_1pct"]["mean_timesteps"] for r in rs],
+            "op_accuracy": [r["lose_at_most_1pct"]["accuracy"] for r in rs],
+            "op_epsilon": [r["lose_at_most_1pct"]["epsilon"] for r in rs],
             "ckpt_mean_timesteps": [r["checkpoint_cutoff"]["mean_timesteps"] for r in rs],
             "ckpt_accuracy": [r["checkpoint_cutoff"]["accuracy"] for r in rs],
             "oracle": [r["oracle_mean_timesteps"] for r in rs],
@@ -127,9 +158,19 @@ def summarise(results: list[dict], methods) -> tuple[str, dict]:
         }
         summary[method] = s
         rows.append(f"| {name} | {ms(s['full_accuracy'], 100, '{:.1f}')} % | {ms(s['op_mean_timesteps'])} | "
-                    f"{ms(s['op_accuracy'], 100, '{:.1f}')} % | {ms(s['ckpt_mean_timesteps'])} | "
+                    f"{ci(s['op_mean_timesteps'])} | {ms(s['op_accuracy'], 100, '{:.1f}')} % | "
+                    f"{ms(s['ckpt_mean_timesteps'])} | {ci(s['ckpt_mean_timesteps'])} | "
                     f"{ms(s['ckpt_accuracy'], 100, '{:.1f}')} % | {ms(s['oracle'])} | {len(rs)} |")
     return "\n".join(rows), summary
+
+
+def rank_on_train(results) -> list:
+    """(method, mean training-split timesteps at <= 1 % lost), fewest first."""
+    by_method = {}
+    for r in results:
+        if r.get("train_lose_at_most_1pct"):
+            by_method.setdefault(r["method"], []).append(r["train_lose_at_most_1pct"]["mean_timesteps"])
+    return sorted(((m, float(np.mean(v))) for m, v in by_method.items()), key=lambda item: item[1])
 
 
 def plot(results, methods, path, timesteps, title=""):
@@ -184,6 +225,8 @@ def add_run_options(p) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="default: the recipe's")
     p.add_argument("--input-size", default=None, metavar="HxW", help="default: the recipe's")
     p.add_argument("--force", action="store_true", help="rerun finished runs")
+    p.add_argument("--select-on-train", action="store_true",
+                   help="also measure the <= 1 %% lost point on the training split and rank the methods by it")
 
 
 def resolve_run_options(args) -> int:
@@ -198,9 +241,9 @@ def run_all(args, methods, seeds) -> list[dict]:
         for method in methods:
             r = run_one(method, seed, args)
             results.append(r)
-            print(f"{method:>12} seed {seed}: full {r['full_accuracy']:.3f}, <=1 lost: "
-                  f"{r['lose_at_most_one']['mean_timesteps']:.2f} steps at {r['lose_at_most_one']['accuracy']:.3f} "
-                  f"(eps {r['lose_at_most_one']['epsilon']:g}); stored eps: "
+            print(f"{method:>12} seed {seed}: full {r['full_accuracy']:.3f}, <=1 % lost: "
+                  f"{r['lose_at_most_1pct']['mean_timesteps']:.2f} steps at {r['lose_at_most_1pct']['accuracy']:.3f} "
+                  f"(eps {r['lose_at_most_1pct']['epsilon']:g}); stored eps: "
                   f"{r['checkpoint_cutoff']['mean_timesteps']:.2f} steps at {r['checkpoint_cutoff']['accuracy']:.3f} "
                   f"({r['train_seconds']:.0f} s training)", flush=True)
     return results
@@ -220,6 +263,12 @@ def main(argv=None) -> int:
     order = sorted(args.methods, key=lambda m: (["none", "rcs", "str"].index(m) if m in LABELS else 3, m))
     table, summary = summarise(results, order)
     print(table)
+    if args.select_on_train:
+        ranking = rank_on_train(results)
+        print("ranked on Train (mean timesteps at <= 1 % lost, mean over seeds):")
+        for method, steps in ranking:
+            print(f"  {method}: {steps:.3f}")
+        summary["ranking_on_train"] = ranking
     (args.out / "table.md").write_text(table + "\n")
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
     r = find_recipe(args.recipe)

@@ -16,6 +16,7 @@ NAME = "cifar10dvs"
 TONIC_NAME = "CIFAR10DVS"
 SENSOR_SIZE = (128, 128, 2)
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+LAYOUT = "ROOT[/CIFAR10DVS]/<class>/*.aedat4"
 SUFFIXES = (".aedat4",)
 
 

@@ -19,6 +19,7 @@ from .base import DatasetSplit, LabelledFile, sorted_files
 NAME = "dvsgesture"
 TONIC_NAME = "DVSGesture"
 SENSOR_SIZE = (128, 128, 2)
+LAYOUT = "ROOT[/DVSGesture]/ibmGesture{Train,Test}/userNN_<lighting>/<class index>.npy"
 SPLIT_FOLDERS = {"Train": "ibmGestureTrain", "Test": "ibmGestureTest"}
 CLASSES = ["Hand clapping", "Right hand wave", "Left hand wave", "Right arm cw", "Right arm ccw",
            "Left arm cw", "Left arm ccw", "Arm roll", "Air drums", "Air guitar", "Other gestures"]

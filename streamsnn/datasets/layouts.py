@@ -49,7 +49,7 @@ def dataset_base(name: str, root, download: bool = False) -> Path:
         if not root.exists():
             raise EventFormatError(root, f"dataset folder does not exist (pass --download to fetch "
                                          f"{module.TONIC_NAME} with tonic)")
-        raise EventFormatError(root, f"no {module.TONIC_NAME} layout found ({module.__doc__.splitlines()[0]})")
+        raise EventFormatError(root, f"no {module.TONIC_NAME} layout found; expected {module.LAYOUT}")
     return base
 
 

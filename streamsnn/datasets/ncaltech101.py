@@ -19,6 +19,7 @@ NAME = "ncaltech101"
 TONIC_NAME = "NCALTECH101"
 INNER = "Caltech101"
 SENSOR_SIZE = (240, 180, 2)
+LAYOUT = "ROOT[/NCALTECH101/Caltech101]/<class>/*.bin"
 SUFFIXES = (".bin",)
 
 

@@ -5,9 +5,8 @@ format :func:`streamsnn.io.read_events` reads), at the sensor size of the model 
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 from functools import partial
+from pathlib import Path
 
 from ..io import read_events
 from ..io.folder import SampleFolder
@@ -16,6 +15,7 @@ from .base import DatasetSplit, LabelledFile
 NAME = "nmnist"
 TONIC_NAME = "NMNIST"
 SENSOR_SIZE = (34, 34, 2)
+LAYOUT = "ROOT[/NMNIST]/{Train,Test}/<class>/<sample>.bin"
 SPLITS = ("Train", "Test")
 
 

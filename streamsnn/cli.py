@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reg", choices=["none", "str", "rcs"], default=None, help="regulariser on top of TET (default str)")
     p.add_argument("--reg-strength", type=float, default=None, help="regulariser weight (default per method)")
     p.add_argument("--str-variant", default=None, help="STR formula: stf (default), deferral or l2 (docs/anytime.md)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the README recipe)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the recipe's)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)

@@ -49,25 +49,18 @@ def _cmd_convert(args) -> int:
 # --------------------------------------------------------------------------- training
 
 def _train_config(args):
-    """The TrainConfig of ``streamsnn train``: the README recipe, the options over it."""
-    from .training.loop import TrainConfig
-    from .training.trainer import RECIPE
+    """The TrainConfig of ``streamsnn train``: the recipe (``--recipe``, else the one named after
+    ``--dataset``) with the options given over it."""
+    from .training.recipes import train_config
 
-    if args.timesteps < 1:
-        raise ConfigError(f"--timesteps must be >= 1, got {args.timesteps}")
-    if args.time_window <= 0:
-        raise ConfigError(f"--time-window must be > 0 us, got {args.time_window}")
-    cfg = TrainConfig(model=args.model, timesteps=args.timesteps, time_window=args.time_window, reg=args.reg,
-                      reg_strength=args.reg_strength, seed=args.seed, **RECIPE)
-    if args.epochs is not None:
-        cfg.epochs = args.epochs
-    if args.batch_size is not None:
-        cfg.batch_size = args.batch_size
-    if args.lr is not None:
-        cfg.lr = args.lr
-    if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0:
-        raise ConfigError("--epochs and --batch-size must be >= 1 and --lr > 0")
-    return cfg
+    name = args.recipe or args.dataset or "nmnist"
+    overrides = {"dataset": args.dataset, "model": args.model, "timesteps": args.timesteps,
+                 "time_window": args.time_window, "reg": args.reg, "reg_strength": args.reg_strength,
+                 "str_variant": args.str_variant,
+                 "seed": args.seed, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+                 "input_hw": args.input_size, "split_seed": args.split_seed,
+                 "amp": False if args.no_amp else None}
+    return train_config(name, **overrides)
 
 
 def _train_command(args) -> str:
@@ -75,10 +68,14 @@ def _train_command(args) -> str:
     argv = list(sys.argv)
     if argv and Path(argv[0]).name == "streamsnn" and "train" in argv[1:]:
         return "streamsnn " + " ".join(shlex.quote(a) for a in argv[1:])
-    parts = ["streamsnn", "train", "--data", str(args.data), "--model", args.model, "--reg", args.reg]
-    optional = [("--timesteps", args.timesteps, 10), ("--time-window", args.time_window, 30_000.0),
-                ("--reg-strength", args.reg_strength, None), ("--epochs", args.epochs, None),
-                ("--batch-size", args.batch_size, None), ("--lr", args.lr, None), ("--seed", args.seed, 0)]
+    parts = ["streamsnn", "train", "--data", str(args.data)]
+    optional = [("--dataset", args.dataset, None), ("--recipe", args.recipe, None), ("--model", args.model, None),
+                ("--reg", args.reg, None), ("--timesteps", args.timesteps, None),
+                ("--time-window", args.time_window, None), ("--reg-strength", args.reg_strength, None),
+                ("--str-variant", args.str_variant, None),
+                ("--epochs", args.epochs, None), ("--batch-size", args.batch_size, None), ("--lr", args.lr, None),
+                ("--input-size", "x".join(map(str, args.input_size)) if args.input_size else None, None),
+                ("--seed", args.seed, 0), ("--split-seed", args.split_seed, 0)]
     for flag, value, default in optional:
         if value is not None and value != default:
             parts += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
@@ -87,14 +84,11 @@ def _train_command(args) -> str:
 
 
 def _cmd_train(args) -> int:
-    from .snn import build_model
     from .training.trainer import configure_threads, train
 
     configure_threads()
-    cfg = _train_config(args)
-    build_model(cfg.model)  # unknown names fail before any binning
-    train(args.data, args.out, cfg, cache=args.cache, device=args.device, progress=not args.no_progress,
-          command=_train_command(args))
+    train(args.data, args.out, _train_config(args), cache=args.cache, device=args.device,
+          progress=not args.no_progress, command=_train_command(args), download=args.download)
     return 0
 
 
@@ -103,7 +97,8 @@ def _cmd_eval(args) -> int:
     from .training.trainer import configure_threads
 
     configure_threads()
-    report, _, _ = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.cache, args.device)
+    report, _, _ = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.cache, args.device,
+                                       dataset=args.dataset, download=args.download)
     c = report.get("checkpoint_cutoff")
     print(f"{args.split}: {report['samples']} samples, accuracy at T = {report['timesteps']}: "
           f"{report['full_accuracy']:.4f}; oracle mean timesteps {report['oracle_mean_timesteps']:.2f}")
@@ -477,6 +472,25 @@ def _number(minimum: float, *, inclusive: bool = True):
     return convert
 
 
+def _height_width(text: str):
+    parts = text.lower().replace("x", ",").split(",")
+    try:
+        values = tuple(int(p) for p in parts if p.strip())
+    except ValueError:
+        values = ()
+    if len(values) != 2 or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH, got {text!r}")
+    return values
+
+
+def _add_dataset_options(p, default_help: str = "nmnist") -> None:
+    from .datasets import DATASETS
+
+    p.add_argument("--dataset", choices=list(DATASETS), default=None,
+                   help=f"dataset layout under --data (default: {default_help})")
+    p.add_argument("--download", action="store_true", help="download the dataset with tonic if absent (network)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .stream.messages import MAX_MESSAGE_BYTES, RECEIVE_QUEUE_MESSAGES
 
@@ -503,14 +517,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a spiking network offline (TET + STR/RCS)")
     p.add_argument("--data", required=True, metavar="DIR",
-                   help="dataset root in the N-MNIST archive layout (Train/<class>/*.bin, Test/<class>/*.bin)")
-    p.add_argument("--model", default="nmnist", help="model name (nmnist, dvsgesture, cifar10dvs)")
-    p.add_argument("--timesteps", type=_positive_int, default=10, help="frames per sample, T")
-    p.add_argument("--time-window", type=_number(0, inclusive=False), default=30_000.0,
-                   help="frame length in microseconds")
-    p.add_argument("--reg", choices=["none", "str", "rcs"], default="str", help="regulariser on top of TET")
+                   help="dataset root as tonic extracts it (for nmnist: Train/<class>/*.bin, Test/<class>/*.bin)")
+    _add_dataset_options(p)
+    p.add_argument("--recipe", default=None, help="named recipe (default: the dataset's; see docs/anytime.md)")
+    p.add_argument("--model", default=None, help="model name (nmnist, dvsgesture, cifar10dvs; default: the recipe's)")
+    p.add_argument("--timesteps", type=_positive_int, default=None, help="frames per sample, T (default: the recipe's)")
+    p.add_argument("--time-window", type=_number(0, inclusive=False), default=None, help="frame length in microseconds (default: the recipe's)")
+    p.add_argument("--input-size", type=_height_width, default=None, metavar="HxW",
+                   help="resize frames to this model input (default: the recipe's, else the sensor's)")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the 9:1 split (cifar10dvs, ncaltech101)")
+    p.add_argument("--no-amp", action="store_true", help="no bf16 mixed precision on CUDA")
+    p.add_argument("--reg", choices=["none", "str", "rcs"], default=None, help="regulariser on top of TET (default str)")
     p.add_argument("--reg-strength", type=_number(0), default=None, help="regulariser weight (default per method)")
-    p.add_argument("--epochs", type=_positive_int, default=None, help="training epochs (default: the README recipe)")
+    p.add_argument("--str-variant", default=None, help="STR formula: stf (default), deferral or l2 (docs/anytime.md)")
+    p.add_argument("--epochs", type=_positive_int, default=None, help="training epochs (default: the recipe's)")
     p.add_argument("--batch-size", type=_positive_int, default=None)
     p.add_argument("--lr", type=_number(0, inclusive=False), default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -523,6 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="anytime evaluation: accuracy against mean timesteps (JSON + PNG)")
     p.add_argument("--checkpoint", required=True, metavar="CKPT")
     p.add_argument("--data", required=True, metavar="DIR")
+    _add_dataset_options(p, default_help="the checkpoint's")
     p.add_argument("--split", default="Test", help="Train or Test")
     p.add_argument("--json", default=None, metavar="OUT.json")
     p.add_argument("--plot", default=None, metavar="OUT.png")

@@ -251,12 +251,15 @@ def test_a_graph_written_by_snntorch_runs_the_same_in_streamsnn():
 
 @pytest.fixture(scope="module")
 def bundled_test_split(nmnist_root, tmp_path_factory):
-    from streamsnn.training.data import load_split
+    from streamsnn.datasets import open_dataset
+    from streamsnn.training.data import FrameCache, build_frame_cache
 
     model, meta = load_checkpoint(bundled_checkpoint())
-    frames, labels, classes, _ = load_split(nmnist_root, "Test", meta["sensor_size"],
-                                            meta["binning"]["time_window"], meta["timesteps"],
-                                            tmp_path_factory.mktemp("cache"), progress=False)
+    ds = open_dataset("nmnist", nmnist_root, "Test", sensor_size=meta["sensor_size"])
+    path = build_frame_cache(ds, meta["binning"]["time_window"], meta["timesteps"],
+                             tmp_path_factory.mktemp("cache"), progress=False)
+    with FrameCache(path) as cache:
+        frames, labels = cache.read_all(), cache.labels
     assert frames.shape[0] == 100
     return model, meta, frames, labels
 

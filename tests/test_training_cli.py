@@ -22,7 +22,7 @@ def test_train_then_eval(tiny_dataset, tmp_path, capsys):
     rc = main(["train", "--data", str(tiny_dataset), "--model", "nmnist", "--timesteps", "4", "--reg", "str",
                "--epochs", "8", "--batch-size", "4", "--cache", str(cache), "--out", str(ckpt), "--no-progress"])
     assert rc == 0 and ckpt.is_file()
-    assert list(cache.glob("frames-Train-*.h5")) and list(cache.glob("frames-Test-*.h5"))
+    assert list(cache.glob("frames-nmnist-Train-*.h5")) and list(cache.glob("frames-nmnist-Test-*.h5"))
     model, meta = load_checkpoint(ckpt)
     assert meta["model"] == "nmnist" and meta["class_names"] == ["0", "1", "7"] and meta["num_classes"] == 3
     assert meta["timesteps"] == 4 and meta["binning"]["time_window"] == 30000.0

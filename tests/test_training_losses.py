@@ -68,6 +68,16 @@ def test_str_stf_by_hand():
     assert float(str_loss([tr], "stf")) == pytest.approx((0 + 0.4 / 0.6) / 2, rel=1e-5)
 
 
+def test_str_l2_by_hand():
+    # one timestep, three neurons: u = [1.5, 0.3, 0.4], the first fires -> tied = [1.5, 0, 0], residual [0, 0.3, 0.4]
+    u = torch.tensor([[[1.5, 0.3, 0.4]]])
+    s = torch.tensor([[[1.0, 0.0, 0.0]]])
+    tr = LIFTrace("lif", u, u, s, u * (1 - s), 0.5, 1.0)
+    assert float(str_loss([tr], "l2")) == pytest.approx(0.5 / (1.5 + 0.5), rel=1e-5)
+    silent = LIFTrace("lif", u, u, torch.zeros_like(s), u, 0.5, 1.0)
+    assert float(str_loss([silent], "l2")) == pytest.approx(1.0, rel=1e-5)
+
+
 def test_str_unknown_variant():
     with pytest.raises(ValueError, match="unknown STR variant"):
         str_loss([_trace([[[1.0]]], [[[0.0]]])], "nope")
@@ -79,15 +89,17 @@ def test_regularisers_give_gradients_to_the_weights():
     torch.manual_seed(0)
     model = build_model("nmnist")
     x = torch.poisson(torch.full((3, 16, 2, 34, 34), 1.0))
-    for name in ("str", "rcs"):
+    for name in ("str", "str:l2", "rcs"):
         model.zero_grad()
         logits, traces = model(x, return_traces=True)
-        # RCS only weighs samples predicted right at every one of the last timesteps (none: loss 0, no
-        # gradient, by definition), so the targets are the untrained model's own stable predictions.
-        predicted = logits.detach().argmax(-1)                 # (T, N)
-        y = predicted[-1]
-        assert (predicted == y).all(0).any()
-        loss = str_loss(traces) if name == "str" else rcs_loss(traces, logits, y)
+        if name == "rcs":
+            # RCS only weighs samples predicted right at each of its last timesteps (none: loss 0, no
+            # gradient, by definition): the tail is the last timestep alone, the targets the untrained
+            # model's own predictions there.
+            y = logits.detach()[-1].argmax(-1)
+            loss = rcs_loss(traces, logits, y, tail=0.34)
+        else:
+            loss = str_loss(traces, *name.split(":")[1:])
         loss.backward()
         grad = model.body.conv1.weight.grad
         assert grad is not None and torch.isfinite(grad).all()

@@ -9,15 +9,16 @@ Public API::
     state.reset(), state.detach()
     frames_to_input(frames)       binner output (int16 counts) -> the float tensor the model takes
     to_nir(model, meta, dt)       -> nir.NIRGraph; from_nir(graph, dt) -> (model, meta); write_nir / read_nir
+    resize_input(x, (H, W))       that tensor resized to a model input smaller than the sensor
 """
 from __future__ import annotations
 
 from .models import LIF, MODELS, SpikingNet, build_from_layers, build_model
 from .neuron import DECAY, THRESHOLD, TriangleSpike, lif_step, spike
 from .nir_io import from_nir, read_nir, to_nir, write_nir
-from .preprocess import frames_to_input
+from .preprocess import frames_to_input, resize_input
 from .state import LIFTrace, NetworkState, StateShapeError
 
 __all__ = ["LIF", "MODELS", "SpikingNet", "build_model", "build_from_layers", "to_nir", "from_nir", "write_nir",
            "read_nir", "DECAY", "THRESHOLD", "TriangleSpike", "lif_step",
-           "spike", "frames_to_input", "LIFTrace", "NetworkState", "StateShapeError"]
+           "spike", "frames_to_input", "resize_input", "LIFTrace", "NetworkState", "StateShapeError"]

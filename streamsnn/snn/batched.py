@@ -252,7 +252,9 @@ def predict_stepwise(model: SpikingNet, frames, timesteps: int, block_rows: int 
     """Logits (T, N, K) of frames (N, T', P, H, W), first ``timesteps`` frames, computed the way the
     streaming job computes them (:class:`BlockStepper`, same block shape), so offline evaluation and
     the job give the same numbers."""
-    frames = np.asarray(frames)
+    # A frame cache on disk (anything with ``take(indices)`` and ``shape``) is read a chunk at a time.
+    if not hasattr(frames, "take"):
+        frames = np.asarray(frames)
     N = frames.shape[0]
     if frames.shape[1] < timesteps:
         raise ValueError(f"frames have {frames.shape[1]} timesteps, {timesteps} asked for")
@@ -261,8 +263,9 @@ def predict_stepwise(model: SpikingNet, frames, timesteps: int, block_rows: int 
     chunk = 64 * stepper.block_rows       # samples stepped together: bounded memory for large splits
     for first in range(0, N, chunk):
         rows = list(range(first, min(first + chunk, N)))
+        block = frames.take(np.asarray(rows)) if hasattr(frames, "take") else frames[first:first + len(rows)]
         state = stepper.init_state(len(rows))
         slots = [state.acquire() for _ in rows]
         for t in range(timesteps):
-            out[t, first:first + len(rows)] = stepper.step(state, slots, frames[first:first + len(rows), t])
+            out[t, first:first + len(rows)] = stepper.step(state, slots, block[:, t])
     return out

@@ -10,7 +10,7 @@ JSON keys (accuracies are fractions in [0, 1]):
   of the confidence cutoff's epsilon and the Top-K cutoff's beta (constant betas, and the per-timestep
   betas calibrated on the training split, stored in the checkpoint);
 - ``checkpoint_cutoff``: the same entry for the setting stored in the checkpoint (what ``run`` uses);
-- ``samples``, ``split``, ``timesteps``, ``checkpoint``, ``model``, ``reg``.
+- ``samples``, ``split``, ``dataset``, ``timesteps``, ``checkpoint``, ``model``, ``reg``.
 """
 from __future__ import annotations
 
@@ -89,27 +89,45 @@ def plot_report(report: dict, path, title: str = "") -> None:
     plt.close(fig)
 
 
-def evaluate_checkpoint(checkpoint, data, split="Test", cache=None, device=None, progress=True):
-    """(report, logits, labels) for a checkpoint on one split; logits (T, N, K) as the streaming job
-    computes them."""
+def evaluate_checkpoint(checkpoint, data, split="Test", cache=None, device=None, progress=True, dataset=None,
+                        download=False):
+    """(report, logits, labels) for a checkpoint on one split of its dataset (``dataset`` overrides the
+    one stored in the checkpoint; checkpoints without one read the N-MNIST folder layout). For datasets
+    split 9:1, the held-out files stored in the checkpoint are the Test split. Logits (T, N, K) are
+    computed as the streaming job computes them wherever the job can run the model."""
+    from ..datasets import open_dataset
     from ..snn.batched import predict_stepwise
     from ..snn.checkpoint import load_checkpoint
-    from .data import load_split, resolve_dataset
+    from .data import FrameCache, build_frame_cache
+    from .loop import predict
     from .trainer import pick_device
 
     dev = pick_device(device)
     model, meta = load_checkpoint(checkpoint, map_location=dev)
-    root = resolve_dataset(data)
+    stored = meta.get("dataset") or {"name": "nmnist", "split": {}}
+    name = dataset or stored["name"]
+    split_info = (stored.get("split") or {}) if name == stored["name"] else {}
     T = int(meta.get("timesteps", 10))
     tw = float(meta.get("binning", {}).get("time_window", 30_000.0))
     sensor = meta.get("sensor_size") or [model.input_size[2], model.input_size[1], model.input_size[0]]
-    frames, labels, classes, _ = load_split(root, split, sensor, tw, T, cache, progress=progress)
+    ds = open_dataset(name, data, split, sensor_size=sensor if name == "nmnist" else None,
+                      split_seed=int(split_info.get("seed", 0)), test_files=split_info.get("test_files"),
+                      download=download)
     names = meta.get("class_names")
-    if names and list(names) != list(classes):
-        raise ConfigError(f"{root}/{split}: class folders {classes} differ from the checkpoint's classes {names}")
-    # Stepped frame by frame in the streaming job's block shape (snn/batched.py), so that these logits are,
-    # bit for bit, the ones `streamsnn run` computes for the same sample, whatever shares its batch.
-    logits = predict_stepwise(model, frames, T)
+    if names and list(names) != list(ds.class_names):
+        raise ConfigError(f"{ds.root}/{ds.split}: classes {ds.class_names} differ from the checkpoint's classes {names}")
+    with FrameCache(build_frame_cache(ds, tw, T, cache, progress=progress)) as frames:
+        if tuple(frames.shape[-2:]) == tuple(model.input_size[1:]) and dev.type == "cpu":
+            # Stepped frame by frame in the streaming job's block shape (snn/batched.py), so that these
+            # logits are, bit for bit, the ones `streamsnn run` computes for the same sample, whatever
+            # shares its batch.
+            logits = predict_stepwise(model, frames, T)
+        else:
+            # A model whose input is smaller than the sensor (resized frames), which the job cannot run,
+            # or a GPU: the whole-batch forward pass.
+            logits = predict(model, frames, T, device=dev)
+        labels = frames.labels
     report = anytime_report(logits, labels, meta.get("cutoff"))
-    report.update(split=split, checkpoint=str(checkpoint), model=meta.get("model"), reg=meta.get("reg"))
+    report.update(split=ds.split, dataset=name, checkpoint=str(checkpoint), model=meta.get("model"),
+                  reg=meta.get("reg"))
     return report, logits, labels

@@ -1,10 +1,14 @@
-"""The training loop proper: TET + regulariser, Adam, cosine schedule, optional DDP.
+"""The training loop proper: TET + regulariser, Adam or SGD, cosine schedule to 0, optional DDP,
+bf16 mixed precision on CUDA.
 
 Kept apart from the command-line front end (trainer.py) so that tools and
-tests can train on arrays directly.
+tests can train on arrays directly. Frames come as an array or a
+:class:`~streamsnn.training.data.FrameCache`; either way only the current batch is turned into
+float input (translated at the sensor's resolution, then resized to the model's input).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -13,12 +17,20 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..snn import frames_to_input
-from .losses import DEFAULT_STRENGTH, STR_DEFAULT_VARIANT, regulariser, tet_loss
+from ..errors import ConfigError
+from ..snn import frames_to_input, resize_input
+from .data import frame_source
+from .losses import DEFAULT_STRENGTH, STR_DEFAULT_VARIANT, STR_VARIANTS, regulariser, tet_loss
+
+
+OPTIMIZERS = ("adam", "sgd")
 
 
 @dataclass
 class TrainConfig:
+    """Everything one training run depends on (defaults: the README's N-MNIST recipe; the named
+    recipes of :mod:`streamsnn.training.recipes` set the rest per dataset)."""
+
     model: str = "nmnist"
     timesteps: int = 10
     time_window: float = 30_000.0
@@ -31,7 +43,32 @@ class TrainConfig:
     weight_decay: float = 0.0
     shift: int = 1          # random translation augmentation, pixels (same shift for all frames of a sample)
     seed: int = 0
+    dataset: str = "nmnist"
+    recipe: str = "nmnist"
+    optimizer: str = "adam"
+    momentum: float = 0.0   # SGD only
+    input_hw: tuple | None = None  # model input (H, W) when smaller than the sensor; frames are resized
+    split_seed: int = 0     # the held-out split of datasets without an official one
+    amp: bool = True        # bf16 autocast on CUDA (ignored on CPU)
     extra: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.timesteps < 1:
+            raise ConfigError(f"timesteps must be >= 1, got {self.timesteps}")
+        if self.time_window <= 0:
+            raise ConfigError(f"time window must be > 0 us, got {self.time_window}")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ConfigError("epochs and batch size must be >= 1 and lr > 0")
+        if self.reg not in DEFAULT_STRENGTH:
+            raise ConfigError(f"regulariser must be one of {', '.join(DEFAULT_STRENGTH)}, got {self.reg!r}")
+        if self.str_variant not in STR_VARIANTS:
+            raise ConfigError(f"STR variant must be one of {', '.join(STR_VARIANTS)}, got {self.str_variant!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.input_hw is not None:
+            self.input_hw = tuple(int(v) for v in self.input_hw)
+            if len(self.input_hw) != 2 or min(self.input_hw) < 1:
+                raise ConfigError(f"input size must be (H, W) >= 1, got {self.input_hw}")
 
     def strength(self) -> float:
         return float(DEFAULT_STRENGTH[self.reg] if self.reg_strength is None else self.reg_strength)
@@ -80,12 +117,11 @@ def fit(model, frames, labels, cfg: TrainConfig, device="cpu", progress: bool = 
     """
     rank, world = _world()
     strength = cfg.strength()
-    frames = torch.as_tensor(np.asarray(frames))
+    frames = frame_source(frames)
     labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     T = cfg.timesteps
     if frames.shape[1] < T:
         raise ValueError(f"frames have {frames.shape[1]} timesteps, training needs T = {T}")
-    frames = frames[:, :T]
     n = frames.shape[0]
     per_rank = max(1, cfg.batch_size // world)
     steps_per_epoch = max(1, n // (per_rank * world))
@@ -97,7 +133,13 @@ def fit(model, frames, labels, cfg: TrainConfig, device="cpu", progress: bool = 
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         net = DDP(model, device_ids=[device.index] if getattr(device, "type", "cpu") == "cuda" else None)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    on_cuda = torch.device(device).type == "cuda"
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cfg.amp and on_cuda \
+        else contextlib.nullcontext
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda k: 0.5 * (1 + math.cos(math.pi * min(k, total_steps) / total_steps)))
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -119,17 +161,20 @@ def fit(model, frames, labels, cfg: TrainConfig, device="cpu", progress: bool = 
             if step >= total_steps:
                 break
             idx = perm[b * per_rank * world:(b + 1) * per_rank * world][rank::world]
-            xb = frames_to_input(frames[idx])
-            xb = random_shift(xb, cfg.shift, aug_gen).transpose(0, 1).contiguous().to(device)  # (T, N, ...)
+            xb = frames_to_input(frames.take(idx.numpy())[:, :T])
+            xb = random_shift(xb, cfg.shift, aug_gen)
+            xb = resize_input(xb, model.input_size[1:]).transpose(0, 1).contiguous().to(device)  # (T, N, ...)
             yb = labels[idx].to(device)
             need_traces = cfg.reg != "none"
-            out = net(xb, return_traces=need_traces)
-            logits, traces = out if need_traces else (out, None)
-            loss = tet_loss(logits, yb)
-            reg_value = torch.zeros((), device=device)
-            if need_traces and strength > 0:
-                reg_value = regulariser(cfg.reg, traces, logits, yb, cfg.str_variant)
-                loss = loss + strength * reg_value
+            with autocast():
+                out = net(xb, return_traces=need_traces)
+                logits, traces = out if need_traces else (out, None)
+                logits = logits.float()
+                loss = tet_loss(logits, yb)
+                reg_value = torch.zeros((), device=device)
+                if need_traces and strength > 0:
+                    reg_value = regulariser(cfg.reg, traces, logits, yb, cfg.str_variant)
+                    loss = loss + strength * reg_value
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -174,11 +219,13 @@ def sync_buffers(model, world: int) -> None:
 
 @torch.no_grad()
 def predict(model, frames, timesteps: int, batch_size: int = 100, device="cpu") -> np.ndarray:
-    """Logits (T, N, K) of an eval-mode model over frames (N, T', P, H, W), first ``timesteps`` frames."""
+    """Logits (T, N, K) of an eval-mode model over frames (N, T', P, H, W) (an array or a FrameCache),
+    first ``timesteps`` frames, in float32 (the decisions the streaming job makes)."""
     model.eval().to(device)
     outs = []
-    frames = torch.as_tensor(np.asarray(frames))[:, :timesteps]
+    frames = frame_source(frames)
     for i in range(0, frames.shape[0], batch_size):
-        x = frames_to_input(frames[i:i + batch_size]).transpose(0, 1).contiguous().to(device)
+        x = frames_to_input(frames.take(np.arange(i, min(i + batch_size, frames.shape[0])))[:, :timesteps])
+        x = resize_input(x, model.input_size[1:]).transpose(0, 1).contiguous().to(device)
         outs.append(model(x).cpu())
     return torch.cat(outs, dim=1).numpy()

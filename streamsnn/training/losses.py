@@ -15,7 +15,7 @@ import torch.nn.functional as F
 TET_LAMBDA = 1e-3
 RCS_ALPHA = 0.002
 STR_ALPHA = 0.5
-STR_VARIANTS = ("stf", "deferral")
+STR_VARIANTS = ("stf", "deferral", "l2")
 STR_DEFAULT_VARIANT = "stf"
 
 
@@ -58,7 +58,7 @@ def rcs_loss(traces, logits: torch.Tensor, target: torch.Tensor, eps: float = 1e
 def str_loss(traces, variant: str = STR_DEFAULT_VARIANT, eps: float = 1e-6) -> torch.Tensor:
     """STR, the Spatial-Temporal Regulariser (our formulation; see docs/anytime.md).
 
-    variant "deferral" (default): per layer, sample and timestep, the share of the layer's activity
+    variant "deferral": per layer, sample and timestep, the share of the layer's activity
     that is deferred to later timesteps instead of emitted now,
 
         D(t) = sum_i ReLU(u_post_i(t)) / V_th / (sum_i s_i(t) + sum_i ReLU(u_post_i(t)) / V_th + eps),
@@ -66,10 +66,16 @@ def str_loss(traces, variant: str = STR_DEFAULT_VARIANT, eps: float = 1e-6) -> t
     i.e. 1 minus the ratio of spike strength to (spikes + left-over membrane potential), with
     r(t) = s(t) + ReLU(u_post(t) / V_th) as in RCS; STR = mean over layers, samples and timesteps.
 
-    variant "stf": the temporal share of the membrane potential, from the Spatial-Temporal Factor
-    split u(t) = I(t) [spatial] + decay * u_post(t-1) [temporal],
+    variant "stf" (default): the temporal share of the membrane potential, from the Spatial-Temporal
+    Factor split u(t) = I(t) [spatial] + decay * u_post(t-1) [temporal],
 
         1 - STF(t) = |decay u_post(t-1)|_1 / (|I(t)|_1 + |decay u_post(t-1)|_1 + eps).
+
+    variant "l2": a second-hand summary's reading, the STF as the ratio of the L2 norms of the membrane
+    potential tied to spikes, u(t) * s(t) (what the reset discharges now), and the residual potential
+    left over, u_post(t) = u(t) * (1 - s(t)); penalised in its bounded form, the residual share
+
+        |u_post(t)|_2 / (|u(t) s(t)|_2 + |u_post(t)|_2 + eps).
     """
     values = []
     for tr in traces:
@@ -77,6 +83,10 @@ def str_loss(traces, variant: str = STR_DEFAULT_VARIANT, eps: float = 1e-6) -> t
             left = F.relu(tr.u_post / tr.threshold).flatten(2).sum(-1)  # (T, N)
             fired = tr.s.flatten(2).sum(-1)
             values.append((left / (fired + left + eps)).mean())
+        elif variant == "l2":
+            tied = (tr.u * tr.s).flatten(2).norm(dim=-1)  # (T, N)
+            residual = tr.u_post.flatten(2).norm(dim=-1)
+            values.append((residual / (tied + residual + eps)).mean())
         elif variant == "stf":
             temporal = tr.temporal.abs().flatten(2).sum(-1)
             spatial = tr.current.abs().flatten(2).sum(-1)

@@ -19,10 +19,7 @@ from ..errors import ConfigError
 from ..snn import build_model
 from ..snn.checkpoint import save_checkpoint
 from .loop import TrainConfig, fit, predict, seed_everything
-
-# The README recipe: `streamsnn train --data DIR --model nmnist --reg str --out CKPT.pt`.
-# 25 epochs: at 15 the compact network still underfits (97-98 % on Train, 94 % Test for seed 0).
-RECIPE = {"epochs": 25, "batch_size": 32, "lr": 5e-3}
+from .recipes import train_config
 # The cutoff stored in the checkpoint: the largest epsilon of the sweep whose accuracy on the training
 # split (no augmentation) is at most 0.5 points below full T -- the accuracy budget of the paper
 # (0.50-0.64 % drop).
@@ -79,37 +76,60 @@ def calibrate_cutoff(train_logits, train_labels) -> dict:
             "topk_betas": topk.betas.tolist()}
 
 
+def _open_frames(cfg: TrainConfig, data, split: str, cache, progress: bool, build: bool, download: bool = False,
+                 test_files=None, sensor_size=None):
+    """(DatasetSplit, FrameCache) of one split; ``build=False`` only opens a cache another rank built."""
+    from ..datasets import open_dataset
+    from .data import FrameCache, build_frame_cache, frame_cache_path
+
+    ds = open_dataset(cfg.dataset, data, split, sensor_size=sensor_size, split_seed=cfg.split_seed,
+                      test_files=test_files, download=download)
+    if build:
+        path = build_frame_cache(ds, cfg.time_window, cfg.timesteps, cache, progress=progress)
+    else:
+        path = frame_cache_path(ds, cfg.time_window, cfg.timesteps, cache)
+    return ds, FrameCache(path)
+
+
+def model_geometry(cfg: TrainConfig, sensor_size):
+    """The model's input size (C, H, W): the sensor's, or ``cfg.input_hw`` when the frames are resized."""
+    w, h, p = (int(v) for v in sensor_size)
+    hw = cfg.input_hw if cfg.input_hw is not None else (h, w)
+    return (p, int(hw[0]), int(hw[1]))
+
+
 def train(data, out, cfg: TrainConfig, cache=None, device=None, progress=True, command=None,
-          log=print, report_test=True) -> dict:
-    """Train one model on ``data`` (N-MNIST archive layout) and write the checkpoint ``out``.
+          log=print, report_test=True, download=False) -> dict:
+    """Train one model on the ``cfg.dataset`` found under ``data`` and write the checkpoint ``out``.
 
-    Returns the checkpoint's meta (plus, when the dataset has a Test split and this is rank 0,
-    ``test_accuracy`` at full T)."""
-    from .data import load_split, resolve_dataset
-
+    The frames stay in the HDF5 cache and are read by batch. Returns the checkpoint's meta (plus,
+    when the dataset has a Test split and this is rank 0, ``test_accuracy`` at full T)."""
     rank, world, _, device = init_distributed(device)
     quiet = (lambda *a, **k: None)
     say = log if rank == 0 else quiet
+    cfg.validate()
+    build_model(cfg.model)  # unknown names fail before any binning
+    # A folder of samples (the N-MNIST layout) is binned at the model's own size.
+    folder_sensor = sensor_size_for(cfg.model) if cfg.dataset == "nmnist" else None
+    caches = []
     try:
-        root = resolve_dataset(data, download=(rank == 0))
-        model_probe = build_model(cfg.model)
-        sensor = sensor_size_for(cfg.model)
         t0 = time.perf_counter()
         if rank == 0:
-            frames, labels, classes, cache_path = load_split(root, "Train", sensor, cfg.time_window, cfg.timesteps,
-                                                              cache, progress=progress)
+            ds, frames = _open_frames(cfg, data, "Train", cache, progress, True, download, sensor_size=folder_sensor)
         if world > 1:
             dist.barrier()
         if rank != 0:
-            frames, labels, classes, cache_path = load_split(root, "Train", sensor, cfg.time_window,
-                                                              cfg.timesteps, cache, progress=False)
-        say(f"frames: {frames.shape[0]} training samples x {cfg.timesteps} x {tuple(frames.shape[2:])} "
-            f"({time.perf_counter() - t0:.1f} s, cache {cache_path})")
+            ds, frames = _open_frames(cfg, data, "Train", cache, False, False, sensor_size=folder_sensor)
+        caches.append(frames)
+        labels, classes, sensor = frames.labels, ds.class_names, tuple(ds.sensor_size)
+        input_size = model_geometry(cfg, sensor)
+        say(f"frames: {len(frames)} training samples of {cfg.dataset} x {cfg.timesteps} x {tuple(frames.shape[2:])} "
+            f"({time.perf_counter() - t0:.1f} s, cache {frames.path})")
         seed_everything(cfg.seed)
-        model = build_model(cfg.model, model_probe.input_size, len(classes))
-        say(f"model {cfg.model}: {sum(p.numel() for p in model.parameters())} parameters; reg {cfg.reg} "
-            f"(strength {cfg.strength():g}), T = {cfg.timesteps}, {cfg.epochs} epochs"
-            + (f", {world} processes (DDP)" if world > 1 else ""))
+        model = build_model(cfg.model, input_size, len(classes))
+        say(f"model {cfg.model} (input {input_size}): {sum(p.numel() for p in model.parameters())} parameters; "
+            f"reg {cfg.reg} (strength {cfg.strength():g}), T = {cfg.timesteps}, {cfg.epochs} epochs, "
+            f"{cfg.optimizer} lr {cfg.lr:g}" + (f", {world} processes (DDP)" if world > 1 else ""))
         t1 = time.perf_counter()
         history = fit(model, frames, labels, cfg, device=device, progress=progress, log=say)
         train_seconds = time.perf_counter() - t1
@@ -117,14 +137,18 @@ def train(data, out, cfg: TrainConfig, cache=None, device=None, progress=True, c
         if rank == 0:
             train_logits = predict(model, frames, cfg.timesteps, device=device)
             cutoff = calibrate_cutoff(train_logits, labels)
+            resized = tuple(input_size[1:]) != (sensor[1], sensor[0])
             meta = {
                 "model": cfg.model,
                 "input_size": list(model.input_size),
                 "num_classes": len(classes),
                 "class_names": list(classes),
                 "sensor_size": list(sensor),
+                "dataset": {"name": cfg.dataset, "split": ds.split_info},
                 "binning": {"time_window": float(cfg.time_window), "start": "first event",
-                            "include_incomplete": True, "preprocess": "float32 counts (frames_to_input)"},
+                            "include_incomplete": True,
+                            "preprocess": "float32 counts (frames_to_input)"
+                            + (f", resized to {input_size[1]}x{input_size[2]} (resize_input)" if resized else "")},
                 "timesteps": cfg.timesteps,
                 "max_timesteps": cfg.timesteps,
                 "cutoff": cutoff,
@@ -142,20 +166,37 @@ def train(data, out, cfg: TrainConfig, cache=None, device=None, progress=True, c
             }
             say(f"trained in {train_seconds:.0f} s; training accuracy at T: {meta['train_accuracy']:.4f}; "
                 f"cutoff epsilon {cutoff['epsilon']:g}")
-            if report_test and (Path(root) / "Test").is_dir():
-                tf, tl, _, _ = load_split(root, "Test", sensor, cfg.time_window, cfg.timesteps, cache,
-                                          progress=progress)
-                test_logits = predict(model, tf, cfg.timesteps, device=device)
-                meta["test_accuracy"] = per_timestep_accuracy(test_logits, tl)[-1]
-                r = evaluate_policy(ConfidenceCutoff(cutoff["epsilon"]), test_logits, tl)
-                meta["test_cutoff"] = {"accuracy": r["accuracy"], "mean_timesteps": r["mean_timesteps"]}
-                say(f"Test: accuracy at T = {meta['test_accuracy']:.4f}; with the cutoff "
-                    f"{r['accuracy']:.4f} at {r['mean_timesteps']:.2f} mean timesteps")
+            if report_test:
+                test = _test_frames(cfg, data, cache, progress, ds.split_info, folder_sensor)
+                if test is not None:
+                    caches.append(test)
+                    test_logits = predict(model, test, cfg.timesteps, device=device)
+                    meta["test_accuracy"] = per_timestep_accuracy(test_logits, test.labels)[-1]
+                    r = evaluate_policy(ConfidenceCutoff(cutoff["epsilon"]), test_logits, test.labels)
+                    meta["test_cutoff"] = {"accuracy": r["accuracy"], "mean_timesteps": r["mean_timesteps"]}
+                    say(f"Test: accuracy at T = {meta['test_accuracy']:.4f}; with the cutoff "
+                        f"{r['accuracy']:.4f} at {r['mean_timesteps']:.2f} mean timesteps")
             save_checkpoint(out, model, meta)
             say(f"checkpoint written to {out}")
         if world > 1:
             dist.barrier()
         return meta
     finally:
+        for c in caches:
+            c.close()
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _test_frames(cfg, data, cache, progress, split_info, folder_sensor):
+    """The Test split's FrameCache, or None for a folder without Test/ (training on Train alone)."""
+    from ..errors import EventFormatError
+
+    try:
+        _, frames = _open_frames(cfg, data, "Test", cache, progress, True, test_files=split_info.get("test_files"),
+                                 sensor_size=folder_sensor)
+    except EventFormatError:
+        if cfg.dataset == "nmnist":
+            return None
+        raise
+    return frames

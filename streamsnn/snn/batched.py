@@ -252,8 +252,10 @@ def predict_stepwise(model: SpikingNet, frames, timesteps: int, block_rows: int 
     """Logits (T, N, K) of frames (N, T', P, H, W), first ``timesteps`` frames, computed the way the
     streaming job computes them (:class:`BlockStepper`, same block shape), so offline evaluation and
     the job give the same numbers."""
-    # A frame cache on disk (anything with ``take(indices)`` and ``shape``) is read a chunk at a time.
-    if not hasattr(frames, "take"):
+    # A frame cache on disk (training.data.FrameCache: ``take(indices)`` and ``shape``) is read a chunk at
+    # a time; arrays and tensors (whose own ``take`` indexes the flattened data) are used as they are.
+    on_disk = hasattr(frames, "take") and not isinstance(frames, np.ndarray) and not torch.is_tensor(frames)
+    if not on_disk:
         frames = np.asarray(frames)
     N = frames.shape[0]
     if frames.shape[1] < timesteps:
@@ -263,7 +265,7 @@ def predict_stepwise(model: SpikingNet, frames, timesteps: int, block_rows: int 
     chunk = 64 * stepper.block_rows       # samples stepped together: bounded memory for large splits
     for first in range(0, N, chunk):
         rows = list(range(first, min(first + chunk, N)))
-        block = frames.take(np.asarray(rows)) if hasattr(frames, "take") else frames[first:first + len(rows)]
+        block = frames.take(np.asarray(rows)) if on_disk else frames[first:first + len(rows)]
         state = stepper.init_state(len(rows))
         slots = [state.acquire() for _ in rows]
         for t in range(timesteps):

@@ -35,7 +35,7 @@ def open_split(base: Path, split: str, sensor_size=SENSOR_SIZE) -> DatasetSplit:
 
 
 def tonic_download(root: Path) -> None:
-    import tonic
+    from .download import download_nmnist
 
     for train in (True, False):
-        tonic.datasets.NMNIST(save_to=str(root), train=train)
+        download_nmnist(root, train=train)

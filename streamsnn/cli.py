@@ -230,7 +230,8 @@ def _find_data(arg: str | None) -> Path | None:
 def _cmd_demo(args) -> int:
     """``streamsnn demo``: the N-MNIST Test split through the bundled checkpoint, decisions shown live."""
     from .stream.config import PipelineConfig, SourceConfig
-    from .stream.job import BUNDLED_CHECKPOINT, Pipeline
+    from .snn.checkpoint import bundled_checkpoint
+    from .stream.job import Pipeline
 
     from .datasets import bundled_nmnist_root, download_nmnist
 
@@ -250,11 +251,9 @@ def _cmd_demo(args) -> int:
             return 2
     else:
         root = bundled_nmnist_root()
-    checkpoint = Path(args.checkpoint) if args.checkpoint else BUNDLED_CHECKPOINT
+    checkpoint = Path(args.checkpoint) if args.checkpoint else bundled_checkpoint()
     if not checkpoint.is_file():
-        raise ConfigError(f"{checkpoint}: checkpoint not found" + (
-            "" if args.checkpoint else " (the bundled N-MNIST checkpoint is missing from this installation; "
-                                       "train one with `streamsnn train` and pass --checkpoint)"))
+        raise ConfigError(f"{checkpoint}: checkpoint not found")
     config = PipelineConfig(
         name="demo", sources=[SourceConfig(uri=str(root / "Test"), stream="nmnist", speed=float(args.speed),
                                            limit=args.limit)],

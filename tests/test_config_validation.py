@@ -234,11 +234,11 @@ def test_device_and_curve_keys_are_checked_before_anything_loads(tmp_path):
 
 
 def test_run_with_a_bad_device_or_keys_is_one_line_naming_the_option(tmp_path):
-    from streamsnn.stream.job import BUNDLED_CHECKPOINT
+    from streamsnn.snn.checkpoint import bundled_checkpoint
 
     for option, value, expected in (("--device", "bogus", "must be cpu or cuda[:N]"),
                                     ("--curve-keys", str(tmp_path / "none"), "curve_keys must be a folder")):
         out = subprocess.run([PY, "-m", "streamsnn.cli", "run", "--source", str(tmp_path / "x.npy"),
-                              "--checkpoint", str(BUNDLED_CHECKPOINT), option, value],
+                              "--checkpoint", str(bundled_checkpoint()), option, value],
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 2 and out.stderr.count("\n") == 1 and expected in out.stderr, out.stderr

@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from streamsnn.snn.checkpoint import bundled_checkpoint
 from streamsnn.stream.config import PipelineConfig, SourceConfig
-from streamsnn.stream.job import BUNDLED_CHECKPOINT, Pipeline
+from streamsnn.stream.job import Pipeline
 from streamsnn.stream.log import read_decision_log
 
-pytestmark = pytest.mark.skipif(not BUNDLED_CHECKPOINT.is_file(), reason="the bundled checkpoint is missing")
+BUNDLED_CHECKPOINT = bundled_checkpoint()
 
 
 def _rotated_split(root: Path, test: Path, k: int) -> list[str]:

@@ -38,7 +38,6 @@ import queue as queue_module
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -51,7 +50,6 @@ from .queue import EventQueue, SourceEnd, SourceFailure
 from .scheduler import Lane, Scheduler, percentiles
 from .sources import Source, make_source, pacing_slice_us
 
-BUNDLED_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "nmnist_str.pt"
 EXIT_OK, EXIT_SOURCE_ERROR, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 130, 143
 
 

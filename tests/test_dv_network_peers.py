@@ -211,7 +211,8 @@ def test_a_dv_source_refused_for_its_geometry_is_disconnected(tmp_path):
     """A job that refuses a stream (sensor 64x48, the model takes 34x34) hangs up on its sender at once."""
     from streamsnn.errors import ConfigError
     from streamsnn.stream.config import PipelineConfig, SourceConfig
-    from streamsnn.stream.job import BUNDLED_CHECKPOINT, Pipeline
+    from streamsnn.snn.checkpoint import bundled_checkpoint
+    from streamsnn.stream.job import Pipeline
 
     header, packets = _dv_stream_bytes(tmp_path, sensor=(64, 48))
     hung_up = threading.Event()
@@ -227,7 +228,7 @@ def test_a_dv_source_refused_for_its_geometry_is_disconnected(tmp_path):
 
     peer = Peer(serve)
     config = PipelineConfig(sources=[SourceConfig(uri=f"dv://127.0.0.1:{peer.port}", stream="cam")],
-                            checkpoint=str(BUNDLED_CHECKPOINT), endpoint="tcp://127.0.0.1:*", settle_s=0.0)
+                            checkpoint=str(bundled_checkpoint()), endpoint="tcp://127.0.0.1:*", settle_s=0.0)
     pipeline = Pipeline(config)
     try:
         # the error's traceback (kept, as a caller's would be) holds the source: only close() hangs up
@@ -242,12 +243,13 @@ def test_a_dv_source_refused_for_its_geometry_is_disconnected(tmp_path):
 @pytest.mark.timeout(60)
 def test_a_sender_of_a_header_and_no_events_shows_as_stalled(tmp_path):
     from streamsnn.stream.config import PipelineConfig, SourceConfig
-    from streamsnn.stream.job import BUNDLED_CHECKPOINT, Pipeline
+    from streamsnn.snn.checkpoint import bundled_checkpoint
+    from streamsnn.stream.job import Pipeline
 
     header, _ = _dv_stream_bytes(tmp_path, sensor=(34, 34))
     peer = Peer(_serve_then(header, b"", lambda connection, done: done.wait(60)))
     config = PipelineConfig(sources=[SourceConfig(uri=f"dv://127.0.0.1:{peer.port}", stream="cam")],
-                            checkpoint=str(BUNDLED_CHECKPOINT), endpoint="tcp://127.0.0.1:*", settle_s=0.0,
+                            checkpoint=str(bundled_checkpoint()), endpoint="tcp://127.0.0.1:*", settle_s=0.0,
                             status_interval_s=0.2)
     pipeline = Pipeline(config).open()
     subscriber = Subscriber(pipeline.endpoint, topic="status")

@@ -239,7 +239,7 @@ def test_open_failing_part_way_releases_the_port(tmp_path, ckpt):
 
 
 def test_run_long_latency_percentiles_cost_the_same_at_any_length():
-    from streamsnn.stream.scheduler import LatencyHistogram
+    from streamsnn.stream.stats import LatencyHistogram
 
     rng = np.random.default_rng(0)
     latencies = rng.lognormal(mean=1.0, sigma=0.8, size=300_000)    # ms: a long run's decisions

@@ -268,10 +268,16 @@ def check_coordinates(events: np.ndarray, sensor_size: SensorSize | None, path, 
         bad = np.flatnonzero((column < 0) | (column >= limit))
         if bad.size:
             i = int(bad[0])
-            raise EventFormatError(
-                path, f"{what} {first_index + i}: {name} = {int(column[i])} is outside the sensor "
-                f"{sensor_size.width}x{sensor_size.height} (0 <= {name} < {limit}); "
-                "the file is corrupt or the sensor size is wrong", offset=offset)
+            raise outside_sensor_error(path, sensor_size, name, int(column[i]), first_index + i, what, offset)
+
+
+def outside_sensor_error(path, sensor_size: SensorSize, name: str, value: int, index: int, what: str = "event",
+                         offset: int | None = None) -> EventFormatError:
+    limit = sensor_size.width if name == "x" else sensor_size.height
+    return EventFormatError(
+        path, f"{what} {index}: {name} = {value} is outside the sensor "
+        f"{sensor_size.width}x{sensor_size.height} (0 <= {name} < {limit}); "
+        "the file is corrupt or the sensor size is wrong", offset=offset)
 
 
 # The Numba decoders write each event as two int64 words over an EVENT_DTYPE buffer.

@@ -5,6 +5,7 @@ Only a few leading bytes are read, so detection is cheap on any file size.
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 from ..errors import EventFormatError
@@ -42,11 +43,15 @@ def known_formats_text() -> str:
 
 def check_readable_file(path) -> Path:
     path = Path(path)
-    if not path.exists():
-        raise EventFormatError(path, "no such file")
-    if path.is_dir():
+    try:
+        mode = os.stat(path).st_mode      # one system call (a folder replay opens every sample)
+    except (FileNotFoundError, NotADirectoryError):
+        raise EventFormatError(path, "no such file") from None
+    except OSError as exc:
+        raise EventFormatError(path, f"cannot be read ({exc.strerror})") from None
+    if stat.S_ISDIR(mode):
         raise EventFormatError(path, "is a folder, not an event file (a dataset folder is read with SampleFolder)")
-    if not path.is_file():
+    if not stat.S_ISREG(mode):
         raise EventFormatError(path, "is not a regular file (a device, pipe or socket): a recording is a file")
     if not os.access(path, os.R_OK):
         raise EventFormatError(path, "is not readable (permission denied)")

@@ -159,16 +159,38 @@ def _is_binary_pool(layer: nn.Module) -> bool:
 
 
 class BlockStepper:
-    """Steps chosen slots of a :class:`SlotState` by one frame each, in blocks of ``block_rows`` rows."""
+    """Steps chosen slots of a :class:`SlotState` by one frame each.
 
-    def __init__(self, model: SpikingNet, block_rows: int = BLOCK_ROWS):
-        if block_rows < 1:
+    ``engine``: ``"event"`` runs the whole step of any number of rows as one Numba call
+    (:mod:`~streamsnn.snn.event_engine`, CPU); ``"torch"`` runs the model's modules in blocks of
+    ``block_rows`` rows (any device, any layer); ``"auto"`` (default) takes ``"event"`` on the CPU
+    when the network's layers allow it. Offline evaluation and the streaming job both say
+    ``"auto"``, so for a given model and device they step through the same engine.
+    ``block_rows`` is also how many rows the scheduler steps before it sends their decisions."""
+
+    def __init__(self, model: SpikingNet, block_rows: int | None = None, engine: str = "auto"):
+        if block_rows is not None and block_rows < 1:
             raise ValueError(f"block_rows must be >= 1, got {block_rows}")
+        if engine not in ("auto", "event", "torch"):
+            raise ValueError(f"engine must be auto, event or torch, got {engine!r}")
         self.model = model.eval()
-        self.block_rows = int(block_rows)
         self.device = next(model.parameters()).device
         self.input_size = tuple(model.input_size)
         self.num_classes = model.num_classes
+        self.event = None
+        if engine != "torch" and self.device.type == "cpu":
+            from .event_engine import EventEngine, Unsupported
+            try:
+                self.event = EventEngine(model)
+            except Unsupported:
+                if engine == "event":
+                    raise
+        elif engine == "event":
+            raise ValueError(f"the event engine runs on the CPU; the model is on {self.device}")
+        self.engine = "event" if self.event is not None else "torch"
+        # event engine: rows cost the same one by one or together; 8 a call lets the first streams'
+        # decisions go out while the rest are stepped
+        self.block_rows = int(block_rows or (8 if self.event is not None else BLOCK_ROWS))
         self._plan = self._compile(model)
         self.calls = 0          # network calls (blocks) so far
         self.rows = 0           # real (not padding) rows stepped so far
@@ -191,7 +213,8 @@ class BlockStepper:
         return plan
 
     def init_state(self, capacity: int) -> SlotState:
-        return SlotState(self.model.state_shapes, capacity, device=self.device)
+        shapes = self.event.state_shapes if self.event is not None else self.model.state_shapes
+        return SlotState(shapes, capacity, device=self.device)
 
     @torch.inference_mode()
     def _run_block(self, x: torch.Tensor, membranes: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -222,6 +245,17 @@ class BlockStepper:
         (int numpy or torch, or float). Returns the logits (n, K) as float32 numpy, row i for slots[i]."""
         slots = list(slots)
         n = len(slots)
+        if self.event is not None:
+            array = frames.numpy() if torch.is_tensor(frames) else np.asarray(frames)
+            if tuple(array.shape) != (n, *self.input_size):
+                raise ValueError(f"frames have shape {tuple(array.shape)}, expected ({n}, "
+                                 f"{', '.join(map(str, self.input_size))})")
+            if any(not 0 <= s < state.capacity for s in slots) or len(set(slots)) != n:
+                raise ValueError(f"slots must be distinct slots of the state (0..{state.capacity - 1}), got {slots}")
+            out = self.event.step(state.membranes["neurons"], slots, array)
+            self.calls += 1
+            self.rows += n
+            return out
         x_all = frames_to_input(frames, device=self.device)
         if tuple(x_all.shape) != (n, *self.input_size):
             raise ValueError(f"frames have shape {tuple(x_all.shape)}, expected ({n}, "
@@ -248,7 +282,8 @@ class BlockStepper:
         return out
 
 
-def predict_stepwise(model: SpikingNet, frames, timesteps: int, block_rows: int = BLOCK_ROWS) -> np.ndarray:
+def predict_stepwise(model: SpikingNet, frames, timesteps: int, block_rows: int | None = None,
+                     engine: str = "auto") -> np.ndarray:
     """Logits (T, N, K) of frames (N, T', P, H, W), first ``timesteps`` frames, computed the way the
     streaming job computes them (:class:`BlockStepper`, same block shape), so offline evaluation and
     the job give the same numbers."""
@@ -260,7 +295,7 @@ def predict_stepwise(model: SpikingNet, frames, timesteps: int, block_rows: int 
     N = frames.shape[0]
     if frames.shape[1] < timesteps:
         raise ValueError(f"frames have {frames.shape[1]} timesteps, {timesteps} asked for")
-    stepper = BlockStepper(model, block_rows)
+    stepper = BlockStepper(model, block_rows, engine)
     out = np.empty((timesteps, N, model.num_classes), dtype=np.float32)
     chunk = 64 * stepper.block_rows       # samples stepped together: bounded memory for large splits
     for first in range(0, N, chunk):

@@ -261,6 +261,7 @@ class FrameWorker:
         # of streams whose chunks arrived together go into one batch instead of several partial ones
         self.idle = threading.Event()
         self.idle.set()
+        self.on_idle = lambda: None     # told when the worker runs out of work (the scheduler's gather)
         self._streams: list = []
         self._lock = threading.Lock()
         self.thread: threading.Thread | None = None
@@ -290,6 +291,7 @@ class FrameWorker:
     def _loop(self) -> None:
         while not self.stop.is_set():
             self.idle.set()
+            self.on_idle()
             self.wake.wait(0.05)
             self.idle.clear()
             self.wake.clear()

@@ -2,8 +2,9 @@
 
 Threads (one model for all streams)::
 
-    source thread per stream ──EventQueue (bounded: block | drop-oldest, counted)──┐
-      (reads, paces by event time, receives)                                        │
+    replay thread (every replay at speed > 0: reads, paces by event time)  ─┐
+    source thread per live stream (receives) or speed-0 replay (reads) ─────┤
+                                 EventQueue per stream (bounded: block | drop-oldest, counted)
                                      frame thread (all streams): preprocess + bin (Numba, nogil)
                                                                                     │ frames, per stream
                                      inference thread: the ready frames of all streams as one batch,
@@ -16,8 +17,8 @@ Threads (one model for all streams)::
   published and the stream's state reset. A dataset folder gives one window
   per sample, binned exactly as ``streamsnn train``/``eval`` bin it, and the
   network is stepped the way ``streamsnn eval`` steps it (same block shape:
-  :mod:`streamsnn.snn.batched`), so online decisions equal offline ones
-  whatever the number of streams.
+  :mod:`streamsnn.snn.batched`, one Numba call per batch on the CPU), so
+  online decisions equal offline ones whatever the number of streams.
 * Decisions are sent by the inference thread itself (under a lock shared with
   the status thread), so no queue hop adds to the latency; the HDF5 log is
   written by its own thread, off the hot path.
@@ -47,7 +48,9 @@ from .config import PipelineConfig, SourceConfig, validate
 from .frames import FrameStage, FrameWorker, build_preprocess
 from .messages import SCHEMA_VERSION, decision_topic, stamp_sent, status_topic
 from .queue import EventQueue, SourceEnd, SourceFailure
-from .scheduler import Lane, Scheduler, percentiles
+from .scheduler import Lane, Scheduler
+from .stats import percentiles
+from .replay import ReplayDriver, paced_by_driver
 from .sources import Source, make_source, pacing_slice_us
 
 EXIT_OK, EXIT_SOURCE_ERROR, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 130, 143
@@ -215,12 +218,14 @@ class Pipeline:
         else:
             self.policy = ConfidenceCutoff(0.0)   # never fires: every window runs to max_timesteps
         self.stepper = BlockStepper(self.model)
+        self.replay = ReplayDriver(self.stop_event, on_error=lambda exc: self._thread_failed("replay", exc))
         self.frame_worker = FrameWorker(self.stop_event, max_pending_frames=max(32, 2 * self.max_timesteps),
                                         on_error=lambda exc: self._thread_failed("frame", exc))
         self.scheduler = Scheduler(self.stepper, self.policy, self.max_timesteps, self.publish_decision,
                                    stop=self.stop_event, class_names=self.class_names,
                                    on_closed=self._stream_closed, on_progress=self.frame_worker.wake.set,
-                                   settled=self.frame_worker.idle)
+                                   settled=self.frame_worker.idle, capacity=len(config.sources))
+        self.frame_worker.on_idle = self.scheduler.wake.set
         for sc in config.sources:
             self.streams.append(self._make_stream(sc))
         self._warm_up_model()
@@ -272,9 +277,11 @@ class Pipeline:
         stage = FrameStage(stages, out_size, self.time_window, self.max_timesteps,
                            restamp=not source.live and sc.speed <= 0)
         stage.warm_up(source.sensor_size)
+        slice_us = pacing_slice_us(self.time_window, sc.speed, source.kind)
+        source.warm_up(slice_us)
         # a sample decided early is not read on: the source skips to its end (fewer hand-overs, same timing)
         source.window_done = lambda k: stage.decided_window == k
-        return Stream(source, sc, queue, stage, pacing_slice_us(self.time_window, sc.speed, source.kind))
+        return Stream(source, sc, queue, stage, slice_us)
 
     def _warm_up_model(self) -> None:
         """Step the network at its block shape a few times, so the first frame is not slow."""
@@ -315,7 +322,10 @@ class Pipeline:
     def _attach(self, stream: Stream) -> None:
         stream.lane = self.scheduler.add(stream.name, stream.stage)
         self.frame_worker.add(stream)
-        stream.start()
+        if paced_by_driver(stream):
+            self.replay.add(stream)
+        else:
+            stream.start()
 
     def add_stream(self, source_config: SourceConfig) -> str:
         """Add a stream to a running job (its source opened and warmed first); returns its name."""
@@ -405,10 +415,13 @@ class Pipeline:
             now = time.perf_counter()
             interval = now - getattr(self, "_last_status", self._t0)
             self._last_status = now
-            return [self._send_one_status(stream, interval, now, final)
+            with self._send_lock:
+                subscribers = self.publisher.decision_subscriptions     # one poll a round, not one a stream
+            return [self._send_one_status(stream, interval, now, final, subscribers)
                     for stream in list(self.streams) if stream.lane is not None]
 
-    def _send_one_status(self, stream: Stream, interval: float, now: float, final: bool) -> dict:
+    def _send_one_status(self, stream: Stream, interval: float, now: float, final: bool,
+                         subscribers: int | None = None) -> dict:
         message = stream.status(interval, self._status_previous.get(stream.name))
         message["wall_s"] = now - self._t0
         message["cpu_s"] = time.process_time() - self._cpu0     # the whole process, every thread
@@ -417,7 +430,7 @@ class Pipeline:
             message["log_error"] = self.log_error
         self._status_previous[stream.name] = message
         with self._send_lock:
-            message["subscribers"] = self.publisher.decision_subscriptions
+            message["subscribers"] = self.publisher.decision_subscriptions if subscribers is None else subscribers
             self.publisher.send(status_topic(stream.name), message)
         return message
 
@@ -465,8 +478,10 @@ class Pipeline:
         deadline = time.monotonic() + 1.0          # every thread together, not one second each
         # after a failed open() only part of the job exists: close what does
         scheduler, frame_worker = getattr(self, "scheduler", None), getattr(self, "frame_worker", None)
+        replay = getattr(self, "replay", None)
         threads = [s.thread for s in self.streams] + [scheduler.thread if scheduler is not None else None,
-                                                      frame_worker.thread if frame_worker is not None else None]
+                                                      frame_worker.thread if frame_worker is not None else None,
+                                                      replay.thread if replay is not None else None]
         for thread in threads:
             if thread is not None:
                 thread.join(max(0.0, deadline - time.monotonic()))

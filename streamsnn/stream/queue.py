@@ -75,6 +75,11 @@ class EventQueue:
             self._on_put()
         return True
 
+    def would_block(self, item) -> bool:
+        """Whether ``put(item)`` would wait for room now (the "block" policy, queue full)."""
+        with self._cond:
+            return self.policy == "block" and isinstance(item, Chunk) and self._full(int(item.events.size))
+
     def _drop_oldest(self) -> None:
         for i, queued in enumerate(self._items):
             if isinstance(queued, Chunk):

@@ -20,7 +20,6 @@ eval`` computes offline (which steps through the same BlockStepper).
 from __future__ import annotations
 
 import collections
-import math
 import threading
 import time
 
@@ -30,50 +29,7 @@ from ..errors import StreamsnnError
 from ..snn.batched import BlockStepper
 from .frames import FrameItem, FrameStage, StreamClosed, WindowClose, WindowOpen
 from .messages import decision_message
-
-
-def percentiles(values) -> tuple[float | None, float | None]:
-    if len(values) == 0:
-        return None, None
-    a = np.fromiter(values, dtype=np.float64)
-    return float(np.percentile(a, 50)), float(np.percentile(a, 99))
-
-
-class LatencyHistogram:
-    """Latencies of a whole run in log-spaced bins (each 1 % wider than the one before, 1 us to 100 s).
-
-    The status thread reports run-long percentiles once a second for every stream. Keeping the
-    latencies themselves made that cost grow with the run (a 200,000-entry copy and sort, 8.6 ms per
-    stream once full) and still forgot the start of a long run; the bins cost the same at any length
-    (a cumulative sum over about 1,850 counts) and keep every decision, at most 0.5 % off each value.
-    """
-
-    LOW_MS, HIGH_MS, RATIO = 1e-3, 1e5, 1.01
-
-    def __init__(self):
-        self._log_ratio = math.log(self.RATIO)
-        self.bins = int(math.ceil(math.log(self.HIGH_MS / self.LOW_MS) / self._log_ratio)) + 1
-        self.counts = np.zeros(self.bins, np.int64)
-        self.count = 0
-
-    def add(self, latency_ms: float) -> None:
-        if latency_ms > self.LOW_MS:
-            index = min(self.bins - 1, int(math.log(latency_ms / self.LOW_MS) / self._log_ratio) + 1)
-        else:
-            index = 0          # at or under 1 us (the bin reports 1 us)
-        self.counts[index] += 1
-        self.count += 1
-
-    def percentiles(self) -> tuple[float | None, float | None]:
-        """p50 and p99 (ranks as numpy's default), each the geometric middle of its bin."""
-        if self.count == 0:
-            return None, None
-        cumulative = np.cumsum(self.counts)
-        out = []
-        for q in (0.50, 0.99):
-            index = int(np.searchsorted(cumulative, q * (self.count - 1), side="right"))
-            out.append(self.LOW_MS if index == 0 else self.LOW_MS * self.RATIO ** (index - 0.5))
-        return out[0], out[1]
+from .stats import LatencyHistogram
 
 
 class Lane:
@@ -225,7 +181,7 @@ class Scheduler:
 
     def __init__(self, stepper: BlockStepper, policy, max_timesteps: int, publish, *, stop: threading.Event,
                  class_names=(), on_closed=None, on_progress=None, settled: threading.Event | None = None,
-                 gather_s: float = 0.002):
+                 gather_s: float = 0.002, capacity: int = 4):
         self.stepper = stepper
         self.policy = policy
         self.max_timesteps = int(max_timesteps)
@@ -236,7 +192,9 @@ class Scheduler:
         self.on_progress = on_progress or (lambda: None)
         self.settled = settled          # set when the frame stage has handed on all it has
         self.gather_s = gather_s
-        self.state = stepper.init_state(4)
+        # sized for the streams known at the start: growing the state (a copy of every membrane) while
+        # the first frames of 64 streams waited cost them 3-4 ms each time it doubled (measured)
+        self.state = stepper.init_state(max(4, int(capacity)))
         self.lock = threading.Lock()
         self.wake = threading.Event()
         self._lanes: list[Lane] = []
@@ -269,16 +227,29 @@ class Scheduler:
                 while not self.stop.is_set():
                     self.wake.wait(0.05)
                     self.wake.clear()
-                    if self.settled is not None and not self.settled.is_set() and any(
-                            lane.pending_frames == 0 for lane in self._lanes):
-                        # the frame stage is still handing on a burst: wait for it (briefly) so that the
-                        # burst goes through as one batch; never when every lane has a frame already
-                        self.settled.wait(self.gather_s)
+                    self._gather()
                     while not self.stop.is_set() and self.run_once():
                         pass
         except BaseException as exc:     # a bug: reported by the job, never silent
             self.error = exc
             self.on_closed(None, StreamClosed("error", exc))
+
+    def _gather(self) -> None:
+        """While the frame stage is still handing on a burst, wait (briefly) so that the burst goes
+        through as one batch: until every lane has a frame, the frame stage is idle, or ``gather_s``
+        has passed. Each hand-on (and the frame stage going idle) wakes this up to look again, so a
+        lone stream replayed as fast as possible goes on as soon as its frame is there, instead of
+        waiting for a frame stage that never idles (it bins ahead)."""
+        if self.settled is None:
+            return
+        deadline = time.perf_counter() + self.gather_s
+        while not self.settled.is_set() and not self.stop.is_set() and any(
+                lane.pending_frames == 0 for lane in self._lanes):
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                return
+            self.wake.wait(remaining)
+            self.wake.clear()
 
     def run_once(self) -> bool:
         """One batch: the next frame of every lane that has one. False when no lane had a frame."""

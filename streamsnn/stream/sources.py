@@ -37,7 +37,6 @@ turns into a non-zero exit code.
 """
 from __future__ import annotations
 
-import collections
 import math
 import os
 import struct
@@ -51,6 +50,7 @@ import numpy as np
 
 from ..errors import ConfigError, SourceError, StreamsnnError
 from ..events import EVENT_DTYPE, SensorSize
+from .stats import LatencyHistogram
 
 
 @dataclass
@@ -83,17 +83,24 @@ class Pacer:
     far (the next sample of a folder, the next pass of a loop).
     """
 
-    def __init__(self, speed: float, stop: threading.Event | None = None):
+    def __init__(self, speed: float, stop: threading.Event | None = None, cooperative: bool = False):
         self.speed = float(speed)
+        # cooperative: wait_until does not sleep but sets ``due``; the caller (a ReplayDriver, which
+        # paces many streams on one thread) hands the next item over at that time and reports
+        # ``delivered(lag)``
+        self.cooperative = bool(cooperative)
+        self.due: float | None = None
         if not (math.isfinite(self.speed) and self.speed >= 0):  # NaN would pace nothing and report NaN
             raise ConfigError(f"replay speed must be a finite number >= 0, got {speed!r}")
         self.stop = stop or threading.Event()
         self.wall_origin: float | None = None   # perf_counter seconds
         self.t_origin = 0                       # event time at wall_origin
         self._last_target: float | None = None
-        # seconds late, per hand-over: the latest 100,000 (bounded memory on endless streams) and the max
-        self.lags: collections.deque = collections.deque(maxlen=100_000)
+        # how late each hand-over was, in ms, over the whole run: a histogram (the status thread reads it
+        # every second; a list of the latest 100,000 lags cost it milliseconds per stream to convert)
+        self.lags = LatencyHistogram()
         self.max_lag = 0.0
+        self.last_lag = 0.0
         self.first_wall: float | None = None
 
     def rebase(self, t_us: int) -> None:
@@ -112,6 +119,9 @@ class Pacer:
             self.t_origin = int(t_us)
         target = self.wall_origin + (int(t_us) - self.t_origin) / 1e6 / self.speed
         self._last_target = target
+        if self.cooperative:
+            self.due = target
+            return not self.stop.is_set()
         delay = target - now
         if delay > 0.005:                 # long waits: interruptible by stop
             if self.stop.wait(delay - 0.002):
@@ -119,21 +129,24 @@ class Pacer:
         remaining = target - time.perf_counter()
         if remaining > 0:                 # the rest: one sleep (nanosleep, ~0.1 ms late at most, no spinning)
             time.sleep(remaining)
-        lag = time.perf_counter() - target
-        self.lags.append(lag)
-        self.max_lag = max(self.max_lag, lag)
+        self.delivered(time.perf_counter() - target)
         return not self.stop.is_set()
 
+    def delivered(self, lag: float) -> None:
+        self.lags.add(lag * 1000.0)
+        self.last_lag = lag
+        self.max_lag = max(self.max_lag, lag)
+
     def stats(self) -> dict:
-        if self.speed <= 0 or not self.lags or self.first_wall is None or self._last_target is None:
+        if self.speed <= 0 or not self.lags.count or self.first_wall is None or self._last_target is None:
             return {"speed": self.speed}
-        lags_ms = np.asarray(self.lags) * 1000.0
-        elapsed = (self._last_target + self.lags[-1]) - self.first_wall
+        lag_p50, lag_p99 = self.lags.percentiles()
+        elapsed = (self._last_target + self.last_lag) - self.first_wall
         ideal = self._last_target - self.first_wall
         return {
             "speed": self.speed,
-            "pacing_lag_p50_ms": float(np.percentile(lags_ms, 50)),
-            "pacing_lag_p99_ms": float(np.percentile(lags_ms, 99)),
+            "pacing_lag_p50_ms": float(lag_p50),
+            "pacing_lag_p99_ms": float(lag_p99),
             "pacing_lag_max_ms": float(self.max_lag * 1000.0),
             "pacing_elapsed_s": float(elapsed),
             "pacing_ideal_s": float(ideal),
@@ -156,6 +169,8 @@ class Source:
         # window_done(k) is True once the consumer has decided the source's k-th window (1-based, in
         # WindowStart order): a sample source then skips the rest of that sample (its time still passes)
         self.window_done = None
+        # paced by a ReplayDriver (Pacer in cooperative mode) instead of sleeping in its own thread
+        self.cooperative = False
 
     def open(self, default_sensor_size=None) -> None:
         """Connect / check the source and set ``sensor_size``. ``default_sensor_size`` is used for
@@ -163,6 +178,11 @@ class Source:
 
     def items(self, stop: threading.Event, slice_us: float) -> Iterator:
         raise NotImplementedError
+
+    def warm_up(self, slice_us: float) -> None:
+        """Read a little the way ``items`` will, before the clock starts. The readers' Numba kernels
+        are loaded from their cache on first use, holding the GIL for milliseconds; at the start of a
+        job with many streams that stalled every other thread (a decision waited 15 ms, measured)."""
 
     def close(self) -> None:
         pass
@@ -208,10 +228,19 @@ class FileReplaySource(Source):
         self.format, self.sensor_size = _format_and_geometry(self.path, self._sensor_size_arg,
                                                              default_sensor_size)
 
+    def warm_up(self, slice_us: float) -> None:
+        from ..io import open_recording
+
+        try:
+            with open_recording(self.path, sensor_size=self.sensor_size) as recording:
+                next(iter(recording.chunks(time_window=slice_us)), None)
+        except (StreamsnnError, OSError):
+            pass      # reported where it belongs: by items(), on the stream's status, with what was read
+
     def items(self, stop: threading.Event, slice_us: float) -> Iterator:
         from ..io import open_recording
 
-        self.pacer = pacer = Pacer(self.speed, stop)
+        self.pacer = pacer = Pacer(self.speed, stop, self.cooperative)
         offset = 0            # added to every timestamp of the current pass
         started = False
         while not stop.is_set():
@@ -269,6 +298,7 @@ class FolderSource(Source):
         self.limit = limit
         self._sensor_size_arg = sensor_size
         self.samples_done = 0
+        self._first_sample = None
 
     def open(self, default_sensor_size=None) -> None:
         from ..io.folder import SampleFolder
@@ -289,18 +319,34 @@ class FolderSource(Source):
         self.format, self.sensor_size = _format_and_geometry(self.samples[0].path, self._sensor_size_arg,
                                                              default_sensor_size)
 
+    def warm_up(self, slice_us: float) -> None:
+        from ..io import open_recording
+
+        path = self.samples[0].path
+        try:
+            with open_recording(path, sensor_size=self.sensor_size) as recording:
+                # kept for items(): the first samples of many streams are then not all read at the moment
+                # their clocks start
+                self._first_sample = (path, recording.read())
+        except (StreamsnnError, OSError):
+            pass      # reported where it belongs: by items(), on the stream's status
+
     def items(self, stop: threading.Event, slice_us: float) -> Iterator:
         from ..io import open_recording
 
-        self.pacer = pacer = Pacer(self.speed, stop)
+        self.pacer = pacer = Pacer(self.speed, stop, self.cooperative)
         windows = 0
         while not stop.is_set():
             for sample in self.samples:
                 if stop.is_set():
                     return
+                first, self._first_sample = self._first_sample, None
                 try:
-                    with open_recording(sample.path, sensor_size=self.sensor_size) as recording:
-                        events = recording.read()
+                    if first is not None and first[0] == sample.path:
+                        events = first[1]
+                    else:
+                        with open_recording(sample.path, sensor_size=self.sensor_size) as recording:
+                            events = recording.read()
                 except StreamsnnError as exc:
                     raise SourceError(f"{sample.path}: {exc}") from exc
                 except OSError as exc:

@@ -170,3 +170,17 @@ def test_layers_the_event_engine_does_not_run_fall_back_to_torch():
     from streamsnn.snn.event_engine import Unsupported
     with pytest.raises(Unsupported, match="groups"):
         BlockStepper(net, engine="event")
+
+
+def test_rows_split_over_two_threads_give_the_same_bits(model):
+    from streamsnn.snn.event_engine import EventEngine
+
+    frames = _frames(12, 4, seed=9)
+    results = []
+    for threads in (1, 2):
+        engine = EventEngine(model, threads=threads)
+        membranes = torch.zeros((13, engine.state_shapes["neurons"][0]))
+        results.append(np.stack([engine.step(membranes, list(range(12))[::-1], frames[::-1, t]) for t in range(4)]))
+        results.append(membranes.numpy().copy())
+    assert np.array_equal(results[0], results[2]) and np.array_equal(results[1], results[3])
+    assert len(np.unique(results[0])) > 5

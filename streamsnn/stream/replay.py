@@ -129,20 +129,29 @@ class ReplayDriver:
                 continue
             if delay > 0:                 # the rest: one sleep, ~0.1 ms late at most
                 time.sleep(delay)
-            _, _, entry = heapq.heappop(heap)
-            self._deliver(entry, due)
+            # every item due now goes out first, then the streams read ahead: the frames of streams whose
+            # items fall due together reach the frame stage together (one batch), not one read apart
+            now = time.perf_counter()
+            delivered = []
+            while heap and heap[0][0] <= now:
+                item_due, _, entry = heapq.heappop(heap)
+                if entry in self._entries and self._deliver(entry, item_due):
+                    delivered.append(entry)
+            for entry in delivered:
+                self._advance(entry)
 
-    def _deliver(self, entry: _Entry, due: float) -> None:
+    def _deliver(self, entry: _Entry, due: float) -> bool:
+        """Hand the item over; True when the stream is to read its next one."""
         stream, item = entry.stream, entry.item
         if entry.last:
             self._finish(entry, item)
-            return
+            return False
         if isinstance(item, (Chunk, WindowEnd)):
             if stream.queue.would_block(item):     # only this thread puts: room now is room at the put
                 heapq.heappush(self._heap, (time.perf_counter() + RETRY_FULL_S, next(self._order), entry))
-                return
+                return False
             item.available_ns = time.time_ns()    # made when it was read ahead; it arrives now
             if isinstance(item, Chunk):
                 stream.source.pacer.delivered(time.perf_counter() - due)
         stream.queue.put(item)
-        self._advance(entry)
+        return True

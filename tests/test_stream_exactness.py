@@ -76,3 +76,44 @@ def test_every_stream_equals_offline_eval(tmp_path, nmnist_root, offline, stream
         # the streams really shared batches (as fast as possible, every stream has frames waiting)
         assert pipeline.scheduler.batch_rows_max == streams
         assert pipeline.scheduler.batch_rows_sum / pipeline.scheduler.batches > streams / 2
+
+
+@pytest.mark.timeout(240)
+def test_a_model_on_resized_frames_streams_with_the_offline_decisions(tmp_path, nmnist_root):
+    """A checkpoint trained on frames resized to its input (as the CIFAR10-DVS VGG recipe is: sensor
+    34x34, network 20x20 here): the job bins at the sensor's size, resizes as training and `eval` do,
+    and decides as `eval` does."""
+    import torch
+
+    from streamsnn.cutoff import policy_from_meta
+    from streamsnn.snn import build_model
+    from streamsnn.snn.checkpoint import load_checkpoint, save_checkpoint
+    from streamsnn.training.evaluate import evaluate_checkpoint
+
+    torch.manual_seed(1)
+    model = build_model("nmnist", (2, 20, 20), 10)
+    with torch.no_grad():                  # spikes in every layer, decisions at different timesteps
+        for bn in (model.body.bn1, model.body.bn2):
+            bn.running_var.fill_(0.05)
+            bn.bias.fill_(0.4)
+        model.body.fc.weight.mul_(40.0)    # confident logits: the cutoff fires early for some samples
+    checkpoint = save_checkpoint(tmp_path / "resized.pt", model, {
+        "class_names": [str(i) for i in range(10)], "sensor_size": [34, 34, 2],
+        "binning": {"time_window": 30_000}, "timesteps": 10, "cutoff": {"policy": "confidence", "epsilon": 0.2}})
+    _, meta = load_checkpoint(checkpoint)
+    _, logits, _ = evaluate_checkpoint(checkpoint, nmnist_root, "Test", cache=tmp_path / "cache", device="cpu",
+                                       progress=False)
+    labels, steps, confidence = policy_from_meta(meta["cutoff"]).decide(logits)
+    assert len(set(steps.tolist())) > 1             # not every sample stops at the same timestep
+    log = tmp_path / "decisions.h5"
+    sources = [SourceConfig(uri=str(nmnist_root / "Test"), stream=f"s{k}", speed=0.0) for k in range(3)]
+    pipeline = Pipeline(PipelineConfig(sources=sources, checkpoint=str(checkpoint), endpoint="tcp://127.0.0.1:*",
+                                       settle_s=0.0, log=str(log)))
+    assert pipeline.run() == 0
+    rows = read_decision_log(log)
+    assert len(rows) == 300
+    for k in range(3):
+        mine = sorted((r for r in rows if r["stream"] == f"s{k}"), key=lambda r: r["seq"])
+        assert [r["label"] for r in mine] == labels.tolist()
+        assert [r["timesteps"] for r in mine] == steps.tolist()
+        assert np.allclose([r["confidence"] for r in mine], confidence, rtol=0, atol=1e-6)

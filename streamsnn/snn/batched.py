@@ -1,9 +1,13 @@
-"""Batched single-step inference for many streams: one membrane slot per stream, fixed-size blocks.
+"""Batched single-step inference for many streams: one membrane slot per stream.
 
 The streaming job steps the frames that are ready across its streams as one
 batch; offline evaluation steps the samples of a split the same way. Both go
 through :class:`BlockStepper`, so a stream's logits never depend on which
-other streams share its batch:
+other streams share its batch. On the CPU the stepper runs the event-driven
+engine (:mod:`~streamsnn.snn.event_engine`: every row by the same float32
+operations, whatever else is in the call); for networks with layers that
+engine does not run, and on other devices, it runs the model's torch modules
+as described below:
 
 * **Slots.** :class:`SlotState` holds every spiking layer's membranes for
   ``capacity`` streams, row ``i`` belonging to slot ``i``. A step gathers the
@@ -42,7 +46,7 @@ import torch
 from torch import nn
 
 from .models import LIF, SpikingNet
-from .preprocess import frames_to_input
+from .preprocess import frames_to_input, resize_input
 
 BLOCK_ROWS = 4
 
@@ -168,7 +172,10 @@ class BlockStepper:
     ``"auto"``, so for a given model and device they step through the same engine.
     ``block_rows`` is also how many rows the scheduler steps before it sends their decisions."""
 
-    def __init__(self, model: SpikingNet, block_rows: int | None = None, engine: str = "auto"):
+    def __init__(self, model: SpikingNet, block_rows: int | None = None, engine: str = "auto", frame_size=None):
+        """``frame_size`` (P, H, W): the frames' size when it differs from the model's input (a model
+        trained on resized frames, such as the 48x48 CIFAR10-DVS VGG on a 128x128 sensor): each step
+        resizes them first with :func:`~streamsnn.snn.preprocess.resize_input`, as training did."""
         if block_rows is not None and block_rows < 1:
             raise ValueError(f"block_rows must be >= 1, got {block_rows}")
         if engine not in ("auto", "event", "torch"):
@@ -176,6 +183,9 @@ class BlockStepper:
         self.model = model.eval()
         self.device = next(model.parameters()).device
         self.input_size = tuple(model.input_size)
+        self.frame_size = tuple(int(v) for v in frame_size) if frame_size is not None else self.input_size
+        if len(self.frame_size) != 3 or self.frame_size[0] != self.input_size[0]:
+            raise ValueError(f"frames of size {self.frame_size} cannot feed a model taking {self.input_size}")
         self.num_classes = model.num_classes
         self.event = None
         if engine != "torch" and self.device.type == "cpu":
@@ -247,9 +257,11 @@ class BlockStepper:
         n = len(slots)
         if self.event is not None:
             array = frames.numpy() if torch.is_tensor(frames) else np.asarray(frames)
-            if tuple(array.shape) != (n, *self.input_size):
+            if tuple(array.shape) != (n, *self.frame_size):
                 raise ValueError(f"frames have shape {tuple(array.shape)}, expected ({n}, "
-                                 f"{', '.join(map(str, self.input_size))})")
+                                 f"{', '.join(map(str, self.frame_size))})")
+            if self.frame_size != self.input_size:
+                array = resize_input(frames_to_input(array), self.input_size[1:]).numpy()
             if any(not 0 <= s < state.capacity for s in slots) or len(set(slots)) != n:
                 raise ValueError(f"slots must be distinct slots of the state (0..{state.capacity - 1}), got {slots}")
             out = self.event.step(state.membranes["neurons"], slots, array)
@@ -257,9 +269,10 @@ class BlockStepper:
             self.rows += n
             return out
         x_all = frames_to_input(frames, device=self.device)
-        if tuple(x_all.shape) != (n, *self.input_size):
+        if tuple(x_all.shape) != (n, *self.frame_size):
             raise ValueError(f"frames have shape {tuple(x_all.shape)}, expected ({n}, "
-                             f"{', '.join(map(str, self.input_size))})")
+                             f"{', '.join(map(str, self.frame_size))})")
+        x_all = resize_input(x_all, self.input_size[1:])
         out = np.empty((n, self.num_classes), dtype=np.float32)
         B = self.block_rows
         for start in range(0, n, B):
@@ -295,7 +308,7 @@ def predict_stepwise(model: SpikingNet, frames, timesteps: int, block_rows: int 
     N = frames.shape[0]
     if frames.shape[1] < timesteps:
         raise ValueError(f"frames have {frames.shape[1]} timesteps, {timesteps} asked for")
-    stepper = BlockStepper(model, block_rows, engine)
+    stepper = BlockStepper(model, block_rows, engine, frame_size=tuple(frames.shape[2:]))
     out = np.empty((timesteps, N, model.num_classes), dtype=np.float32)
     chunk = 64 * stepper.block_rows       # samples stepped together: bounded memory for large splits
     for first in range(0, N, chunk):

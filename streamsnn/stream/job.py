@@ -202,6 +202,11 @@ class Pipeline:
         meta = self.meta
         channels, height, width = (int(v) for v in meta["input_size"])
         self.model_sensor_size = (width, height, channels)
+        trained_on = meta.get("sensor_size")
+        if trained_on is not None and tuple(int(v) for v in trained_on)[2] == channels:
+            # a model trained on frames resized to its input: the job bins at the training sensor's size
+            # and the stepper resizes, as `streamsnn eval` does
+            self.model_sensor_size = tuple(int(v) for v in trained_on)
         self.class_names = list(meta.get("class_names") or [])
         self.time_window = int(config.time_window or (meta.get("binning") or {}).get("time_window") or 0)
         if self.time_window <= 0:
@@ -217,7 +222,8 @@ class Pipeline:
             self.policy = policy_from_meta(meta["cutoff"])
         else:
             self.policy = ConfidenceCutoff(0.0)   # never fires: every window runs to max_timesteps
-        self.stepper = BlockStepper(self.model)
+        sensor_w, sensor_h, sensor_p = self.model_sensor_size
+        self.stepper = BlockStepper(self.model, frame_size=(sensor_p, sensor_h, sensor_w))
         self.replay = ReplayDriver(self.stop_event, on_error=lambda exc: self._thread_failed("replay", exc))
         self.frame_worker = FrameWorker(self.stop_event, max_pending_frames=max(32, 2 * self.max_timesteps),
                                         on_error=lambda exc: self._thread_failed("frame", exc))
@@ -287,7 +293,7 @@ class Pipeline:
         """Step the network at its block shape a few times, so the first frame is not slow."""
         state = self.stepper.init_state(1)
         slot = state.acquire()
-        c, h, w = self.model.input_size
+        c, h, w = self.stepper.frame_size
         for _ in range(3):
             self.stepper.step(state, [slot], np.zeros((1, c, h, w), np.int16))
         self.stepper.calls = self.stepper.rows = 0

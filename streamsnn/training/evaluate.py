@@ -117,14 +117,13 @@ def evaluate_checkpoint(checkpoint, data, split="Test", cache=None, device=None,
     if names and list(names) != list(ds.class_names):
         raise ConfigError(f"{ds.root}/{ds.split}: classes {ds.class_names} differ from the checkpoint's classes {names}")
     with FrameCache(build_frame_cache(ds, tw, T, cache, progress=progress)) as frames:
-        if tuple(frames.shape[-2:]) == tuple(model.input_size[1:]) and dev.type == "cpu":
-            # Stepped frame by frame in the streaming job's block shape (snn/batched.py), so that these
-            # logits are, bit for bit, the ones `streamsnn run` computes for the same sample, whatever
-            # shares its batch.
+        if dev.type == "cpu":
+            # Stepped frame by frame as the streaming job steps them (snn/batched.py; frames resized to
+            # the model's input the same way), so that these logits are, bit for bit, the ones
+            # `streamsnn run` computes for the same sample, whatever shares its batch.
             logits = predict_stepwise(model, frames, T)
         else:
-            # A model whose input is smaller than the sensor (resized frames), which the job cannot run,
-            # or a GPU: the whole-batch forward pass.
+            # a GPU: the whole-batch forward pass
             logits = predict(model, frames, T, device=dev)
         labels = frames.labels
     report = anytime_report(logits, labels, meta.get("cutoff"))

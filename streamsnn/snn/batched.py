@@ -172,7 +172,8 @@ class BlockStepper:
     ``"auto"``, so for a given model and device they step through the same engine.
     ``block_rows`` is also how many rows the scheduler steps before it sends their decisions."""
 
-    def __init__(self, model: SpikingNet, block_rows: int | None = None, engine: str = "auto", frame_size=None):
+    def __init__(self, model: SpikingNet, block_rows: int | None = None, engine: str = "auto", frame_size=None,
+                 engine_threads: int | None = None):
         """``frame_size`` (P, H, W): the frames' size when it differs from the model's input (a model
         trained on resized frames, such as the 48x48 CIFAR10-DVS VGG on a 128x128 sensor): each step
         resizes them first with :func:`~streamsnn.snn.preprocess.resize_input`, as training did."""
@@ -191,7 +192,7 @@ class BlockStepper:
         if engine != "torch" and self.device.type == "cpu":
             from .event_engine import EventEngine, Unsupported
             try:
-                self.event = EventEngine(model)
+                self.event = EventEngine(model, threads=engine_threads)
             except Unsupported:
                 if engine == "event":
                     raise

@@ -223,7 +223,11 @@ class Pipeline:
         else:
             self.policy = ConfidenceCutoff(0.0)   # never fires: every window runs to max_timesteps
         sensor_w, sensor_h, sensor_p = self.model_sensor_size
-        self.stepper = BlockStepper(self.model, frame_size=(sensor_p, sensor_h, sensor_w))
+        # one thread: in the job the other cores run the frame and replay threads (and, on one machine,
+        # the subscribers); splitting a batch over two threads measured no better there (offline
+        # evaluation, with the machine to itself, splits)
+        self.stepper = BlockStepper(self.model, frame_size=(sensor_p, sensor_h, sensor_w),
+                                    engine_threads=config.torch_threads or 1)
         self.replay = ReplayDriver(self.stop_event, on_error=lambda exc: self._thread_failed("replay", exc))
         self.frame_worker = FrameWorker(self.stop_event, max_pending_frames=max(32, 2 * self.max_timesteps),
                                         on_error=lambda exc: self._thread_failed("frame", exc))

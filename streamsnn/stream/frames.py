@@ -153,7 +153,12 @@ class FrameStage:
             events = stage.push(events)
             stage.reset()
         binner = StreamingBinner(self.sensor_size, self.time_window)
-        binner.push(make_events([0, 1], [0, 1], [0, 2 * self.time_window], [0, 1 % self.sensor_size.polarities]))
+        p = [0, 1 % self.sensor_size.polarities]
+        # a chunk that sets the origin, one inside the open window (the binner's fast path), one that
+        # closes windows, and a flush: every kernel a stream's chunks go through
+        binner.push(make_events([0, 1], [0, 1], [0, 1], p))
+        binner.push(make_events([0, 1], [0, 1], [2, 3], p))
+        binner.push(make_events([0, 1], [0, 1], [4, 2 * self.time_window], p))
         binner.flush(4 * self.time_window)
 
     def process(self, item, out: list) -> None:

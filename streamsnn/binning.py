@@ -267,8 +267,8 @@ def _count(t, x, y, p, lo, hi, target, low, width, height, p_lo, p_span, saturat
 
 @nb.njit(cache=True, nogil=True)
 def _count_fresh(t, x, y, p, lo, hi, target, width, height, p_lo, p_span):
-    """_count into a target cleared just before, of fewer events than the dtype's saturation: no pixel
-    can saturate, so the loop drops that test (1.2x on dense windows)."""
+    """_count into a target whose window, these events included, holds no more events than the dtype's
+    saturation: no pixel can saturate, so the loop drops that test (1.1-1.2x)."""
     width = np.uint64(width)
     height = np.uint64(height)
     p_span = np.uint64(p_span)
@@ -776,8 +776,12 @@ def _count_chunk(t, x, y, p, state, open_frame, block, low, saturation, p_lo, p_
         # The chunk may be unsorted: bisection still gives a j in [i, n], and
         # counting validates every event from i on.
         j = _bisect_t(t, i, n, current_end)
-        bad = _count(t, x, y, p, i, j, frame, low if use_low else low[:0], width, height, p_lo, p_span,
-                     saturation, fused and current == 0)
+        if not use_low and window_events + (j - i) <= saturation:
+            # the window holds too few events for any pixel to saturate: every count is a true increment
+            bad = _count_fresh(t, x, y, p, i, j, frame, width, height, p_lo, p_span)
+        else:
+            bad = _count(t, x, y, p, i, j, frame, low if use_low else low[:0], width, height, p_lo, p_span,
+                         saturation, fused and current == 0)
         if current == 0:
             open_hi = j if bad == -1 else (bad if bad >= 0 else -2 - bad)
         if bad != -1:

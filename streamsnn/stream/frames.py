@@ -149,16 +149,27 @@ class FrameStage:
         grid = np.arange(64)
         events = make_events(grid * size.width // 64, (grid * 7 % 64) * size.height // 64,
                              grid * (3 * self.time_window // 64), grid % size.polarities)
+        # Chunks of 0, 1 and many events: Numba types the field views of an empty or one-event chunk as
+        # contiguous and of a longer one as strided, and compiles each kind on its first use (measured: a
+        # Gen3 replay met its first empty slice after the clock had started, compiled the crop and
+        # downsample kernels for it, and dropped 7 M events meanwhile).
+        for part in (events[:0], events[:1], events[1:32], events[32:]):
+            for stage in self.stages:
+                part = stage.push(part)
+            events = part
         for stage in self.stages:
-            events = stage.push(events)
             stage.reset()
         binner = StreamingBinner(self.sensor_size, self.time_window)
-        p = [0, 1 % self.sensor_size.polarities]
-        # a chunk that sets the origin, one inside the open window (the binner's fast path), one that
-        # closes windows, and a flush: every kernel a stream's chunks go through
-        binner.push(make_events([0, 1], [0, 1], [0, 1], p))
-        binner.push(make_events([0, 1], [0, 1], [2, 3], p))
-        binner.push(make_events([0, 1], [0, 1], [4, 2 * self.time_window], p))
+        # Chunks in the layout the binner will get (what the stages give; Numba compiles per layout): one
+        # that sets the origin, one inside the open window (the binner's fast path), one that closes
+        # windows, and a flush -- every kernel a stream's chunks go through.
+        chunk = np.zeros(2, dtype=events.dtype)
+        chunk["x"], chunk["y"], chunk["p"] = [0, 1], [0, 1], [0, 1 % self.sensor_size.polarities]
+        for t in ([0, 1], [2, 3], [4, 2 * self.time_window]):
+            chunk = chunk.copy()
+            chunk["t"] = t
+            binner.push(chunk)
+            binner.push(chunk[1:])      # one event (typed contiguous); empty chunks return before any kernel
         binner.flush(4 * self.time_window)
 
     def process(self, item, out: list) -> None:

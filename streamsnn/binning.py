@@ -224,8 +224,30 @@ def _pixel(x, y, p, i, width, height, p_lo, p_span):
 
 
 @nb.njit(cache=True, nogil=True)
-def _count(t, x, y, p, lo, hi, target, low, width, height, p_lo, p_span, saturation, stop_at_saturation=False):
+def _count_fresh(t, x, y, p, lo, hi, target, width, height, p_lo, p_span):
+    """_count into a target whose window, these events included, holds no more events than the dtype's
+    saturation: no pixel can saturate, so the loop drops that test (1.1-1.2x)."""
+    width = np.uint64(width)
+    height = np.uint64(height)
+    p_span = np.uint64(p_span)
+    previous = t[lo - 1] if lo > 0 else t[lo]
+    for i in range(np.uint64(lo), np.uint64(hi)):
+        ti = t[i]
+        index, inside = _pixel(x, y, p, i, width, height, p_lo, p_span)
+        if not (inside & (ti >= previous)):
+            return np.int64(i)
+        previous = ti
+        target[index] += 1
+    return -1
+
+
+@nb.njit(cache=True, nogil=True)
+def _count(t, x, y, p, lo, hi, target, low, width, height, p_lo, p_span, saturation, stop_at_saturation=False,
+           counted=-1):
     """Validate events [lo, hi) and count them into target (flat P*H*W); first bad index or -1.
+
+    counted: how many events target holds already (-1: unknown). When those and these together
+    cannot saturate a pixel, the loop without the saturation test runs (_count_fresh).
 
     Event lo is compared with event lo - 1 (with itself when lo == 0). The
     channel is p - p_lo: p_lo is 0, or the one polarity of a one-polarity
@@ -237,10 +259,12 @@ def _count(t, x, y, p, lo, hi, target, low, width, height, p_lo, p_span, saturat
     saturated, so that every count made so far is a true increment (which
     _uncount can take back).
     """
+    in_low = low.shape[0] > 0
+    if not in_low and counted >= 0 and counted + (hi - lo) <= saturation:
+        return _count_fresh(t, x, y, p, lo, hi, target, width, height, p_lo, p_span)
     width = np.uint64(width)
     height = np.uint64(height)
     p_span = np.uint64(p_span)
-    in_low = low.shape[0] > 0
     previous = t[lo - 1] if lo > 0 else t[lo]
     for i in range(np.uint64(lo), np.uint64(hi)):
         ti = t[i]
@@ -262,24 +286,6 @@ def _count(t, x, y, p, lo, hi, target, low, width, height, p_lo, p_span, saturat
                 target[index] = v + 1
             elif stop_at_saturation:
                 return -2 - np.int64(i)
-    return -1
-
-
-@nb.njit(cache=True, nogil=True)
-def _count_fresh(t, x, y, p, lo, hi, target, width, height, p_lo, p_span):
-    """_count into a target whose window, these events included, holds no more events than the dtype's
-    saturation: no pixel can saturate, so the loop drops that test (1.1-1.2x)."""
-    width = np.uint64(width)
-    height = np.uint64(height)
-    p_span = np.uint64(p_span)
-    previous = t[lo - 1] if lo > 0 else t[lo]
-    for i in range(np.uint64(lo), np.uint64(hi)):
-        ti = t[i]
-        index, inside = _pixel(x, y, p, i, width, height, p_lo, p_span)
-        if not (inside & (ti >= previous)):
-            return np.int64(i)
-        previous = ti
-        target[index] += 1
     return -1
 
 
@@ -355,11 +361,8 @@ def _bin_tasks(t, x, y, p, frames, scratch, low, tasks, first, last, width, heig
             target = frames[frame] if slot < 0 else scratch[slot]
             target[:] = 0
             in_low = hi - lo >= low_min_events
-            if not in_low and hi - lo <= saturation:
-                bad = _count_fresh(t, x, y, p, lo, hi, target, width, height, p_lo, p_span)
-            else:
-                bad = _count(t, x, y, p, lo, hi, target, low if in_low else low[:0], width, height, p_lo, p_span,
-                             saturation)
+            bad = _count(t, x, y, p, lo, hi, target, low if in_low else low[:0], width, height, p_lo, p_span,
+                         saturation, False, 0)
             if in_low:
                 _carry_low(target, low, saturation)
         if bad >= 0:
@@ -776,12 +779,8 @@ def _count_chunk(t, x, y, p, state, open_frame, block, low, saturation, p_lo, p_
         # The chunk may be unsorted: bisection still gives a j in [i, n], and
         # counting validates every event from i on.
         j = _bisect_t(t, i, n, current_end)
-        if not use_low and window_events + (j - i) <= saturation:
-            # the window holds too few events for any pixel to saturate: every count is a true increment
-            bad = _count_fresh(t, x, y, p, i, j, frame, width, height, p_lo, p_span)
-        else:
-            bad = _count(t, x, y, p, i, j, frame, low if use_low else low[:0], width, height, p_lo, p_span,
-                         saturation, fused and current == 0)
+        bad = _count(t, x, y, p, i, j, frame, low if use_low else low[:0], width, height, p_lo, p_span,
+                     saturation, fused and current == 0, window_events)
         if current == 0:
             open_hi = j if bad == -1 else (bad if bad >= 0 else -2 - bad)
         if bad != -1:

@@ -27,7 +27,7 @@ the same sums); the tests bound the difference.
 Supported layers: Conv2d (groups 1, dilation 1, zero padding given as
 numbers), BatchNorm1d/2d (inference statistics), LIF, MaxPool2d / AvgPool2d
 (no padding, floor mode), Flatten, Linear, Dropout and Identity. A network
-with anything else runs on the torch modules (:func:`supports` says which).
+with anything else runs on the torch modules (:class:`Unsupported` names the layer).
 """
 from __future__ import annotations
 
@@ -165,14 +165,6 @@ class EventPlan:
         self.scratch_size = self._scratch
 
 
-def supports(model: SpikingNet) -> bool:
-    try:
-        EventPlan(model)
-    except Unsupported:
-        return False
-    return True
-
-
 @nb.njit(cache=True, nogil=True, error_model="numpy")
 def _step_rows(ops, fparams, weights, x, slots, membranes, buf, logits):
     """Every row r: one step of the network on x[r] (C*H*W float32, torch's order) with the membranes of
@@ -187,13 +179,13 @@ def _step_rows(ops, fparams, weights, x, slots, membranes, buf, logits):
         for k in range(ops.shape[0]):
             o = ops[k]
             code = o[0]
-            if code == 0:          # OP_INPUT: (C, H, W) -> channel-last
+            if code == OP_INPUT:            # (C, H, W) -> channel-last
                 C, H, W, out = o[1], o[2], o[3], o[4]
                 dst = buf[out:out + C * H * W]
                 for c in range(C):
                     for p in range(H * W):
                         dst[p * C + c] = xr[c * H * W + p]
-            elif code == 1:        # OP_CONV: scatter every nonzero input into the outputs it touches
+            elif code == OP_CONV:           # scatter every nonzero input into the outputs it touches
                 src, C, H, W, out, CO, HO, WO = o[1], o[2], o[3], o[4], o[5], o[6], o[7], o[8]
                 KH, KW, SH, SW, PH, PW, w_off, b_off = o[9], o[10], o[11], o[12], o[13], o[14], o[15], o[16]
                 dst = buf[out:out + HO * WO * CO]
@@ -247,7 +239,7 @@ def _step_rows(ops, fparams, weights, x, slots, membranes, buf, logits):
                                     wv = weights[wb:wb + CO]
                                     for co in range(CO):
                                         acc[co] += v * wv[co]
-            elif code == 2:        # OP_AFFINE: per channel (batch norm), channel-last
+            elif code == OP_AFFINE:         # per channel (batch norm), channel-last
                 at, n, C, p_off = o[1], o[2], o[3], o[4]
                 scale = weights[p_off:p_off + C]
                 shift = weights[p_off + C:p_off + 2 * C]
@@ -255,7 +247,7 @@ def _step_rows(ops, fparams, weights, x, slots, membranes, buf, logits):
                     row = buf[at + p * C:at + (p + 1) * C]
                     for c in range(C):
                         row[c] = row[c] * scale[c] + shift[c]
-            elif code == 3:        # OP_LIF: u = decay * u + I; spike and reset to 0 where u >= threshold
+            elif code == OP_LIF:            # u = decay * u + I; spike and reset to 0 where u >= threshold
                 at, n, s_off = o[1], o[2], o[3]
                 decay, threshold = fparams[k, 0], fparams[k, 1]
                 u = mem[s_off:s_off + n]
@@ -266,14 +258,14 @@ def _step_rows(ops, fparams, weights, x, slots, membranes, buf, logits):
                     fire = v >= threshold
                     u[i] = np.float32(0.0) if fire else v
                     h[i] = np.float32(1.0) if fire else np.float32(0.0)
-            elif code == 4 or code == 5:   # OP_MAXPOOL / OP_AVGPOOL, no padding
+            elif code == OP_MAXPOOL or code == OP_AVGPOOL:   # no padding
                 src, C, H, W, out, HO, WO, KH, KW, SH, SW = o[1], o[2], o[3], o[4], o[5], o[6], o[7], o[8], o[9], o[10], o[11]
                 divisor = fparams[k, 0]
                 for oy in range(HO):
                     for ox in range(WO):
                         dst = buf[out + (oy * WO + ox) * C:out + (oy * WO + ox + 1) * C]
                         first = src + ((oy * SH) * W + ox * SW) * C
-                        if code == 4:
+                        if code == OP_MAXPOOL:
                             dst[:] = buf[first:first + C]
                         else:
                             dst[:] = 0.0
@@ -281,23 +273,23 @@ def _step_rows(ops, fparams, weights, x, slots, membranes, buf, logits):
                             for kx in range(KW):
                                 a = src + ((oy * SH + ky) * W + ox * SW + kx) * C
                                 window = buf[a:a + C]
-                                if code == 4:
+                                if code == OP_MAXPOOL:
                                     for c in range(C):
                                         dst[c] = max(dst[c], window[c])
                                 else:
                                     for c in range(C):
                                         dst[c] += window[c]
-                        if code == 5:
+                        if code == OP_AVGPOOL:
                             for c in range(C):
                                 dst[c] = dst[c] / divisor
-            elif code == 6:        # OP_TO_CHW: channel-last -> torch's flatten order
+            elif code == OP_TO_CHW:         # channel-last -> torch's flatten order
                 src, C, H, W, out = o[1], o[2], o[3], o[4], o[5]
                 dst = buf[out:out + C * H * W]
                 for p in range(H * W):
                     pixel = buf[src + p * C:src + (p + 1) * C]
                     for c in range(C):
                         dst[c * H * W + p] = pixel[c]
-            elif code == 7:        # OP_LINEAR: scatter every nonzero input
+            elif code == OP_LINEAR:         # scatter every nonzero input
                 src, FI, out, FO, w_off, b_off = o[1], o[2], o[3], o[4], o[5], o[6]
                 dst = buf[out:out + FO]
                 if b_off >= 0:
@@ -312,7 +304,7 @@ def _step_rows(ops, fparams, weights, x, slots, membranes, buf, logits):
                     wv = weights[w_off + i * FO:w_off + (i + 1) * FO]
                     for j in range(FO):
                         dst[j] += v * wv[j]
-            else:                  # OP_OUTPUT
+            else:                           # OP_OUTPUT
                 at, K = o[1], o[2]
                 for j in range(K):
                     logits[r, j] = buf[at + j]

@@ -32,58 +32,28 @@ OVERFLOW_Y = 240
 TIMESTAMP_WRAP = 1 << 23
 
 
-def decode_atis_records(raw: np.ndarray, time_offset: int = 0):
-    """Decode complete 5-byte records (uint8 array, length a multiple of 5).
-
-    Returns (events, overflow_count, record_index) where record_index maps
-    each event to its record number within ``raw`` (for error offsets).
-    """
-    records = raw.reshape(-1, RECORD_BYTES)
-    y = records[:, 1]
-    overflow = y == OVERFLOW_Y
-    n_overflow = int(np.count_nonzero(overflow))
-    if n_overflow:
-        keep = np.flatnonzero(~overflow)
-        wraps = np.cumsum(overflow)[keep].astype(np.int64)
-        records = records[keep]
-    else:
-        keep = None
-    events = np.empty(records.shape[0], dtype=EVENT_DTYPE)
-    events["x"] = records[:, 0]
-    events["y"] = records[:, 1]
-    byte2 = records[:, 2]
-    events["p"] = byte2 >> 7
-    t = ((byte2 & 0x7F).astype(np.int64) << 16) | (records[:, 3].astype(np.int64) << 8) | records[:, 4]
-    if time_offset:
-        t += time_offset
-    if n_overflow:
-        t += wraps * TIMESTAMP_WRAP
-    events["t"] = t
-    return events, n_overflow, keep
-
-
 @njit(cache=True, nogil=True)
-def _decode_atis_checked(raw, time_offset, last_t, width, height, words):
-    """decode_atis_records, the order check and the coordinate check in one pass (``nogil``: a folder
-    of N-MNIST samples is read while other threads run). Events go to ``words`` as two int64 words
-    each (t, then x | y << 16 | p << 32, the layout of EVENT_DTYPE).
+def _decode_atis(raw, time_offset, last_t, width, height, words):
+    """Decode complete 5-byte records (uint8, a multiple of 5 long), checking order and coordinates in
+    the same pass (``nogil``: a folder of N-MNIST samples is read while other threads run). Events go
+    to ``words`` as two int64 words each (t, then x | y << 16 | p << 32, the layout of EVENT_DTYPE);
+    wrap markers add TIMESTAMP_WRAP to every later timestamp.
 
-    Returns (events, wrap markers, time offset after the block, first record whose time steps back
-    or -1, the time before it, first event index with x out of range or -1, first with y out of
-    range or -1). ``width`` < 0: no coordinate check."""
+    Returns (events, time offset after the block, first record whose time is before the one before it
+    or -1, that earlier time, the record's time, first event index with x out of range or -1, first with
+    y out of range or -1). ``width`` < 0: no coordinate check."""
     n = 0
-    markers = 0
     previous = last_t
     back_record = -1
     back_from = 0
+    back_to = 0
     bad_x = -1
     bad_y = -1
-    for r in range(raw.shape[0] // 5):
-        b = r * 5
+    for r in range(raw.shape[0] // RECORD_BYTES):
+        b = r * RECORD_BYTES
         y = np.int64(raw[b + 1])
-        if y == 240:
-            markers += 1
-            time_offset += 1 << 23
+        if y == OVERFLOW_Y:
+            time_offset += TIMESTAMP_WRAP
             continue
         x = np.int64(raw[b])
         byte2 = np.int64(raw[b + 2])
@@ -91,6 +61,7 @@ def _decode_atis_checked(raw, time_offset, last_t, width, height, words):
         if t < previous and back_record < 0:
             back_record = r
             back_from = previous
+            back_to = t
         previous = t
         if width >= 0:
             if x >= width and bad_x < 0:
@@ -100,7 +71,7 @@ def _decode_atis_checked(raw, time_offset, last_t, width, height, words):
         words[2 * n] = t
         words[2 * n + 1] = x | (y << 16) | ((byte2 >> 7) << 32)
         n += 1
-    return n, markers, time_offset, back_record, back_from, bad_x, bad_y
+    return n, time_offset, back_record, back_from, back_to, bad_x, bad_y
 
 
 class AtisBinRecording(Recording):
@@ -124,7 +95,7 @@ class AtisBinRecording(Recording):
                 want = min(max(RECORD_BYTES, self.block_bytes - self.block_bytes % RECORD_BYTES), complete - offset)
                 raw = np.frombuffer(read_exactly(f, want, path, offset), dtype=np.uint8)
                 buffer = np.empty(raw.size // RECORD_BYTES, dtype=EVENT_DTYPE)
-                n, _, time_offset, back, back_from, bad_x, bad_y = _decode_atis_checked(
+                n, time_offset, back, back_from, back_to, bad_x, bad_y = _decode_atis(
                     raw, time_offset, -(1 << 62) if last_t is None else last_t, width, height,
                     buffer.view(np.int64))
                 events = buffer[:n]
@@ -132,7 +103,7 @@ class AtisBinRecording(Recording):
                     # Real ATIS files are time-ordered; random or shifted bytes almost never are, so
                     # this is what tells a corrupt file from a real one.
                     raise EventFormatError(
-                        path, f"timestamp steps back from {back_from} to {self._time_at(raw, back, time_offset)} us; "
+                        path, f"timestamp steps back from {back_from} to {back_to} us; "
                               "not an ATIS 40-bit .bin recording, or a corrupt one",
                         offset=offset + back * RECORD_BYTES)
                 for name, index in (("x", bad_x), ("y", bad_y)):
@@ -146,15 +117,6 @@ class AtisBinRecording(Recording):
             warn_truncated(path, complete, f"the last {self.file_size % RECORD_BYTES} byte(s) "
                            f"do not make a complete {RECORD_BYTES}-byte ATIS record")
 
-    @staticmethod
-    def _time_at(raw, record: int, time_offset_after: int) -> int:
-        """The timestamp of a record, with the wraps before it (markers after it are taken back out)."""
-        records = raw.reshape(-1, RECORD_BYTES)
-        later_markers = int(np.count_nonzero(records[record + 1:, 1] == OVERFLOW_Y))
-        r = records[record]
-        low = (int(r[2]) & 0x7F) << 16 | int(r[3]) << 8 | int(r[4])
-        return low + time_offset_after - later_markers * TIMESTAMP_WRAP
-
 
 def read_atis_bin(path, sensor_size=None) -> np.ndarray:
     with AtisBinRecording(path, sensor_size) as rec:
@@ -163,7 +125,7 @@ def read_atis_bin(path, sensor_size=None) -> np.ndarray:
 
 def encode_atis_records(events: np.ndarray) -> bytes:
     """Time-sorted events (x < 256, y < 240) -> ATIS 40-bit records, with a wrap marker each time t
-    passes a multiple of 2**23 us (the inverse of :func:`decode_atis_records`)."""
+    passes a multiple of 2**23 us (what AtisBinRecording reads)."""
     t = np.asarray(events["t"], dtype=np.int64)
     if t.size and (t[0] < 0 or np.any(np.diff(t) < 0)):
         raise ValueError("ATIS records need non-negative, time-sorted timestamps")
@@ -192,4 +154,4 @@ def write_atis_bin(path, events: np.ndarray) -> None:
         f.write(encode_atis_records(events))
 
 
-__all__ = ["AtisBinRecording", "read_atis_bin", "decode_atis_records", "encode_atis_records", "write_atis_bin"]
+__all__ = ["AtisBinRecording", "read_atis_bin", "encode_atis_records", "write_atis_bin"]

@@ -347,10 +347,10 @@ class FolderSource(Source):
                     else:
                         with open_recording(sample.path, sensor_size=self.sensor_size) as recording:
                             events = recording.read()
-                except StreamsnnError as exc:
-                    raise SourceError(f"{sample.path}: {exc}") from exc
-                except OSError as exc:
-                    raise SourceError(f"{sample.path}: {exc}") from exc
+                except (StreamsnnError, OSError) as exc:
+                    # a reader's EventFormatError names the file already
+                    named = getattr(exc, "path", None) is not None
+                    raise SourceError(str(exc) if named else f"{sample.path}: {exc}") from exc
                 name = f"{sample.class_name}/{sample.path.name}"
                 if events.size == 0:
                     continue

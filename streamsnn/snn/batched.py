@@ -256,11 +256,13 @@ class BlockStepper:
         (int numpy or torch, or float). Returns the logits (n, K) as float32 numpy, row i for slots[i]."""
         slots = list(slots)
         n = len(slots)
+        if not torch.is_tensor(frames):
+            frames = np.asarray(frames)
+        if tuple(frames.shape) != (n, *self.frame_size):
+            raise ValueError(f"frames have shape {tuple(frames.shape)}, expected ({n}, "
+                             f"{', '.join(map(str, self.frame_size))})")
         if self.event is not None:
-            array = frames.numpy() if torch.is_tensor(frames) else np.asarray(frames)
-            if tuple(array.shape) != (n, *self.frame_size):
-                raise ValueError(f"frames have shape {tuple(array.shape)}, expected ({n}, "
-                                 f"{', '.join(map(str, self.frame_size))})")
+            array = frames.numpy() if torch.is_tensor(frames) else frames
             if self.frame_size != self.input_size:
                 array = resize_input(frames_to_input(array), self.input_size[1:]).numpy()
             if any(not 0 <= s < state.capacity for s in slots) or len(set(slots)) != n:
@@ -269,11 +271,7 @@ class BlockStepper:
             self.calls += 1
             self.rows += n
             return out
-        x_all = frames_to_input(frames, device=self.device)
-        if tuple(x_all.shape) != (n, *self.frame_size):
-            raise ValueError(f"frames have shape {tuple(x_all.shape)}, expected ({n}, "
-                             f"{', '.join(map(str, self.frame_size))})")
-        x_all = resize_input(x_all, self.input_size[1:])
+        x_all = resize_input(frames_to_input(frames, device=self.device), self.input_size[1:])
         out = np.empty((n, self.num_classes), dtype=np.float32)
         B = self.block_rows
         for start in range(0, n, B):

@@ -153,3 +153,24 @@ def test_a_stopped_stream_ends_at_once_and_its_source_is_closed(nmnist_root):
 def test_only_paced_replays_go_to_the_replay_thread(nmnist_root, speed, kind, expected):
     stream = _stream(nmnist_root / "Test", "s", speed=speed, limit=1)
     assert stream.source.kind == kind and paced_by_driver(stream) is expected
+
+
+def test_stopping_the_replay_thread_closes_every_source(nmnist_root):
+    stop = threading.Event()
+    driver = ReplayDriver(stop)
+    streams = [_stream(nmnist_root / "Test", f"s{k}", speed=1.0) for k in range(5)]
+    closed = []
+    for s in streams:
+        original_close = s.source.close
+        s.source.close = lambda s=s, original_close=original_close: (closed.append(s.name), original_close())
+        driver.add(s)
+    time.sleep(0.2)
+    stop.set()
+    driver.thread.join(2)
+    assert not driver.thread.is_alive()
+    assert sorted(closed) == sorted(s.name for s in streams)
+    for s in streams:
+        items = []
+        while (item := s.queue.get(timeout=0)) is not None:
+            items.append(item)
+        assert isinstance(items[-1], SourceEnd) and items[-1].stopped

@@ -54,7 +54,7 @@ class ReplayDriver:
         self.on_error = on_error or (lambda exc: None)
         self._heap: list = []
         self._new: list = []
-        self._entries: list[_Entry] = []
+        self._entries: set[_Entry] = set()     # streams not finished yet
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._order = itertools.count()
@@ -75,7 +75,7 @@ class ReplayDriver:
         except BaseException as exc:      # a bug here: reported by the job, never a silent end
             self.on_error(exc)
         finally:
-            for entry in self._entries:   # stopped or failed: every source still open is closed
+            for entry in list(self._entries):   # stopped or failed: every source still open is closed
                 self._finish(entry, SourceEnd(stopped=True))
 
     def _advance(self, entry: _Entry) -> None:
@@ -96,7 +96,7 @@ class ReplayDriver:
     def _finish(self, entry: _Entry, item) -> None:
         stream = entry.stream
         if entry in self._entries:
-            self._entries.remove(entry)
+            self._entries.discard(entry)
             stream.queue.put(item)
             if entry.items is not None and hasattr(entry.items, "close"):
                 entry.items.close()
@@ -110,7 +110,7 @@ class ReplayDriver:
             with self._lock:
                 new, self._new = self._new, []
             for entry in new:
-                self._entries.append(entry)
+                self._entries.add(entry)
                 self._advance(entry)
             for entry in [e for e in self._entries if e.stream.stop.is_set()]:
                 self._finish(entry, SourceEnd(stopped=True))

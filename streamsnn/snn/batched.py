@@ -112,6 +112,9 @@ class SlotState:
         self.dtype = dtype
         self.capacity = 0
         self.membranes: dict[str, torch.Tensor] = {}
+        # numpy views of CPU membranes: a reset through them keeps the GIL, where a torch op gives it up
+        # and queues to take it back behind the job's other threads (up to a switch interval each)
+        self.arrays: list[np.ndarray] = []
         self._free: list[int] = []
         self._grow(max(1, int(capacity)))
 
@@ -126,6 +129,8 @@ class SlotState:
             if old:
                 fresh[:old] = self.membranes[name][:old]
             self.membranes[name] = fresh
+        self.arrays = ([u.numpy() for u in self.membranes.values()]
+                        if torch.device(self.device or "cpu").type == "cpu" else [])
         self._free = sorted(set(self._free) | set(range(old, capacity)), reverse=True)
         self.capacity = capacity
 
@@ -149,6 +154,10 @@ class SlotState:
 
     def reset(self, slot: int) -> None:
         """Membranes of one slot back to 0 (a new inference window of that stream)."""
+        if self.arrays:
+            for u in self.arrays:
+                u[slot] = 0.0
+            return
         for u in self.membranes.values():
             u[slot] = 0.0
 
@@ -250,7 +259,6 @@ class BlockStepper:
             i += 1
         return h
 
-    @torch.inference_mode()
     def step(self, state: SlotState, slots, frames) -> np.ndarray:
         """Advance ``slots`` (n distinct slot indices) by one frame each; frames (n, C, H, W) counts
         (int numpy or torch, or float). Returns the logits (n, K) as float32 numpy, row i for slots[i]."""
@@ -267,10 +275,15 @@ class BlockStepper:
                 array = resize_input(frames_to_input(array), self.input_size[1:]).numpy()
             if any(not 0 <= s < state.capacity for s in slots) or len(set(slots)) != n:
                 raise ValueError(f"slots must be distinct slots of the state (0..{state.capacity - 1}), got {slots}")
-            out = self.event.step(state.membranes["neurons"], slots, array)
+            out = self.event.step(state.arrays[0] if state.arrays else state.membranes["neurons"], slots, array)
             self.calls += 1
             self.rows += n
             return out
+        return self._step_torch(state, slots, frames)
+
+    @torch.inference_mode()      # only here: entering it costs a few torch calls, each a GIL hand-over
+    def _step_torch(self, state: SlotState, slots: list, frames) -> np.ndarray:
+        n = len(slots)
         x_all = resize_input(frames_to_input(frames, device=self.device), self.input_size[1:])
         out = np.empty((n, self.num_classes), dtype=np.float32)
         B = self.block_rows

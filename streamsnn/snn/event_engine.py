@@ -332,12 +332,13 @@ class EventEngine:
         self.state_shapes = {"neurons": (max(1, self.plan.state_size),)}
 
     def step(self, membranes: torch.Tensor, slots, frames: np.ndarray) -> np.ndarray:
-        """frames (n, C, H, W) float32 or int counts; membranes (capacity + 1, S) float32 CPU tensor."""
+        """frames (n, C, H, W) float32 or int counts; membranes (capacity + 1, S) float32, a CPU tensor or
+        its numpy view."""
         plan = self.plan
         n = frames.shape[0]
         x = np.ascontiguousarray(frames, dtype=np.float32).reshape(n, -1)
         slots = np.asarray(slots, np.int64)
-        mem = membranes.numpy()
+        mem = membranes if isinstance(membranes, np.ndarray) else membranes.numpy()
         out = np.empty((n, plan.num_classes), np.float32)
         if self.threads < 2 or n < SPLIT_MIN_ROWS:
             _step_rows(plan.ops, plan.fparams, plan.weights, x, slots, mem, self._bufs[0], out)

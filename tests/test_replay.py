@@ -40,11 +40,11 @@ def _drain(stream, timeout_s=30.0, hold_s=0.0):
     raise AssertionError(f"{stream.name}: no end within {timeout_s} s")
 
 
-def _expected_items(stream_uri, name, limit):
+def _expected_items(stream_uri, name, limit, slice_us=WINDOW_US):
     """The same source's items from its own generator, unpaced (speed 0 gives the same windows)."""
     source = make_source(str(stream_uri), name, speed=0.0, limit=limit)
     source.open(default_sensor_size=(34, 34, 2))
-    return list(source.items(threading.Event(), WINDOW_US))
+    return list(source.items(threading.Event(), slice_us))
 
 
 def test_streams_get_their_items_in_order_and_on_time(nmnist_root):
@@ -149,10 +149,43 @@ def test_a_stopped_stream_ends_at_once_and_its_source_is_closed(nmnist_root):
     assert not driver.thread.is_alive()
 
 
-@pytest.mark.parametrize("speed, kind, expected", [(1.0, "folder", True), (0.0, "folder", False)])
-def test_only_paced_replays_go_to_the_replay_thread(nmnist_root, speed, kind, expected):
+@pytest.mark.parametrize("speed", [1.0, 0.0])
+def test_replays_at_any_speed_go_to_the_replay_thread_and_live_sources_do_not(nmnist_root, speed):
     stream = _stream(nmnist_root / "Test", "s", speed=speed, limit=1)
-    assert stream.source.kind == kind and paced_by_driver(stream) is expected
+    assert stream.source.kind == "folder" and paced_by_driver(stream)
+    live = types.SimpleNamespace(source=make_source("dv://127.0.0.1:7777", "cam"))   # not opened: no connection
+    assert live.source.live and not paced_by_driver(live)
+
+
+def test_replays_at_speed_0_go_as_fast_as_their_queues_take_them(nmnist_root):
+    """Speed 0 on the replay thread: nothing paced, nothing lost, a full queue ("block") only waits."""
+    stop = threading.Event()
+    driver = ReplayDriver(stop)
+    streams = [_stream(nmnist_root / "Test", f"s{k}", speed=0.0, limit=4, queue=EventQueue("block", max_chunks=1))
+               for k in range(2)]
+    results = {}
+    threads = [threading.Thread(target=lambda s=s: results.__setitem__(s.name, _drain(s, hold_s=0.002)))
+               for s in streams]
+    for t in threads:
+        t.start()
+    started = time.perf_counter()
+    for s in streams:
+        driver.add(s)
+    for t in threads:
+        t.join(60)
+    stop.set()
+    driver.thread.join(5)
+    expected = _expected_items(nmnist_root / "Test", "x", 4, slice_us=streams[0].slice_us)
+    for s in streams:
+        got = [item for _, item in results[s.name]]
+        assert isinstance(got[-1], SourceEnd) and not got[-1].stopped
+        assert [type(i) for i in got[:-1]] == [type(i) for i in expected]
+        for mine, theirs in zip(got, expected):
+            if isinstance(mine, Chunk):
+                assert mine.clock_us == theirs.clock_us and np.array_equal(mine.events, theirs.events)
+        assert s.queue.dropped_events == 0
+    # four samples of ~300 ms each: far faster than real time
+    assert max(when for r in results.values() for when, _ in r) - started < 0.6
 
 
 def test_stopping_the_replay_thread_closes_every_source(nmnist_root):

@@ -112,9 +112,12 @@ class SlotState:
         self.dtype = dtype
         self.capacity = 0
         self.membranes: dict[str, torch.Tensor] = {}
-        # numpy views of CPU membranes: a reset through them keeps the GIL, where a torch op gives it up
-        # and queues to take it back behind the job's other threads (up to a switch interval each)
+        # numpy views of CPU membranes (the event engine steps them without a torch call: a torch op gives
+        # the GIL up and queues to take it back behind the job's other threads, up to a switch interval)
         self.arrays: list[np.ndarray] = []
+        # slots reset since their last step: zeroed by the next step, inside the engine's nogil call or
+        # before the torch block (zeroing ~100 kB from Python also gave the GIL up, measured in the job)
+        self.stale = np.zeros(1, np.uint8)
         self._free: list[int] = []
         self._grow(max(1, int(capacity)))
 
@@ -130,7 +133,10 @@ class SlotState:
                 fresh[:old] = self.membranes[name][:old]
             self.membranes[name] = fresh
         self.arrays = ([u.numpy() for u in self.membranes.values()]
-                        if torch.device(self.device or "cpu").type == "cpu" else [])
+                       if torch.device(self.device or "cpu").type == "cpu" else [])
+        stale = np.zeros(capacity + 1, np.uint8)
+        stale[:old] = self.stale[:old]
+        self.stale = stale
         self._free = sorted(set(self._free) | set(range(old, capacity)), reverse=True)
         self.capacity = capacity
 
@@ -139,7 +145,8 @@ class SlotState:
         if not self._free:
             self._grow(2 * self.capacity)
         slot = self._free.pop()
-        self.reset(slot)
+        self.stale[slot] = 1
+        self.apply_resets([slot])
         return slot
 
     def release(self, slot: int) -> None:
@@ -153,13 +160,16 @@ class SlotState:
         return self.capacity - len(self._free)
 
     def reset(self, slot: int) -> None:
-        """Membranes of one slot back to 0 (a new inference window of that stream)."""
-        if self.arrays:
-            for u in self.arrays:
-                u[slot] = 0.0
-            return
-        for u in self.membranes.values():
-            u[slot] = 0.0
+        """Membranes of one slot back to 0 (a new inference window of that stream), from its next step
+        on: :meth:`apply_resets` (the torch blocks) or the event engine zeroes them then."""
+        self.stale[slot] = 1
+
+    def apply_resets(self, slots) -> None:
+        for slot in slots:
+            if self.stale[slot]:
+                for u in self.membranes.values():
+                    u[slot] = 0.0
+                self.stale[slot] = 0
 
 
 def _is_binary_pool(layer: nn.Module) -> bool:
@@ -275,7 +285,8 @@ class BlockStepper:
                 array = resize_input(frames_to_input(array), self.input_size[1:]).numpy()
             if any(not 0 <= s < state.capacity for s in slots) or len(set(slots)) != n:
                 raise ValueError(f"slots must be distinct slots of the state (0..{state.capacity - 1}), got {slots}")
-            out = self.event.step(state.arrays[0] if state.arrays else state.membranes["neurons"], slots, array)
+            out = self.event.step(state.arrays[0] if state.arrays else state.membranes["neurons"], slots, array,
+                                  stale=state.stale)
             self.calls += 1
             self.rows += n
             return out
@@ -284,6 +295,7 @@ class BlockStepper:
     @torch.inference_mode()      # only here: entering it costs a few torch calls, each a GIL hand-over
     def _step_torch(self, state: SlotState, slots: list, frames) -> np.ndarray:
         n = len(slots)
+        state.apply_resets(slots)
         x_all = resize_input(frames_to_input(frames, device=self.device), self.input_size[1:])
         out = np.empty((n, self.num_classes), dtype=np.float32)
         B = self.block_rows

@@ -166,15 +166,18 @@ class EventPlan:
 
 
 @nb.njit(cache=True, nogil=True, error_model="numpy")
-def _step_rows(ops, fparams, weights, x, slots, membranes, buf, logits):
+def _step_rows(ops, fparams, weights, x, slots, membranes, stale, buf, logits):
     """Every row r: one step of the network on x[r] (C*H*W float32, torch's order) with the membranes of
-    slot slots[r] (updated in place); logits[r] written.
+    slot slots[r] (updated in place; zeroed first, and unmarked, where ``stale[slot]``); logits[r] written.
 
     Inner loops index views (``buf[a:b]``) with range counters, which Numba knows are not negative:
     indexing with a computed offset instead costs a wraparound test per access and keeps LLVM from
     vectorising the loop (measured: 10x slower)."""
     for r in range(x.shape[0]):
         mem = membranes[slots[r]]
+        if stale[slots[r]]:
+            mem[:] = 0.0
+            stale[slots[r]] = 0
         xr = x[r]
         for k in range(ops.shape[0]):
             o = ops[k]
@@ -331,26 +334,28 @@ class EventEngine:
         self._bufs = [np.zeros(max(1, self.plan.scratch_size), np.float32) for _ in range(self.threads)]
         self.state_shapes = {"neurons": (max(1, self.plan.state_size),)}
 
-    def step(self, membranes: torch.Tensor, slots, frames: np.ndarray) -> np.ndarray:
+    def step(self, membranes: torch.Tensor, slots, frames: np.ndarray, stale: np.ndarray | None = None) -> np.ndarray:
         """frames (n, C, H, W) float32 or int counts; membranes (capacity + 1, S) float32, a CPU tensor or
-        its numpy view."""
+        its numpy view; ``stale`` (capacity + 1,) uint8: slots to zero before their step (then unmarked)."""
         plan = self.plan
+        if stale is None:
+            stale = np.zeros(membranes.shape[0], np.uint8)
         n = frames.shape[0]
         x = np.ascontiguousarray(frames, dtype=np.float32).reshape(n, -1)
         slots = np.asarray(slots, np.int64)
         mem = membranes if isinstance(membranes, np.ndarray) else membranes.numpy()
         out = np.empty((n, plan.num_classes), np.float32)
         if self.threads < 2 or n < SPLIT_MIN_ROWS:
-            _step_rows(plan.ops, plan.fparams, plan.weights, x, slots, mem, self._bufs[0], out)
+            _step_rows(plan.ops, plan.fparams, plan.weights, x, slots, mem, stale, self._bufs[0], out)
             return out
         from ..threads import pool
 
         parts = np.array_split(np.arange(n), self.threads)
         futures = [pool(self.threads - 1).submit(_step_rows, plan.ops, plan.fparams, plan.weights, x[rows],
-                                                 slots[rows], mem, self._bufs[k], out[rows[0]:rows[-1] + 1])
+                                                 slots[rows], mem, stale, self._bufs[k], out[rows[0]:rows[-1] + 1])
                    for k, rows in enumerate(parts[1:], start=1)]
         rows = parts[0]
-        _step_rows(plan.ops, plan.fparams, plan.weights, x[rows], slots[rows], mem, self._bufs[0],
+        _step_rows(plan.ops, plan.fparams, plan.weights, x[rows], slots[rows], mem, stale, self._bufs[0],
                    out[rows[0]:rows[-1] + 1])
         for future in futures:
             future.result()

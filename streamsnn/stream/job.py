@@ -2,8 +2,8 @@
 
 Threads (one model for all streams)::
 
-    replay thread (every replay at speed > 0: reads, paces by event time)  ─┐
-    source thread per live stream (receives) or speed-0 replay (reads) ─────┤
+    replay thread (every replay: reads, paces by event time or not at all)  ─┐
+    source thread per live stream (receives) ────────────────────────────────┤
                                  EventQueue per stream (bounded: block | drop-oldest, counted)
                                      frame thread (all streams): preprocess + bin (Numba, nogil)
                                                                                     │ frames, per stream

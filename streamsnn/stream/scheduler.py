@@ -254,22 +254,38 @@ class Scheduler:
     def run_once(self) -> bool:
         """One batch: the next frame of every lane that has one. False when no lane had a frame."""
         batch = []
+        without = []
         for lane in self._lanes:
             frame = lane.next_frame()
             if frame is not None:
                 batch.append((lane, frame))
+            else:
+                without.append(lane)
         if not batch:
             return False
-        self.batches += 1
-        self.batch_rows_max = max(self.batch_rows_max, len(batch))
-        self.batch_rows_sum += len(batch)
         # block by block, each block's decisions sent before the next block is stepped
         rows = self.stepper.block_rows
-        for start in range(0, len(batch), rows):
+        start = 0
+        while start < len(batch):
+            if without and len(batch) - start < rows:
+                # frames the frame stage handed on while this batch was collected or stepped join it now,
+                # not one batch (a step and its decisions) later
+                late = []
+                for lane in without:
+                    frame = lane.next_frame()
+                    if frame is not None:
+                        batch.append((lane, frame))
+                    elif not lane.closed.is_set():
+                        late.append(lane)
+                without = late
             block = batch[start:start + rows]
+            start += len(block)
             logits = self.stepper.step(self.state, [lane.slot for lane, _ in block],
                                        np.stack([frame.data for _, frame in block]))
             for (lane, frame), row in zip(block, logits):
                 lane.on_logits(frame, row)
+        self.batches += 1
+        self.batch_rows_max = max(self.batch_rows_max, len(batch))
+        self.batch_rows_sum += len(batch)
         self.on_progress()
         return True

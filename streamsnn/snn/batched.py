@@ -269,9 +269,10 @@ class BlockStepper:
             i += 1
         return h
 
-    def step(self, state: SlotState, slots, frames) -> np.ndarray:
+    def step(self, state: SlotState, slots, frames, split: bool = True) -> np.ndarray:
         """Advance ``slots`` (n distinct slot indices) by one frame each; frames (n, C, H, W) counts
-        (int numpy or torch, or float). Returns the logits (n, K) as float32 numpy, row i for slots[i]."""
+        (int numpy or torch, or float). Returns the logits (n, K) as float32 numpy, row i for slots[i].
+        ``split=False`` keeps the event engine's rows on the calling thread (same values)."""
         slots = list(slots)
         n = len(slots)
         if not torch.is_tensor(frames):
@@ -286,7 +287,7 @@ class BlockStepper:
             if any(not 0 <= s < state.capacity for s in slots) or len(set(slots)) != n:
                 raise ValueError(f"slots must be distinct slots of the state (0..{state.capacity - 1}), got {slots}")
             out = self.event.step(state.arrays[0] if state.arrays else state.membranes["neurons"], slots, array,
-                                  stale=state.stale)
+                                  stale=state.stale, split=split)
             self.calls += 1
             self.rows += n
             return out

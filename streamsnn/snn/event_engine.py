@@ -334,9 +334,11 @@ class EventEngine:
         self._bufs = [np.zeros(max(1, self.plan.scratch_size), np.float32) for _ in range(self.threads)]
         self.state_shapes = {"neurons": (max(1, self.plan.state_size),)}
 
-    def step(self, membranes: torch.Tensor, slots, frames: np.ndarray, stale: np.ndarray | None = None) -> np.ndarray:
+    def step(self, membranes: torch.Tensor, slots, frames: np.ndarray, stale: np.ndarray | None = None,
+             split: bool = True) -> np.ndarray:
         """frames (n, C, H, W) float32 or int counts; membranes (capacity + 1, S) float32, a CPU tensor or
-        its numpy view; ``stale`` (capacity + 1,) uint8: slots to zero before their step (then unmarked)."""
+        its numpy view; ``stale`` (capacity + 1,) uint8: slots to zero before their step (then unmarked);
+        ``split=False``: on the calling thread only."""
         plan = self.plan
         if stale is None:
             stale = np.zeros(membranes.shape[0], np.uint8)
@@ -345,7 +347,7 @@ class EventEngine:
         slots = np.asarray(slots, np.int64)
         mem = membranes if isinstance(membranes, np.ndarray) else membranes.numpy()
         out = np.empty((n, plan.num_classes), np.float32)
-        if self.threads < 2 or n < SPLIT_MIN_ROWS:
+        if self.threads < 2 or n < SPLIT_MIN_ROWS or not split:
             _step_rows(plan.ops, plan.fparams, plan.weights, x, slots, mem, stale, self._bufs[0], out)
             return out
         from ..threads import pool

@@ -224,11 +224,9 @@ class Pipeline:
         else:
             self.policy = ConfidenceCutoff(0.0)   # never fires: every window runs to max_timesteps
         sensor_w, sensor_h, sensor_p = self.model_sensor_size
-        # one thread: in the job the other cores run the frame and replay threads (and, on one machine,
-        # the subscribers); splitting a batch over two threads measured no better there (offline
-        # evaluation, with the machine to itself, splits)
-        self.stepper = BlockStepper(self.model, frame_size=(sensor_p, sensor_h, sensor_w),
-                                    engine_threads=config.torch_threads or 1)
+        # the event engine may split a block's rows over two threads (where there are two cores); the
+        # scheduler asks for that only in long batches (see Scheduler.run_once)
+        self.stepper = BlockStepper(self.model, frame_size=(sensor_p, sensor_h, sensor_w))
         self.replay = ReplayDriver(self.stop_event, on_error=lambda exc: self._thread_failed("replay", exc))
         self.frame_worker = FrameWorker(self.stop_event, max_pending_frames=max(32, 2 * self.max_timesteps),
                                         on_error=lambda exc: self._thread_failed("frame", exc))

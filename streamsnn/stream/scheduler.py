@@ -265,6 +265,10 @@ class Scheduler:
             return False
         # block by block, each block's decisions sent before the next block is stepped
         rows = self.stepper.block_rows
+        # a long batch (64 streams: 8 blocks) is mostly stepping: its blocks are split over two threads
+        # (64 streams at speed 1: p99 22 -> 19 ms); a short one is not, the hand-over to the second thread
+        # then cost more than it saved (16 streams: p99 6.9 -> 7.5-9.0 ms; all measured)
+        split = len(batch) > 2 * rows
         start = 0
         while start < len(batch):
             if without and len(batch) - start < rows:
@@ -281,7 +285,7 @@ class Scheduler:
             block = batch[start:start + rows]
             start += len(block)
             logits = self.stepper.step(self.state, [lane.slot for lane, _ in block],
-                                       np.stack([frame.data for _, frame in block]))
+                                       np.stack([frame.data for _, frame in block]), split=split)
             for (lane, frame), row in zip(block, logits):
                 lane.on_logits(frame, row)
         self.batches += 1

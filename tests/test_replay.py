@@ -47,6 +47,15 @@ def _expected_items(stream_uri, name, limit, slice_us=WINDOW_US):
     return list(source.items(threading.Event(), slice_us))
 
 
+def _assert_same_items(got, expected):
+    """A stream's items, ended by a SourceEnd, are the source's own unpaced items."""
+    assert isinstance(got[-1], SourceEnd) and not got[-1].stopped
+    assert [type(i) for i in got[:-1]] == [type(i) for i in expected]
+    for mine, theirs in zip(got, expected):
+        if isinstance(mine, Chunk):
+            assert mine.clock_us == theirs.clock_us and np.array_equal(mine.events, theirs.events)
+
+
 def test_streams_get_their_items_in_order_and_on_time(nmnist_root):
     stop = threading.Event()
     driver = ReplayDriver(stop)
@@ -64,12 +73,7 @@ def test_streams_get_their_items_in_order_and_on_time(nmnist_root):
     driver.thread.join(5)
     expected = _expected_items(nmnist_root / "Test", "x", 3)
     for s in streams:
-        got = [item for _, item in results[s.name]]
-        assert isinstance(got[-1], SourceEnd) and not got[-1].stopped
-        assert [type(i) for i in got[:-1]] == [type(i) for i in expected]
-        for mine, theirs in zip(got, expected):
-            if isinstance(mine, Chunk):
-                assert mine.clock_us == theirs.clock_us and np.array_equal(mine.events, theirs.events)
+        _assert_same_items([item for _, item in results[s.name]], expected)
         # paced at speed 4: a chunk never arrives before its event time, and never much after it
         pacer = s.source.pacer
         chunks = [(when, item) for when, item in results[s.name] if isinstance(item, Chunk)]
@@ -177,12 +181,7 @@ def test_replays_at_speed_0_go_as_fast_as_their_queues_take_them(nmnist_root):
     driver.thread.join(5)
     expected = _expected_items(nmnist_root / "Test", "x", 4, slice_us=streams[0].slice_us)
     for s in streams:
-        got = [item for _, item in results[s.name]]
-        assert isinstance(got[-1], SourceEnd) and not got[-1].stopped
-        assert [type(i) for i in got[:-1]] == [type(i) for i in expected]
-        for mine, theirs in zip(got, expected):
-            if isinstance(mine, Chunk):
-                assert mine.clock_us == theirs.clock_us and np.array_equal(mine.events, theirs.events)
+        _assert_same_items([item for _, item in results[s.name]], expected)
         assert s.queue.dropped_events == 0
     # four samples of ~300 ms each: far faster than real time
     assert max(when for r in results.values() for when, _ in r) - started < 0.6

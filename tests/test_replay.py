@@ -47,6 +47,26 @@ def _expected_items(stream_uri, name, limit, slice_us=WINDOW_US):
     return list(source.items(threading.Event(), slice_us))
 
 
+def _replay_all(streams, hold_s=0.0):
+    """Every stream through one replay thread, each drained by a consumer thread of its own: the items
+    with their arrival times, per stream, and the time the replay started."""
+    stop = threading.Event()
+    driver = ReplayDriver(stop)
+    results = {}
+    threads = [threading.Thread(target=lambda s=s: results.__setitem__(s.name, _drain(s, hold_s=hold_s)))
+               for s in streams]
+    for t in threads:
+        t.start()
+    started = time.perf_counter()
+    for s in streams:
+        driver.add(s)
+    for t in threads:
+        t.join(60)
+    stop.set()
+    driver.thread.join(5)
+    return results, started
+
+
 def _assert_same_items(got, expected):
     """A stream's items, ended by a SourceEnd, are the source's own unpaced items."""
     assert isinstance(got[-1], SourceEnd) and not got[-1].stopped
@@ -57,20 +77,9 @@ def _assert_same_items(got, expected):
 
 
 def test_streams_get_their_items_in_order_and_on_time(nmnist_root):
-    stop = threading.Event()
-    driver = ReplayDriver(stop)
     streams = [_stream(nmnist_root / "Test", f"s{k}", limit=3) for k in range(3)]
     assert all(paced_by_driver(s) for s in streams)
-    results = {}
-    threads = [threading.Thread(target=lambda s=s: results.__setitem__(s.name, _drain(s))) for s in streams]
-    for t in threads:
-        t.start()
-    for s in streams:
-        driver.add(s)
-    for t in threads:
-        t.join(60)
-    stop.set()
-    driver.thread.join(5)
+    results, _ = _replay_all(streams)
     expected = _expected_items(nmnist_root / "Test", "x", 3)
     for s in streams:
         _assert_same_items([item for _, item in results[s.name]], expected)
@@ -163,22 +172,9 @@ def test_replays_at_any_speed_go_to_the_replay_thread_and_live_sources_do_not(nm
 
 def test_replays_at_speed_0_go_as_fast_as_their_queues_take_them(nmnist_root):
     """Speed 0 on the replay thread: nothing paced, nothing lost, a full queue ("block") only waits."""
-    stop = threading.Event()
-    driver = ReplayDriver(stop)
     streams = [_stream(nmnist_root / "Test", f"s{k}", speed=0.0, limit=4, queue=EventQueue("block", max_chunks=1))
                for k in range(2)]
-    results = {}
-    threads = [threading.Thread(target=lambda s=s: results.__setitem__(s.name, _drain(s, hold_s=0.002)))
-               for s in streams]
-    for t in threads:
-        t.start()
-    started = time.perf_counter()
-    for s in streams:
-        driver.add(s)
-    for t in threads:
-        t.join(60)
-    stop.set()
-    driver.thread.join(5)
+    results, started = _replay_all(streams, hold_s=0.002)
     expected = _expected_items(nmnist_root / "Test", "x", 4, slice_us=streams[0].slice_us)
     for s in streams:
         _assert_same_items([item for _, item in results[s.name]], expected)

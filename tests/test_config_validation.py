@@ -174,7 +174,7 @@ def test_fuzz_random_toml_values_for_every_key(tmp_path, table, monkeypatch):
         key = keys[case % len(keys)]
         value = _random_value(rng)
         if table == "source":
-            body = f'[[source]]\nuri = "x.raw"\n' + ("" if key == "uri" else f"{key} = {_toml(value)}\n")
+            body = '[[source]]\nuri = "x.raw"\n' + ("" if key == "uri" else f"{key} = {_toml(value)}\n")
             if key == "uri":
                 body = f"[[source]]\nuri = {_toml(value)}\n"
         else:

@@ -25,7 +25,7 @@ from streamsnn.errors import ConfigError
 from streamsnn.stream.job import Pipeline
 from streamsnn.stream.queue import EventQueue
 from streamsnn.stream.frames import sample_frame_count
-from streamsnn.stream.config import PipelineConfig, SourceConfig, load_config, parse_config
+from streamsnn.stream.config import PipelineConfig, SourceConfig, load_config
 
 PY = sys.executable
 REPO = Path(__file__).resolve().parents[1]

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from streamsnn.cli import main as cli_main  # noqa: E402
 from streamsnn.snn.checkpoint import load_checkpoint  # noqa: E402
 from streamsnn.cutoff import EPSILON_SWEEP, ConfidenceCutoff, evaluate_policy  # noqa: E402
-from streamsnn.training.evaluate import anytime_report, evaluate_checkpoint  # noqa: E402
+from streamsnn.training.evaluate import evaluate_checkpoint  # noqa: E402
 from streamsnn.training.recipes import recipe as find_recipe, train_config  # noqa: E402
 from streamsnn.training.trainer import configure_threads, train  # noqa: E402
 

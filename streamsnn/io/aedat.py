@@ -31,7 +31,7 @@ import numpy as np
 
 from ..errors import EventFormatError, SensorSizeError
 from ..events import EVENT_DTYPE, SensorSize, empty_events
-from .base import BLOCK_BYTES, Recording, check_coordinates, concat_or_empty, read_exactly, warn_truncated
+from .base import BLOCK_BYTES, Recording, check_coordinates, read_exactly, warn_truncated
 
 # ---------------------------------------------------------------------------
 # AEDAT 4.0

@@ -11,7 +11,7 @@ import os
 import numpy as np
 
 from ..errors import EventFormatError, EventValidationError
-from ..events import EVENT_FIELDS, SensorSize, as_events
+from ..events import EVENT_FIELDS, as_events
 from .base import Recording, check_coordinates, read_exactly, warn_truncated
 
 # Events per block when iterating: 4M events is 64 MiB of EVENT_DTYPE.

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -19,7 +18,6 @@ from ..errors import ConfigError
 from ..snn import build_model
 from ..snn.checkpoint import save_checkpoint
 from .loop import TrainConfig, fit, predict, seed_everything
-from .recipes import train_config
 # The cutoff stored in the checkpoint: the largest epsilon of the sweep whose accuracy on the training
 # split (no augmentation) is at most 0.5 points below full T -- the accuracy budget of the paper
 # (0.50-0.64 % drop).

@@ -84,6 +84,29 @@ def _collect(subscriber, job, streams: int, timeout_s: float = 120.0):
     return decisions, receipts, finals
 
 
+def machine_steadiness(repeats: int = 300) -> dict:
+    """A fixed ~1 ms compute loop timed ``repeats`` times: p1 / p50 / p99 in ms. On a shared virtual
+    machine the same work takes longer at some moments than at others; the spread says how far the
+    latency tails below can be trusted."""
+    import numba
+
+    @numba.njit(nogil=True, cache=False)
+    def work(n):
+        s = 0.0
+        for i in range(n):
+            s += (i % 7) * 0.5
+        return s
+
+    work(10)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        work(700_000)
+        times.append((time.perf_counter() - t0) * 1e3)
+    p1, p50, p99 = np.percentile(times, [1, 50, 99])
+    return {"p1_ms": float(p1), "p50_ms": float(p50), "p99_ms": float(p99)}
+
+
 def run_streams(data: Path, checkpoint: Path, streams: int, speed: float, limit: int | None) -> dict:
     port = _free_port()
     endpoint = f"tcp://127.0.0.1:{port}"
@@ -238,6 +261,9 @@ def main(argv=None) -> int:
                            "python": platform.python_version()},
                "checkpoint": str(args.checkpoint), "data": str(args.data), "runs": [], "gen3": None}
     print(f"load average before: {os.getloadavg()[0]:.2f} on {len(os.sched_getaffinity(0))} cores", flush=True)
+    steady = results["machine"]["steadiness_before"] = machine_steadiness()
+    print(f"machine steadiness: a fixed compute loop takes {steady['p1_ms']:.2f} / {steady['p50_ms']:.2f} / "
+          f"{steady['p99_ms']:.2f} ms (p1 / p50 / p99)", flush=True)
     offline = offline_decisions(args.data, args.checkpoint, args.limit) if 1.0 in speeds and args.streams else None
     single_rtf = None
     for n in args.streams:

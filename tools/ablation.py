@@ -39,6 +39,14 @@ from streamsnn.training.trainer import configure_threads, train  # noqa: E402
 LABELS = {"none": "TET", "rcs": "TET+RCS", "str": "TET+STR"}
 
 
+def label(method: str) -> str:
+    """"str:stf:0.05" -> "TET+STR stf 0.05"; the plain methods by LABELS."""
+    if method in LABELS:
+        return LABELS[method]
+    parts = method.split(":")
+    return " ".join([LABELS.get(parts[0], parts[0])] + parts[1:])
+
+
 def parse_method(text: str) -> dict:
     parts = text.split(":")
     out = {"reg": parts[0]}
@@ -144,7 +152,7 @@ def summarise(results: list[dict], methods) -> tuple[str, dict]:
         rs = [r for r in results if r["method"] == method]
         if not rs:
             continue
-        name = LABELS.get(method, method)
+        name = label(method)
         s = {
             "full_accuracy": [r["full_accuracy"] for r in rs],
             "op_mean_timesteps": [r["lose_at_most_1pct"]["mean_timesteps"] for r in rs],
@@ -173,7 +181,7 @@ def paired_differences(results, methods, baseline: str = "none") -> tuple[str, d
     measures = (("Test, <= 1 % lost", lambda r: r["lose_at_most_1pct"]["mean_timesteps"]),
                 ("Test, stored cutoff", lambda r: r["checkpoint_cutoff"]["mean_timesteps"]),
                 ("Train, <= 1 % lost", lambda r: (r.get("train_lose_at_most_1pct") or {}).get("mean_timesteps")))
-    rows = ["| method − " + LABELS.get(baseline, baseline) + " (same seed) | " +
+    rows = ["| method − " + label(baseline) + " (same seed) | " +
             " | ".join(f"{name}: mean difference [95 % interval]" for name, _ in measures) + " | seeds |",
             "|---|" + "---|" * len(measures) + "---|"]
     out = {}
@@ -194,7 +202,7 @@ def paired_differences(results, methods, baseline: str = "none") -> tuple[str, d
             out[method][name] = {"mean": float(d.mean()), "low": float(d.mean() - half),
                                  "high": float(d.mean() + half), "per_seed": d.tolist()}
             cells.append(f"{d.mean():+.2f} [{d.mean() - half:+.2f}, {d.mean() + half:+.2f}]")
-        rows.append(f"| {LABELS.get(method, method)} | " + " | ".join(cells) + f" | {len(pairs)} |")
+        rows.append(f"| {label(method)} | " + " | ".join(cells) + f" | {len(pairs)} |")
     return "\n".join(rows), out
 
 
@@ -219,7 +227,7 @@ def plot(results, methods, path, timesteps, title=""):
         if not rs:
             continue
         color = f"C{i}"
-        name = LABELS.get(method, method)
+        name = label(method)
         per_t = 100 * np.mean([r["per_timestep_accuracy"] for r in rs], axis=0)
         axes[0].plot(range(1, timesteps + 1), per_t, "o--", color=color, ms=3, label=f"{name}, fixed t")
         eps = sorted({e["epsilon"] for e in rs[0]["sweep"]})

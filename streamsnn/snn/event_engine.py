@@ -323,8 +323,8 @@ class EventEngine:
 
     ``threads``: how many threads share the rows of one call (default: 2 where the process may use
     two cores or more). Each row is computed whole by one thread, with the same operations whichever
-    thread it is, so splitting changes no value. Offline evaluation splits; the streaming job asks
-    for one thread (beside its frame and replay threads, splitting measured no better)."""
+    thread it is, so splitting changes no value. Offline evaluation splits every call; the streaming
+    job only its long batches (``step(..., split=False)`` otherwise: see the scheduler)."""
 
     def __init__(self, model: SpikingNet, threads: int | None = None):
         from ..threads import available_threads

@@ -18,7 +18,7 @@ holds each stream's next item until then. A stream whose queue is full (the
 Replays at speed 0 go through this thread too (due at once; a full queue is
 retried shortly after): with a thread each, 16 of them contended for the GIL
 with the frame and inference threads (16 streams at speed 0: real-time factor
-307 -> 536, CPU per decision 1.32 -> 0.81 ms, measured). Live sources (cameras,
+261 -> 461-479, CPU per decision 1.4 -> 0.85 ms, measured). Live sources (cameras,
 DV network streams) keep a thread each: they block on I/O.
 """
 from __future__ import annotations

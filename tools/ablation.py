@@ -82,6 +82,12 @@ def t_quantile_975(df: int) -> float:
             + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3))
 
 
+def half_interval(values) -> float:
+    """Half the width of the 95 % interval of the mean of ``values`` (Student's t; at least 2 values)."""
+    v = np.asarray(values, dtype=float)
+    return t_quantile_975(v.size - 1) * v.std(ddof=1) / np.sqrt(v.size)
+
+
 def run_one(method: str, seed: int, args) -> dict:
     tag = method.replace(":", "-") + f"-s{seed}"
     out_json = args.out / "runs" / f"{tag}.json"
@@ -145,7 +151,7 @@ def summarise(results: list[dict], methods) -> tuple[str, dict]:
         v = np.asarray(values, dtype=float)
         if v.size < 2:
             return "—"
-        half = t_quantile_975(v.size - 1) * v.std(ddof=1) / np.sqrt(v.size)
+        half = half_interval(v)
         return f"[{v.mean() - half:.2f}, {v.mean() + half:.2f}]"
 
     for method in methods:
@@ -198,7 +204,7 @@ def paired_differences(results, methods, baseline: str = "none") -> tuple[str, d
             if d.size < 2:
                 cells.append("—")
                 continue
-            half = t_quantile_975(d.size - 1) * d.std(ddof=1) / np.sqrt(d.size)
+            half = half_interval(d)
             out[method][name] = {"mean": float(d.mean()), "low": float(d.mean() - half),
                                  "high": float(d.mean() + half), "per_seed": d.tolist()}
             cells.append(f"{d.mean():+.2f} [{d.mean() - half:+.2f}, {d.mean() + half:+.2f}]")

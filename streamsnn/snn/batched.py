@@ -145,7 +145,7 @@ class SlotState:
         if not self._free:
             self._grow(2 * self.capacity)
         slot = self._free.pop()
-        self.stale[slot] = 1
+        self.reset(slot)
         self.apply_resets([slot])
         return slot
 

@@ -321,11 +321,9 @@ class FolderSource(Source):
                                                              default_sensor_size)
 
     def warm_up(self, slice_us: float) -> None:
-        from ..io import open_recording
-
         path = self.samples[0].path
         try:
-            with open_recording(path, sensor_size=self.sensor_size) as recording:
+            with self._open_sample(path) as recording:
                 # kept for items(): the first samples of many streams are then not all read at the moment
                 # their clocks start
                 self._first_sample = (path, recording.read())

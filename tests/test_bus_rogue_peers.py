@@ -120,6 +120,19 @@ def _random_frames(rng: random.Random) -> list[bytes]:
     return frames
 
 
+def _log_until_probe(publisher, subscriber, log, timeout_s=10.0) -> None:
+    """Log every decision that arrives until a probe sent now comes back: all sent before it has been read
+    (ZeroMQ keeps order on one connection), so an oversized frame sent next cannot take any with it."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        publisher.send_multipart(encode(decision_topic("probe"), decision_message(0, "probe")))
+        while (item := subscriber.recv(timeout_s=0.05)) is not None:
+            if item[1]["stream"] == "probe":
+                return
+            log.append(check_decision(item[1]))
+    raise AssertionError("the probe never came back")
+
+
 @pytest.mark.timeout(120)
 def test_fuzz_rogue_publisher_at_a_subscriber_that_logs_decisions(tmp_path):
     """Random multipart messages at a subscriber feeding a decision log: what gets through is a valid
@@ -128,20 +141,29 @@ def test_fuzz_rogue_publisher_at_a_subscriber_that_logs_decisions(tmp_path):
     publisher, endpoint = _rogue_publisher()
     log_path = tmp_path / "fuzz.h5"
     sent_valid = []
+    oversized_sent = 0
     with Subscriber(endpoint, topic="decision") as subscriber, DecisionLog(log_path) as log:
         _wait_joined(publisher, subscriber)
         started = time.monotonic()
         for i in range(600):
             frames = _random_frames(rng)
+            # ZeroMQ filters topics at the publisher and limits each frame, not the message
+            oversized = frames[0].startswith(b"decision") and max(map(len, frames)) > MAX_MESSAGE_BYTES
+            if oversized:
+                # the connection drops on it: what was sent before must be read first, and what comes
+                # after must wait for the reconnection, or how much is lost depends on timing
+                _log_until_probe(publisher, subscriber, log)
+                oversized_sent += 1
             publisher.send_multipart(frames)
+            if oversized:
+                _wait_joined(publisher, subscriber)
             if i % 10 == 0:
                 message = decision_message(len(sent_valid), stream=rng.choice(["a", "€" * 40, "b"]))
                 publisher.send_multipart(encode(decision_topic(message["stream"]), message))
                 sent_valid.append((message["stream"], message["seq"]))
             while (item := subscriber.recv(timeout_s=0)) is not None:
                 log.append(check_decision(item[1]))
-        while (item := subscriber.recv(timeout_s=1.0)) is not None:
-            log.append(item[1])
+        _log_until_probe(publisher, subscriber, log)
         assert time.monotonic() - started < 60
     publisher.close(0)
     rows = read_decision_log(log_path)
@@ -150,11 +172,12 @@ def test_fuzz_rogue_publisher_at_a_subscriber_that_logs_decisions(tmp_path):
     logged = [(r["stream"], r["seq"]) for r in rows]
     sent = [(stored[name], seq) for name, seq in sent_valid]
     # the rogue's own stream "s" may carry messages valid by the schema (a field changed to another
-    # value of its type); of the others, nothing but the decisions sent, each as sent
-    assert {row for row in logged if row[0] != "s"} <= set(sent)
-    # an oversized frame drops the connection until the subscriber reconnects: messages sent then are lost
-    assert len(set(logged) & set(sent)) >= len(sent) // 2
-    assert subscriber.malformed >= 200 and subscriber.disconnects >= 1
+    # value of its type); of the others, every decision sent, each once and as sent
+    assert sorted(row for row in logged if row[0] != "s") == sorted(sent)
+    assert oversized_sent >= 1 and subscriber.disconnects == oversized_sent
+    # with no losses the count depends on the seed alone (309 for 1234); the margin is for a pyzmq whose
+    # topic filtering differs, not for timing
+    assert subscriber.malformed >= 250
 
 
 @pytest.mark.timeout(120)

@@ -475,7 +475,8 @@ def _tricky_events():
 def test_store_scaleoffset_decoder_equals_h5py_on_every_kind_of_chunk(tmp_path, monkeypatch, direct, parallel):
     from streamsnn.io import store
 
-    monkeypatch.setattr(store, "_PARALLEL_MIN_CHUNKS", 1 if parallel else 10**9)
+    monkeypatch.setattr(store, "_EVENTS_PER_THREAD", 1000 if parallel else 10**12)
+    monkeypatch.setattr(store, "available_threads", lambda: 3)  # three runs, also on a one-core machine
     events = _tricky_events()
     write_store(tmp_path / "k.h5", events, (1280, 720))
     with StoreRecording(tmp_path / "k.h5") as rec:
@@ -562,3 +563,19 @@ def test_aedat2_timestamp_wrap(tmp_path):
     (tmp_path / "wrap.aedat").write_bytes(AEDAT2_DVS128_HEADER + records.tobytes())
     events = read_events(tmp_path / "wrap.aedat")
     np.testing.assert_array_equal(events["t"], [2**32 - 20, 2**32 - 1, 2**32 + 5, 2**32 + 30])
+
+
+@pytest.mark.parametrize("rows,workers", [([65536, 34464], 2), ([65536] * 5 + [7], 2), ([10], 2), ([65536, 3], 3),
+                                          ([65536] * 4, 1)])
+def test_store_decoder_shares_events_evenly_and_covers_each_once(rows, workers):
+    from streamsnn.io.store import _split_events
+
+    rows = np.array(rows, dtype=np.int64)
+    pieces, bounds = _split_events(rows, workers)
+    covered = [np.zeros(r, np.int64) for r in rows]
+    for chunk, first, end in pieces:
+        assert 0 <= first < end <= rows[chunk]
+        covered[chunk][first:end] += 1
+    assert all((c == 1).all() for c in covered)
+    shares = [int((pieces[a:b, 2] - pieces[a:b, 1]).sum()) for a, b in zip(bounds[:-1], bounds[1:])]
+    assert len(shares) == workers and max(shares) - min(shares) <= 1

@@ -16,7 +16,7 @@ it in the fewest bits that hold the chunk's range: t in ~14..22 bits (a
 chunk of 65,536 events spans milliseconds to a second), x ~11, y ~10, p 1,
 about 5 bytes an event, near the size of the RAW file. Decoding is bit
 unpacking, which the reader does itself (Numba, straight from the raw chunks
-read from the file, on all cores for long reads): several times
+read from the file, the events shared among threads for long reads): several times
 faster than LZF, and faster than decoding the RAW file. Any HDF5 reader
 (plain h5py included) decodes the same files with the library's own filter.
 
@@ -42,10 +42,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from ..errors import EventFormatError, SensorSizeError
 from ..events import EVENT_DTYPE, SensorSize, as_events, empty_events
+from ..threads import available_threads, pool
 from .base import Recording, new_sibling_file, publish_file
 
 STORE_FORMAT = "events"
@@ -101,7 +102,7 @@ def _hdf5_library():
 
 
 def _open_swmr_read(path):
-    """h5py.File(path, "r", libver="latest", swmr=True), with a bounded number of metadata read attempts."""
+    """h5py.File(path, "r", libver="latest", swmr=True)'s FileID, with a bounded number of metadata read attempts."""
     h5py = _h5py()
     library = _hdf5_library()
     if library is None:
@@ -112,8 +113,7 @@ def _open_swmr_read(path):
     fapl.set_libver_bounds(h5py.h5f.LIBVER_LATEST, h5py.h5f.LIBVER_LATEST)
     if library.H5Pset_metadata_read_attempts(fapl.id, SWMR_METADATA_READ_ATTEMPTS) < 0:
         raise OSError("H5Pset_metadata_read_attempts failed")
-    fid = h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDONLY | h5py.h5f.ACC_SWMR_READ, fapl=fapl)
-    return h5py.File(fid)
+    return h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDONLY | h5py.h5f.ACC_SWMR_READ, fapl=fapl)
 
 
 class EventStoreWriter:
@@ -225,52 +225,58 @@ class StoreRecording(Recording):
     def __init__(self, path, sensor_size=None):
         super().__init__(path, None)
         h5py = _h5py()
+        self._dataset_ids = []
+        self._h5py_file = None
         try:
-            self._file = h5py.File(self.path, "r")
+            self._fid = h5py.h5f.open(os.fsencode(self.path), h5py.h5f.ACC_RDONLY, fapl=_read_fapl())
         except OSError as exc:
             if "already open for write" not in str(exc):
                 raise EventFormatError(self.path, f"not a readable HDF5 file: {exc}", offset=0) from None
             # A SWMR writer has the file open, or was killed: only a SWMR read
             # may open it, and it sees everything that writer flushed.
             try:
-                self._file = _open_swmr_read(self.path)
+                self._fid = _open_swmr_read(self.path)
             except _H5_ERRORS as exc2:
                 raise EventFormatError(self.path, f"not a readable HDF5 file: {exc2}", offset=0) from None
         try:
             self._open(sensor_size)
         except _H5_ERRORS as exc:
-            self._file.close()
+            self.close()
             raise EventFormatError(self.path, f"corrupt event store: {exc}") from None
         except BaseException:
-            self._file.close()
+            self.close()
             raise
 
     def _open(self, sensor_size):
-        # Opening costs as much as decoding a small file: h5py's low-level calls
-        # here take a third to a half of the time of its high-level ones, and
-        # source_format / source_name are read only when asked for.
+        # Opening costs as much as decoding a small file, and every HDF5 object
+        # touched for the first time after opening is read from the file: here
+        # only low-level calls (a third to a half of the time of h5py's
+        # high-level ones), no h5py.Dataset objects until h5py itself must read
+        # (they cost more than the read of a small file), and source_format /
+        # source_name only when asked for.
         h5py = _h5py()
-        f = self._file
-        if _attribute(f, "streamsnn_format") != STORE_FORMAT or not f.id.links.exists(b"events"):
+        fid = self._fid
+        if _attribute(fid, "streamsnn_format") != STORE_FORMAT or not fid.links.exists(b"events"):
             raise EventFormatError(self.path, "HDF5 file is not a streamsnn event store "
                                               "(no 'streamsnn_format' attribute or /events group)")
-        version = int(_attribute(f, "format_version", -1))
+        version = int(_attribute(fid, "format_version", -1))
         if version not in READABLE_VERSIONS:
             raise EventFormatError(self.path, f"event store format version {version}; this reader knows "
                                               f"versions {', '.join(map(str, READABLE_VERSIONS))}")
         self.format_version = version
-        events = h5py.h5g.open(f.id, b"events")
+        events = h5py.h5g.open(fid, b"events")
         missing = [name for name in FIELDS if not events.links.exists(name.encode())]
         if missing:
             raise EventFormatError(self.path, f"event store lacks /events/{missing[0]}")
-        self._datasets = [h5py.Dataset(h5py.h5d.open(events, name.encode())) for name in FIELDS]
+        self._dataset_ids = [h5py.h5d.open(events, name.encode()) for name in FIELDS]
+        self._h5py_datasets = None
         self._bytes_at_open = self._file_bytes()
         self._length = self._measure()
         self._fast = None
-        self._src = None  # the file opened for our own reads of raw chunks (False: not to be)
+        self._src = None  # the file descriptor for our own reads of raw chunks (False: not to be)
         self._table = None  # every chunk's file offset, size and filter mask, per field
         self._source = None  # (source_format, source_name), read when first asked for
-        stored = _attribute(f, "sensor_size")
+        stored = _attribute(fid, "sensor_size")
         if stored is not None:
             try:
                 self.sensor_size, self.sensor_size_source = SensorSize.coerce(stored), "header"
@@ -278,6 +284,20 @@ class StoreRecording(Recording):
                 raise EventFormatError(self.path, f"sensor_size attribute: {exc}") from None
         elif sensor_size is not None:
             self.sensor_size, self.sensor_size_source = SensorSize.coerce(sensor_size), "argument"
+
+    @property
+    def _datasets(self):
+        """The field datasets as h5py.Dataset objects, for h5py's own reads."""
+        if self._h5py_datasets is None:
+            self._h5py_datasets = [_h5py().Dataset(dataset_id) for dataset_id in self._dataset_ids]
+        return self._h5py_datasets
+
+    @property
+    def _file(self):
+        """The file as an h5py.File, for the reads that are simpler through it (the time index)."""
+        if self._h5py_file is None:
+            self._h5py_file = _h5py().File(self._fid)
+        return self._h5py_file
 
     @property
     def source_format(self) -> str:
@@ -291,13 +311,13 @@ class StoreRecording(Recording):
 
     def _source_attributes(self) -> tuple[str, str]:
         if self._source is None:
-            self._source = tuple(str(_attribute(self._file, name, "")) for name in ("source_format", "source_name"))
+            self._source = tuple(str(_attribute(self._fid, name, "")) for name in ("source_format", "source_name"))
         return self._source
 
     def refresh(self) -> None:
         """See events a live writer flushed since this file was opened."""
-        for ds in self._datasets:
-            ds.refresh()
+        for dataset_id in self._dataset_ids:
+            dataset_id.refresh()
         for name in ("t_min", "t_max"):
             self._file["index"][name].refresh()
         self._length = self._measure()
@@ -308,14 +328,20 @@ class StoreRecording(Recording):
         return self._length
 
     def _measure(self) -> int:
-        return min(ds.shape[0] for ds in self._datasets)
+        return min(dataset_id.shape[0] for dataset_id in self._dataset_ids)
 
     def close(self) -> None:
-        if getattr(self, "_src", None):
-            self._src.close()
-        self._src = None
-        if self._file.id.valid:
-            self._file.close()
+        self._src = None  # HDF5's own descriptor: closed with the file
+        if self._h5py_file is not None:
+            if self._h5py_file.id.valid:
+                self._h5py_file.close()  # and every object open in it
+            return
+        # the file closes when the last object open in it does (HDF5's default close degree)
+        for dataset_id in self._dataset_ids:
+            if dataset_id.valid:
+                dataset_id.close()
+        if self._fid.valid:
+            self._fid.close()
 
     def read_range(self, start: int, stop: int) -> np.ndarray:
         """Events start..stop-1 (by position)."""
@@ -346,7 +372,7 @@ class StoreRecording(Recording):
 
     def _file_bytes(self) -> int:
         try:
-            return os.fstat(self._file.id.get_vfd_handle()).st_size
+            return os.fstat(self._fid.get_vfd_handle()).st_size
         except (OSError, TypeError, ValueError):  # a driver without a file descriptor
             return os.path.getsize(self.path)
 
@@ -363,8 +389,8 @@ class StoreRecording(Recording):
         # byte order) goes through h5py's generic path.
         if self._fast is None:
             kinds, params = [], []
-            for name, ds in zip(FIELDS, self._datasets):
-                kind, cd = _fast_kind(ds, EVENT_DTYPE[name])
+            for name, dataset_id in zip(FIELDS, self._dataset_ids):
+                kind, cd = _fast_kind(dataset_id, EVENT_DTYPE[name])
                 kinds.append(kind)
                 params.append(cd)
             self._fast = kinds[0] is not None and all(k == kinds[0] for k in kinds)
@@ -372,8 +398,8 @@ class StoreRecording(Recording):
             if self._fast and self._kind == "scaleoffset":
                 # HDF5 stores the dataset's fill value (when one is set) as the all-ones code
                 self._fill_defined = np.array([cd[7] for cd in params], dtype=np.int64)
-                self._fill_value = np.array([_scaleoffset_fill(cd, ds.dtype) for cd, ds in
-                                             zip(params, self._datasets)], dtype=np.int64)
+                self._fill_value = np.array([_scaleoffset_fill(cd, dataset_id.dtype) for cd, dataset_id in
+                                             zip(params, self._dataset_ids)], dtype=np.int64)
         return self._fast
 
     def _read_range_fast(self, start: int, stop: int):
@@ -402,8 +428,8 @@ class StoreRecording(Recording):
                 try:
                     k = 0
                     for c in chunks:
-                        for ds in self._datasets:
-                            mask, data = ds.id.read_direct_chunk((c * CHUNK_EVENTS,))
+                        for dataset_id in self._dataset_ids:
+                            mask, data = dataset_id.read_direct_chunk((c * CHUNK_EVENTS,))
                             raw.append(data)
                             masks[k] = mask
                             offsets[k + 1] = offsets[k] + len(data)
@@ -420,11 +446,22 @@ class StoreRecording(Recording):
         rows = np.array([min(CHUNK_EVENTS, n - c * CHUNK_EVENTS) for c in chunks], dtype=np.int64)
         width, height = (self.sensor_size.width, self.sensor_size.height) if self.sensor_size else (-1, -1)
         errors = np.zeros(len(chunks), dtype=np.int64)
+        workers = max(1, min(available_threads(), int(rows.sum()) // _EVENTS_PER_THREAD))
         if self._kind == "scaleoffset":
-            _decode_scaleoffset_chunks(src, begins, ends, masks, rows, records, CHUNK_EVENTS, width, height,
-                                       self._fill_defined, self._fill_value, errors)
-        else:
-            _decode_chunks(src, begins, ends, masks, rows, records, CHUNK_EVENTS, width, height, errors)
+            # scale-offset codes split anywhere: the events are shared evenly
+            pieces, bounds = _split_events(rows, workers)
+            piece_errors = np.zeros(len(pieces), dtype=np.int64)
+            # x and y are int16: 32768 and above are negative, hence outside any sensor
+            _run_split(_decode_scaleoffset_pieces, bounds, src, begins, ends, masks, rows, records, CHUNK_EVENTS,
+                       width if width >= 0 else 32768, height if height >= 0 else 32768, self._fill_defined,
+                       self._fill_value, pieces, piece_errors)
+            for k in np.flatnonzero(piece_errors):  # per chunk, the lowest code (the one a single pass gives)
+                c = pieces[k, 0]
+                errors[c] = piece_errors[k] if errors[c] == 0 else min(errors[c], piece_errors[k])
+        else:  # LZF streams decompress from their start: whole chunks per thread
+            workers = min(workers, len(chunks))
+            _run_split(_decode_lzf_range, [len(chunks) * w // workers for w in range(workers + 1)], src, begins,
+                       ends, masks, rows, records, CHUNK_EVENTS, width, height, errors)
         bad = np.flatnonzero(errors)
         if bad.size:
             c = chunks[int(bad[0])]
@@ -434,22 +471,24 @@ class StoreRecording(Recording):
                                               f"{c * CHUNK_EVENTS}..) {what}")
 
     def _direct(self):
-        """The file opened for reading raw chunks at their file offsets, or None where that is not safe.
+        """The file descriptor to read raw chunks from at their file offsets, or None where that is not safe.
 
         Not while a writer may have the file open (SWMR): it can move a chunk
-        it rewrites. Not for files HDF5 reads through another driver or with
-        a user block (chunk addresses would not be file offsets). Read with
-        ``preadv``, never memory-mapped: a mapped file that shrinks under the
-        reader kills the process with SIGBUS, a short read is a clean error.
+        it rewrites. Not for files with a user block (chunk addresses would not
+        be file offsets). HDF5's own descriptor (this reader opened the file
+        with the default driver): the very file HDF5 reads, even if the path
+        has been replaced since. Read with ``preadv``, never memory-mapped: a
+        mapped file that shrinks under the reader kills the process with
+        SIGBUS, a short read is a clean error.
         """
         if self._src is None:
-            f = self._file
-            if f.swmr_mode or f.driver != "sec2" or f.userblock_size != 0:
+            fid = self._fid
+            if fid.get_intent() & _h5py().h5f.ACC_SWMR_READ or fid.get_create_plist().get_userblock() != 0:
                 self._src = False
             else:
                 try:
-                    self._src = open(self.path, "rb", buffering=0)
-                except OSError:
+                    self._src = fid.get_vfd_handle()
+                except (OSError, TypeError, ValueError):
                     self._src = False
         return None if self._src is False else self._src
 
@@ -475,7 +514,7 @@ class StoreRecording(Recording):
         view = memoryview(buffer).cast("B")
         done = 0
         while done < len(view):  # every pass reads at least one byte or raises
-            got = os.preadv(self._src.fileno(), [view[done:]], offset + done)
+            got = os.preadv(self._src, [view[done:]], offset + done)
             if got == 0:
                 raise EventFormatError(self.path, f"the file ends at byte {offset + done} while reading a chunk "
                                                   f"that ends at byte {offset + len(view)}: it shrank or was "
@@ -503,15 +542,15 @@ class StoreRecording(Recording):
             else:
                 k = 0
                 for c in range(first, last + 1):
-                    for ds in self._datasets:
-                        info = ds.id.get_chunk_info_by_coord((c * CHUNK_EVENTS,))
+                    for dataset_id in self._dataset_ids:
+                        info = dataset_id.get_chunk_info_by_coord((c * CHUNK_EVENTS,))
                         if info.byte_offset is None:
                             return None
                         begins[k], sizes[k], masks[k] = info.byte_offset, info.size, info.filter_mask
                         k += 1
         except _H5_ERRORS:
             return None
-        if np.any(begins < 0) or np.any(begins + sizes > os.fstat(self._src.fileno()).st_size):
+        if np.any(begins < 0) or np.any(begins + sizes > os.fstat(self._src).st_size):
             return None
         return begins, begins + sizes, masks
 
@@ -520,12 +559,12 @@ class StoreRecording(Recording):
         addr = np.full((4, chunks), -1, np.int64)
         size, mask = np.zeros((4, chunks), np.int64), np.zeros((4, chunks), np.int64)
         try:
-            for f, ds in enumerate(self._datasets):
+            for f, dataset_id in enumerate(self._dataset_ids):
                 def note(info, f=f):
                     c = info.chunk_offset[0] // CHUNK_EVENTS
                     if c < chunks:
                         addr[f, c], size[f, c], mask[f, c] = info.byte_offset, info.size, info.filter_mask
-                ds.id.chunk_iter(note)
+                dataset_id.chunk_iter(note)
         except (AttributeError, *_H5_ERRORS):  # an HDF5 without H5Dchunk_iter: chunk by chunk
             return None
         return addr, size, mask
@@ -585,13 +624,13 @@ _SO_HEADER = 21
 _H5D_CHUNKED = 2
 
 
-def _attribute(obj, name: str, default=None):
-    """obj.attrs.get(name, default) through h5py's low-level calls (a third of the time)."""
+def _attribute(object_id, name: str, default=None):
+    """attrs.get(name, default) of the HDF5 object object_id, through h5py's low-level calls (a third of the time)."""
     h5py = _h5py()
     key = name.encode()
-    if not h5py.h5a.exists(obj.id, key):
+    if not h5py.h5a.exists(object_id, key):
         return default
-    attribute = h5py.h5a.open(obj.id, key)
+    attribute = h5py.h5a.open(object_id, key)
     value = np.empty(attribute.shape, attribute.dtype)
     attribute.read(value)
     if value.shape != ():
@@ -600,17 +639,26 @@ def _attribute(obj, name: str, default=None):
     return value.decode() if isinstance(value, bytes) else value  # variable-length strings arrive as bytes
 
 
+@functools.lru_cache(maxsize=None)
+def _read_fapl():
+    """File access properties for reading: HDF5's defaults (the sec2 driver), as h5py.File's, whose close
+    degree a second open of a file in this process must match."""
+    h5py = _h5py()
+    return h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+
+
 def _scaleoffset_fill(params, dtype) -> int:
     size = dtype.itemsize
     raw = b"".join(int(v).to_bytes(4, "little") for v in params[8:8 + (size + 3) // 4])[:size]
     return int.from_bytes(raw, "little", signed=True)
 
 
-def _fast_kind(ds, dtype):
+def _fast_kind(dataset_id, dtype):
     """("scaleoffset" or "lzf", filter parameters) when our decoders read this dataset's
     chunks exactly, else (None, None)."""
-    plist = ds.id.get_create_plist()
-    if (ds.dtype != dtype or ds.dtype.byteorder not in ("<", "=", "|") or plist.get_layout() != _H5D_CHUNKED
+    plist = dataset_id.get_create_plist()
+    stored = dataset_id.dtype
+    if (stored != dtype or stored.byteorder not in ("<", "=", "|") or plist.get_layout() != _H5D_CHUNKED
             or plist.get_chunk() != (CHUNK_EVENTS,)):
         return None, None
     filters = [plist.get_filter(i) for i in range(plist.get_nfilters())]
@@ -629,10 +677,10 @@ def _fast_kind(ds, dtype):
 _FAST_BATCH_CHUNKS = 64
 # Chunks to read whose span in the file exceeds twice their bytes plus this are read one by one.
 _GATHER_SLACK_BYTES = 1 << 20
-# Reads of at least this many chunks (4M events, ~15 ms on one core) are decoded on all
-# cores. Waking the threads costs from tens of µs to several ms where the cores are
-# busy with other work: shorter reads are faster on the caller's thread alone.
-_PARALLEL_MIN_CHUNKS = 64
+# Events a thread decodes at the least (0.5-0.7 ms on one core). A pool thread woken on the
+# other core starts 0.1-0.3 ms later on the 2-core VMs measured (a no-op round trip to an idle
+# core is 12-30 µs, but a thread woken while the caller computes waits for its vCPU to wake).
+_EVENTS_PER_THREAD = 100_000
 _FIELD_BYTES = (8, 2, 2, 1)  # t, x, y, p
 
 
@@ -679,10 +727,9 @@ def _lzf_decompress(src, begin, end, dst):
     return op
 
 
-@njit(cache=True, parallel=True)
-def _decode_chunks(comp, begins, ends, masks, rows, out, chunk_events, width, height, errors):
-    n_chunks = rows.shape[0]
-    for c in prange(n_chunks):
+@njit(cache=True, nogil=True)
+def _decode_lzf_range(comp, begins, ends, masks, rows, out, chunk_events, width, height, errors, first, last):
+    for c in range(first, last):
         planes = np.empty(13 * chunk_events, dtype=np.uint8)  # t, x, y, p byte planes, one after another
         plane_start = 0
         for f in range(4):
@@ -803,11 +850,12 @@ def _scaleoffset_value(src, i, mode, minbits, minval, start, end, size, fill_def
 
 
 @njit(cache=True)
-def _decode_scaleoffset_chunk(c, src, begins, ends, masks, rows, out, chunk_events, x_limit, y_limit,
+def _decode_scaleoffset_chunk(c, lo, hi, src, begins, ends, masks, rows, out, chunk_events, x_limit, y_limit,
                               fill_defined, fill_value):
-    """Unpack chunk c's four fields (src[begins[4c + f]:ends[4c + f]]) into records
-    out[c * chunk_events:]; 0, or the error code (1 bad chunk, 2 bad polarity, 3 bad x/y)."""
-    n = rows[c]
+    """Unpack events lo..hi-1 of chunk c's four fields (src[begins[4c + f]:ends[4c + f]]) into
+    records out[c * chunk_events + lo:]; 0, or the error code (1 bad chunk, 2 bad polarity,
+    3 bad x/y). Every code sits at a fixed bit offset (i * minbits), so a chunk splits anywhere."""
+    n = min(hi, rows[c])
     base = c * chunk_events
     mode = np.zeros(4, np.int64)
     bits = np.zeros(4, np.int64)
@@ -838,13 +886,13 @@ def _decode_scaleoffset_chunk(c, src, begins, ends, masks, rows, out, chunk_even
     y_ones = (np.int64(1) << y_step) - 1 if fill_defined[2] else np.int64(-1)
     p_ones = (np.int64(1) << p_step) - 1 if fill_defined[3] else np.int64(-1)
     t_fill, x_fill, y_fill, p_fill = fill_value[0], fill_value[1], fill_value[2], fill_value[3]
-    t_at, x_at, y_at, p_at = at[0], at[1], at[2], at[3]
+    t_at, x_at, y_at, p_at = at[0] + lo * t_step, at[1] + lo * x_step, at[2] + lo * y_step, at[3] + lo * p_step
     # Records as one flat int64 array indexed with unsigned integers: no negative-index
     # wraparound on the stores (2 words per event).
     flat = out.reshape(-1)
-    slot = np.uint64(2 * base)
+    slot = np.uint64(2 * (base + lo))
     two = np.uint64(2)
-    for i in range(fast_n):
+    for i in range(lo, min(fast_n, n)):
         t = _unpack(src, t_at, t_keep)
         x = _unpack(src, x_at, x_keep)
         y = _unpack(src, y_at, y_keep)
@@ -864,7 +912,7 @@ def _decode_scaleoffset_chunk(c, src, begins, ends, masks, rows, out, chunk_even
         slot += two
     # the rest (the last few events of the chunk, or a chunk in another mode): bounds-checked
     k = 4 * c
-    for i in range(fast_n, n):
+    for i in range(max(lo, fast_n), n):
         t = _scaleoffset_value(src, i, mode[0], bits[0], low[0], at[0] // 8, ends[k], 8,
                                fill_defined[0], fill_value[0])
         x = _scaleoffset_value(src, i, mode[1], bits[1], low[1], at[1] // 8, ends[k + 1], 2,
@@ -880,29 +928,43 @@ def _decode_scaleoffset_chunk(c, src, begins, ends, masks, rows, out, chunk_even
     return 2 if bad_p else (3 if bad_xy else 0)
 
 
-@njit(cache=True)
-def _decode_scaleoffset_serial(src, begins, ends, masks, rows, out, chunk_events, x_limit, y_limit,
-                               fill_defined, fill_value, errors):
-    for c in range(rows.shape[0]):
-        errors[c] = _decode_scaleoffset_chunk(c, src, begins, ends, masks, rows, out, chunk_events, x_limit,
-                                              y_limit, fill_defined, fill_value)
+@njit(cache=True, nogil=True)
+def _decode_scaleoffset_pieces(src, begins, ends, masks, rows, out, chunk_events, x_limit, y_limit,
+                               fill_defined, fill_value, pieces, errors, first, last):
+    """Pieces first..last-1, each (chunk, first event, end event); errors per piece."""
+    for k in range(first, last):
+        errors[k] = _decode_scaleoffset_chunk(pieces[k, 0], pieces[k, 1], pieces[k, 2], src, begins, ends, masks,
+                                              rows, out, chunk_events, x_limit, y_limit, fill_defined,
+                                              fill_value)
 
 
-@njit(cache=True, parallel=True)
-def _decode_scaleoffset_parallel(src, begins, ends, masks, rows, out, chunk_events, x_limit, y_limit,
-                                 fill_defined, fill_value, errors):
-    for c in prange(rows.shape[0]):
-        errors[c] = _decode_scaleoffset_chunk(c, src, begins, ends, masks, rows, out, chunk_events, x_limit,
-                                              y_limit, fill_defined, fill_value)
+def _split_events(rows: np.ndarray, workers: int):
+    """Chunks of rows[c] events cut into pieces (chunk, first, end) so that workers share the events
+    evenly: (pieces, bounds), worker w taking pieces bounds[w]..bounds[w + 1] - 1."""
+    starts = np.concatenate(([0], np.cumsum(rows)))
+    total = int(starts[-1])
+    shares = [total * w // workers for w in range(workers + 1)]
+    cuts = sorted(set(starts.tolist()) | set(shares))
+    pieces = []
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        c = int(np.searchsorted(starts, a, side="right")) - 1
+        pieces.append((c, a - int(starts[c]), b - int(starts[c])))
+    bounds = [cuts.index(share) for share in shares]
+    return np.array(pieces, dtype=np.int64).reshape(-1, 3), bounds
 
 
-def _decode_scaleoffset_chunks(src, begins, ends, masks, rows, out, chunk_events, width, height,
-                               fill_defined, fill_value, errors):
-    # x and y are int16: 32768 and above are negative, hence outside any sensor
-    x_limit = width if width >= 0 else 32768
-    y_limit = height if height >= 0 else 32768
-    kernel = _decode_scaleoffset_parallel if rows.shape[0] >= _PARALLEL_MIN_CHUNKS else _decode_scaleoffset_serial
-    kernel(src, begins, ends, masks, rows, out, chunk_events, x_limit, y_limit, fill_defined, fill_value, errors)
+def _run_split(kernel, bounds, *args) -> None:
+    """kernel(*args, first, last) for each run bounds[w]..bounds[w + 1], on the shared pool's
+    threads and the calling one (which takes the first run)."""
+    runs = [(first, last) for first, last in zip(bounds[:-1], bounds[1:]) if last > first]
+    futures = [pool(len(runs) - 1).submit(kernel, *args, first, last) for first, last in runs[1:]]
+    try:
+        kernel(*args, *runs[0])
+    finally:
+        for future in futures:
+            future.result()
+
+
 
 
 def convert_to_store(input, output, sensor_size=None, overwrite=False, *, chunk_events: int = 1 << 22) -> dict:

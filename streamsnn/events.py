@@ -149,7 +149,8 @@ def event_fields(array, source: str | None = None, require_y: bool = True) -> Ev
     in_place = _IN_PLACE.get(array.dtype) if type(array) is np.ndarray else None
     if in_place is None:
         _check_fields(array, source, require_y)
-        array = array.view(np.ndarray)  # a record array reads as a plain one
+        if type(array) is not np.ndarray:
+            array = array.view(np.ndarray)  # a record array reads as a plain one
         fields = array.dtype.fields
         names = EVENT_FIELDS if "y" in fields else ("x", "t", "p")
         in_place = all(_native(fields[name][0], name) for name in names)

@@ -264,3 +264,39 @@ def test_carries_and_saturation_on_a_large_sensor_in_any_chunking(dtype, large_f
 def test_bad_parameters_are_config_errors(kwargs):
     with pytest.raises(ConfigError):
         StreamingBinner((4, 4, 2), **kwargs)
+
+
+@pytest.mark.parametrize("hot_in_bad_chunk", [600, 33_000])  # carries to borrow back; a carry that would saturate
+def test_bad_chunk_inside_a_window_counted_in_low_bytes_changes_nothing(hot_in_bad_chunk, large_frame_counting):
+    def hot(n, t0):
+        return make_events(np.full(n, 3), np.full(n, 2), t0 + np.arange(n) // 1000, np.ones(n, int))
+
+    sensor = (640, 480, 2)
+    good = [make_events([1, 2], [1, 2], [0, 5], [0, 1]), hot(300, 100_000), hot(40, 100_500)]
+    bad = hot(hot_in_bad_chunk, 100_600)
+    bad["x"][-1] = 640
+    binner = StreamingBinner(sensor, 100_000, start_time=0)
+    frames = binner.push(good[0]) + binner.push(good[1])  # the second window: in low bytes if forced
+    with pytest.raises(EventValidationError, match="x = 640 is outside"):
+        binner.push(bad)
+    frames += binner.push(good[2]) + binner.flush(200_000)
+    expected = to_frame(np.concatenate(good), sensor, time_window=100_000, start_time=0, end_time=200_000)
+    assert np.array_equal(concat_frames(frames, (2, 480, 640)), expected)
+    assert expected[1, 1, 2, 3] == 340
+
+
+def test_strided_and_read_only_chunks_of_the_fast_layout_count_right():
+    # the in-window fast path calls compiled code for C-contiguous chunks directly; others count the same
+    rng = np.random.default_rng(3)
+    events = make_events(rng.integers(0, 8, 4000), rng.integers(0, 8, 4000), np.arange(4000), rng.integers(0, 2, 4000))
+    binner = StreamingBinner((8, 8, 2), 10_000, start_time=0)
+    binner.push(events[:1000])
+    strided = events[1000:3000][::2]
+    read_only = events[3000:].copy()
+    read_only.flags.writeable = False
+    binner.push(strided)
+    binner.push(read_only)
+    frame, = binner.flush(10_000)
+    expected = to_frame(np.concatenate([events[:1000], strided, read_only]), (8, 8, 2), time_window=10_000,
+                        start_time=0, end_time=10_000)
+    assert np.array_equal(frame.data, expected[0])

@@ -104,7 +104,9 @@ class EventPlan:
                 ci, hi, wi = shape
                 co = int(layer.out_channels)
                 ho, wo = (hi + 2 * ph - kh) // sh + 1, (wi + 2 * pw - kw) // sw + 1
-                w_off = put(layer.weight.detach().cpu().numpy().transpose(1, 2, 3, 0))   # (C, KH, KW, CO)
+                # (C, KH, KW, CO) with kx reversed: an input pixel's taps kx = KW-1..0 reach outputs
+                # tx ascending, so at stride 1 one row of taps is one contiguous run of KW*CO outputs
+                w_off = put(layer.weight.detach().cpu().numpy().transpose(1, 2, 3, 0)[:, :, ::-1, :])
                 b_off = put(layer.bias.detach().cpu().numpy()) if layer.bias is not None else -1
                 out = region(ho * wo * co)
                 op(OP_CONV, at, ci, hi, wi, out, co, ho, wo, kh, kw, sh, sw, ph, pw, w_off, b_off)
@@ -159,10 +161,33 @@ class EventPlan:
         if shape != (self.num_classes,):
             raise Unsupported(f"the network ends with shape {shape}, expected ({self.num_classes},)")
         op(OP_OUTPUT, at, self.num_classes)
+        ops, fparams = _fuse_affine_into_lif(ops, fparams)
         self.ops = np.asarray(ops, dtype=np.int64)
         self.fparams = np.asarray(fparams, dtype=np.float32)
         self.weights = np.concatenate(weights) if weights else np.zeros(1, np.float32)
         self.scratch_size = self._scratch
+
+
+def _fuse_affine_into_lif(ops: list, fparams: list) -> tuple[list, list]:
+    """A batch norm (OP_AFFINE) whose output only the next op, a LIF on the same values, reads
+    becomes part of that LIF (fields 4, 5: its channels and parameters; channels 0: none). The LIF
+    then computes the same float32 operations in the same order, in one pass instead of two."""
+    fused_ops, fused_params = [], []
+    k = 0
+    while k < len(ops):
+        o = ops[k]
+        if (o[0] == OP_AFFINE and k + 1 < len(ops) and ops[k + 1][0] == OP_LIF and ops[k + 1][1] == o[1]
+                and ops[k + 1][2] == o[2]):
+            lif = list(ops[k + 1])
+            lif[4], lif[5] = o[3], o[4]
+            fused_ops.append(lif)
+            fused_params.append(fparams[k + 1])
+            k += 2
+            continue
+        fused_ops.append(o)
+        fused_params.append(fparams[k])
+        k += 1
+    return fused_ops, fused_params
 
 
 @nb.njit(cache=True, nogil=True, error_model="numpy")
@@ -213,7 +238,9 @@ def _step_rows(ops, fparams, weights, x, slots, membranes, stale, buf, logits):
                                 nnz += 1
                         if nnz == 0:
                             continue
-                        # the outputs this input touches, found once per pixel, not per channel
+                        # the outputs this input touches, found once per pixel, not per channel.
+                        # Every output gets its terms in the same order either way (input pixels in
+                        # raster order, then channels): each input pixel reaches it through one tap.
                         for ky in range(KH):
                             ty = y + PH - ky
                             if ty < 0:
@@ -224,21 +251,36 @@ def _step_rows(ops, fparams, weights, x, slots, membranes, stale, buf, logits):
                                 ty //= SH
                             if ty >= HO:
                                 continue
+                            if SW == 1:
+                                # taps kx = KW-1..0 (stored reversed) reach tx = xx+PW-KW+1 .. xx+PW: one run
+                                tx_lo = max(0, xx + PW - KW + 1)
+                                tx_hi = min(WO - 1, xx + PW)
+                                if tx_hi < tx_lo:
+                                    continue
+                                run = (tx_hi - tx_lo + 1) * CO
+                                acc = dst[(ty * WO + tx_lo) * CO:(ty * WO + tx_lo) * CO + run]
+                                r0 = tx_lo - (xx + PW - KW + 1)  # first reversed tap in the run
+                                for m in range(nnz):
+                                    v = nz_v[m]
+                                    wb = w_off + ((nz_c[m] * KH + ky) * KW + r0) * CO
+                                    wv = weights[wb:wb + run]
+                                    for j in range(run):
+                                        acc[j] += v * wv[j]
+                                continue
                             for kx in range(KW):
                                 tx = xx + PW - kx
                                 if tx < 0:
                                     break
-                                if SW != 1:
-                                    if tx % SW != 0:
-                                        continue
-                                    tx //= SW
+                                if tx % SW != 0:
+                                    continue
+                                tx //= SW
                                 if tx >= WO:
                                     continue
                                 ob = (ty * WO + tx) * CO
                                 acc = dst[ob:ob + CO]
                                 for m in range(nnz):
                                     v = nz_v[m]
-                                    wb = w_off + ((nz_c[m] * KH + ky) * KW + kx) * CO
+                                    wb = w_off + ((nz_c[m] * KH + ky) * KW + (KW - 1 - kx)) * CO
                                     wv = weights[wb:wb + CO]
                                     for co in range(CO):
                                         acc[co] += v * wv[co]
@@ -251,8 +293,23 @@ def _step_rows(ops, fparams, weights, x, slots, membranes, stale, buf, logits):
                     for c in range(C):
                         row[c] = row[c] * scale[c] + shift[c]
             elif code == OP_LIF:            # u = decay * u + I; spike and reset to 0 where u >= threshold
-                at, n, s_off = o[1], o[2], o[3]
+                at, n, s_off, C, p_off = o[1], o[2], o[3], o[4], o[5]
                 decay, threshold = fparams[k, 0], fparams[k, 1]
+                if C > 0:                   # I = h * scale + shift per channel (a fused batch norm)
+                    scale = weights[p_off:p_off + C]
+                    shift = weights[p_off + C:p_off + 2 * C]
+                    for p in range(n // C):
+                        u = mem[s_off + p * C:s_off + (p + 1) * C]
+                        h = buf[at + p * C:at + (p + 1) * C]
+                        for c in range(C):
+                            current = h[c] * scale[c]
+                            current = current + shift[c]
+                            v = u[c] * decay
+                            v = v + current
+                            fire = v >= threshold
+                            u[c] = np.float32(0.0) if fire else v
+                            h[c] = np.float32(1.0) if fire else np.float32(0.0)
+                    continue
                 u = mem[s_off:s_off + n]
                 h = buf[at:at + n]
                 for i in range(n):

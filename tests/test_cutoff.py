@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from streamsnn.cutoff import (ConfidenceCutoff, Decision, TopKCutoff, evaluate_policy, max_softmax,
-                              oracle_timesteps, per_timestep_accuracy, policy_from_meta)
+                              oracle_timesteps, per_timestep_accuracy, policy_from_meta, update_rows)
 from streamsnn.errors import ConfigError
 
 
@@ -106,3 +106,26 @@ def test_anytime_measures_and_meta():
     with pytest.raises(ConfigError):
         ConfidenceCutoff(1.5)
     assert max_softmax(np.array([[0.0, 0.0]]))[0] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_rows_updated_together_decide_as_each_stream_alone(seed):
+    # the streaming job runs the cutoff for a batch's rows at once; streams that joined at other times
+    # (other t), stopped early (max_timesteps), and two policies share the batch
+    rng = np.random.default_rng(seed)
+    T, N, K = 10, 24, 10
+    logits = rng.normal(0, 1.5, (T, N, K)).astype(np.float32)
+    policies = [ConfidenceCutoff(0.05), TopKCutoff(rng.uniform(0, 4, T))]
+    joined = rng.integers(0, 4, N)
+    def make(n):
+        return policies[n % 2].online(max_timesteps=int(rng.integers(2, T + 1)))
+    together = [make(n) for n in range(N)]
+    alone = [policies[n % 2].online(together[n].max_timesteps) for n in range(N)]
+    for step in range(T + 4):
+        rows = [n for n in range(N) if 0 <= step - joined[n] < T]
+        if not rows:
+            continue
+        got = update_rows([together[n] for n in rows], np.stack([logits[step - joined[n], n] for n in rows]))
+        for n, decision in zip(rows, got):
+            assert decision == alone[n].update(logits[step - joined[n], n])
+    assert all(c.decided for c in together) and [c.decision for c in together] == [c.decision for c in alone]

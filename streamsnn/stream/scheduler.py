@@ -25,6 +25,7 @@ import time
 
 import numpy as np
 
+from ..cutoff import update_rows
 from ..errors import StreamsnnError
 from ..snn.batched import BlockStepper
 from .frames import FrameItem, FrameStage, StreamClosed, WindowClose, WindowOpen
@@ -138,13 +139,13 @@ class Lane:
         self.closed.set()
         self.scheduler.on_closed(self, item)
 
-    def on_logits(self, frame: FrameItem, logits: np.ndarray) -> None:
+    def on_stepped(self, frame: FrameItem, decision) -> None:
+        """The frame went through the network, and the cutoff (``update_rows``) gave decision or None."""
         self.frames += 1
         if self.window_frames == 0:
             self.window_start_us = frame.t_start
         self.window_frames += 1
         self.window_end_us = frame.t_end
-        decision = self.cutoff.update(logits)
         if decision is not None:
             self._emit(decision, frame.available_ns)
 
@@ -287,8 +288,9 @@ class Scheduler:
             start += len(block)
             logits = self.stepper.step(self.state, [lane.slot for lane, _ in block],
                                        np.stack([frame.data for _, frame in block]), split=split)
-            for (lane, frame), row in zip(block, logits):
-                lane.on_logits(frame, row)
+            decisions = update_rows([lane.cutoff for lane, _ in block], logits)
+            for (lane, frame), decision in zip(block, decisions):
+                lane.on_stepped(frame, decision)
         self.batches += 1
         self.batch_rows_max = max(self.batch_rows_max, len(batch))
         self.batch_rows_sum += len(batch)

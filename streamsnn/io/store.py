@@ -240,6 +240,9 @@ class StoreRecording(Recording):
                 raise EventFormatError(self.path, f"not a readable HDF5 file: {exc2}", offset=0) from None
         try:
             self._open(sensor_size)
+        except EventFormatError:            # names the file and what is wrong already
+            self.close()
+            raise
         except _H5_ERRORS as exc:
             self.close()
             raise EventFormatError(self.path, f"corrupt event store: {exc}") from None

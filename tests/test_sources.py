@@ -227,3 +227,31 @@ def test_dv_network_stream_end_to_end(tmp_path):
     received = np.concatenate([c.events for c in chunks])
     assert np.array_equal(received, expected)
     assert all(c.clock_us == c.events["t"][-1] for c in chunks)
+
+
+@pytest.mark.timeout(60)
+def test_folder_source_reads_the_next_sample_ahead_and_reports_its_error_when_it_is_due(nmnist_root, tmp_path):
+    # at speed > 0 a decided sample's remaining time is spent reading the next one; an error in that
+    # one must still come after this sample's end, as if it had been read at the boundary
+    root = tmp_path / "folder"
+    for k in range(3):
+        (root / "Test" / str(k)).mkdir(parents=True)
+        copy_sample(nmnist_root, root / "Test" / str(k) / f"s{k}.bin", index=10 * k)
+    bad = root / "Test" / "1" / "s1.bin"
+    bad.write_bytes(bytes(range(256)) * 40)      # timestamps step back: not an ATIS recording
+    source = FolderSource(root, "n", split="Test", speed=50.0, sensor_size=(34, 34))
+    source.open()
+    source.warm_up(10_000)
+    decided = []
+    source.window_done = lambda window: window in decided
+    items, ahead = [], None
+    with pytest.raises(SourceError, match="s1.bin") as info:
+        for item in source.items(threading.Event(), 10_000):
+            items.append(item)
+            if isinstance(item, Chunk):
+                decided.append(1)     # the first window is decided at its first chunk
+            if isinstance(item, WindowEnd):
+                ahead = source._first_sample
+    assert isinstance(items[0], WindowStart) and isinstance(items[-1], WindowEnd)  # sample 0 ended first
+    assert ahead is not None and ahead[0] == bad and isinstance(ahead[1], SourceError)  # read before its time
+    assert "timestamp steps back" in str(info.value)

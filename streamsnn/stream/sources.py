@@ -321,14 +321,22 @@ class FolderSource(Source):
                                                              default_sensor_size)
 
     def warm_up(self, slice_us: float) -> None:
-        path = self.samples[0].path
+        # kept for items(): the first samples of many streams are then not all read at the moment
+        # their clocks start
+        self._first_sample = (self.samples[0].path, self._read_sample(self.samples[0].path))
+
+    def _read_sample(self, path: Path):
+        """A sample's events, or the SourceError that reading it gave (raised by items() when that sample
+        is due, so that an error read ahead surfaces where it belongs: on the stream, in order)."""
         try:
             with self._open_sample(path) as recording:
-                # kept for items(): the first samples of many streams are then not all read at the moment
-                # their clocks start
-                self._first_sample = (path, recording.read())
-        except (StreamsnnError, OSError):
-            pass      # reported where it belongs: by items(), on the stream's status
+                return recording.read()
+        except (StreamsnnError, OSError) as exc:
+            # a reader's EventFormatError names the file already
+            named = getattr(exc, "path", None) is not None
+            error = SourceError(str(exc) if named else f"{path}: {exc}")
+            error.__cause__ = exc
+            return error
 
     def _open_sample(self, path: Path):
         """A sample's reader. The format is detected once per file suffix: detecting it again for each
@@ -345,20 +353,13 @@ class FolderSource(Source):
         self.pacer = pacer = Pacer(self.speed, stop, self.cooperative)
         windows = 0
         while not stop.is_set():
-            for sample in self.samples:
+            for index, sample in enumerate(self.samples):
                 if stop.is_set():
                     return
                 first, self._first_sample = self._first_sample, None
-                try:
-                    if first is not None and first[0] == sample.path:
-                        events = first[1]
-                    else:
-                        with self._open_sample(sample.path) as recording:
-                            events = recording.read()
-                except (StreamsnnError, OSError) as exc:
-                    # a reader's EventFormatError names the file already
-                    named = getattr(exc, "path", None) is not None
-                    raise SourceError(str(exc) if named else f"{sample.path}: {exc}") from exc
+                events = first[1] if first is not None and first[0] == sample.path else self._read_sample(sample.path)
+                if isinstance(events, SourceError):
+                    raise events
                 name = f"{sample.class_name}/{sample.path.name}"
                 if events.size == 0:
                     continue
@@ -376,6 +377,13 @@ class FolderSource(Source):
                         # decided: the rest is not needed, but the sample's time still passes
                         skipped = int(events.size - start)
                         self.events_read += skipped
+                        if self.speed > 0:
+                            # read the next sample now, while this one's time passes, not at the
+                            # boundary, where every stream replaying a folder in step reads its
+                            # next file at once (16 streams: 1-2 ms of the replay thread there)
+                            following = self._following(index)
+                            if following is not None:
+                                self._first_sample = (following.path, self._read_sample(following.path))
                         if not pacer.wait_until(int(t[-1]) + 1):
                             return
                         break
@@ -392,6 +400,12 @@ class FolderSource(Source):
                 self.samples_done += 1
             if not self.loop:
                 return
+
+    def _following(self, index: int):
+        """The sample replayed after samples[index] (None after the last one, unless looping)."""
+        if index + 1 < len(self.samples):
+            return self.samples[index + 1]
+        return self.samples[0] if self.loop else None
 
 
 # --------------------------------------------------------------------------- live: DV network streams, cameras

@@ -68,10 +68,18 @@ class Lane:
 
     def submit(self, items: list) -> None:
         frames = sum(1 for item in items if isinstance(item, FrameItem))
-        with self.scheduler.lock:
+        scheduler = self.scheduler
+        with scheduler.lock:
             self.pending.extend(items)
+            if frames and self.pending_frames == 0:
+                scheduler.lanes_without_frames -= 1
             self.pending_frames += frames
-        self.scheduler.wake.set()
+            # While the scheduler gathers a burst, a hand-on wakes it only when every lane has a frame
+            # (the frame stage going idle wakes it otherwise): woken at each of 16 hand-ons, it took
+            # the GIL from the frame thread 16 times while that thread was still binning the burst.
+            if scheduler.gathering and scheduler.lanes_without_frames > 0:
+                return
+        scheduler.wake.set()
 
     # -- inference thread ------------------------------------------------------------------------
     def _pop(self):
@@ -81,6 +89,8 @@ class Lane:
             item = self.pending.popleft()
             if isinstance(item, FrameItem):
                 self.pending_frames -= 1
+                if self.pending_frames == 0:
+                    self.scheduler.lanes_without_frames += 1
             return item
 
     def next_frame(self) -> FrameItem | None:
@@ -199,6 +209,8 @@ class Scheduler:
         self.lock = threading.Lock()
         self.wake = threading.Event()
         self._lanes: list[Lane] = []
+        self.lanes_without_frames = 0   # lanes with no frame pending (under lock)
+        self.gathering = False          # the inference thread waits in _gather (under lock)
         self.thread: threading.Thread | None = None
         self.error: BaseException | None = None
         # what the batches looked like
@@ -210,11 +222,15 @@ class Scheduler:
         lane = Lane(self, name, stage)
         with self.lock:
             self._lanes = self._lanes + [lane]
+            self.lanes_without_frames += 1
         return lane
 
     def remove(self, lane: Lane) -> None:
         with self.lock:
-            self._lanes = [x for x in self._lanes if x is not lane]
+            if any(x is lane for x in self._lanes):
+                self._lanes = [x for x in self._lanes if x is not lane]
+                if lane.pending_frames == 0:
+                    self.lanes_without_frames -= 1
 
     def start(self) -> None:
         self.thread = threading.Thread(target=self._run, name="inference", daemon=True)
@@ -244,13 +260,21 @@ class Scheduler:
         if self.settled is None:
             return
         deadline = time.perf_counter() + self.gather_s
-        while not self.settled.is_set() and not self.stop.is_set() and any(
-                lane.pending_frames == 0 for lane in self._lanes):
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0:
-                return
-            self.wake.wait(remaining)
-            self.wake.clear()
+        try:
+            while True:
+                with self.lock:
+                    complete = self.lanes_without_frames <= 0
+                    self.gathering = not complete
+                if complete or self.settled.is_set() or self.stop.is_set():
+                    return
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    return
+                self.wake.wait(remaining)
+                self.wake.clear()
+        finally:
+            with self.lock:
+                self.gathering = False
 
     def run_once(self) -> bool:
         """One batch: the next frame of every lane that has one. False when no lane had a frame."""

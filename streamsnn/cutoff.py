@@ -220,13 +220,16 @@ def update_rows(cutoffs: list[OnlineCutoff], logits) -> list[Decision | None]:
         cutoff.t += 1
         tests.setdefault((id(cutoff.policy), cutoff.t), []).append(i)
     for (_, t), rows in tests.items():
-        fired = cutoffs[rows[0]].policy.fires(np.stack([cutoffs[i].Y for i in rows]), t)
-        for i, hit in zip(rows, fired.tolist()):
+        Y = np.stack([cutoffs[i].Y for i in rows])
+        fired = cutoffs[rows[0]].policy.fires(Y, t)
+        labels = confidences = None
+        for j, (i, hit) in enumerate(zip(rows, fired.tolist())):
             cutoff = cutoffs[i]
-            if hit:
-                decisions[i] = cutoff._decide(False)
-            elif cutoff.max_timesteps is not None and cutoff.t >= cutoff.max_timesteps:
-                decisions[i] = cutoff._decide(True)
+            if hit or (cutoff.max_timesteps is not None and cutoff.t >= cutoff.max_timesteps):
+                if labels is None:      # label and confidence of the rows that decide, from the stack too
+                    labels, confidences = Y.argmax(-1).tolist(), max_softmax(Y).tolist()
+                cutoff.decision = Decision(labels[j], cutoff.t, confidences[j], not hit)
+                decisions[i] = cutoff.decision
     return decisions
 
 

@@ -78,8 +78,12 @@ def status_topic(stream: str) -> str:
     return f"{STATUS}.{stream}"
 
 
+# json.dumps with non-default separators builds an encoder on every call: one, made once, for every message
+_JSON = json.JSONEncoder(separators=(",", ":"))
+
+
 def encode(topic: str, message: dict) -> list[bytes]:
-    return [topic.encode("utf-8"), json.dumps(message, separators=(",", ":")).encode("utf-8")]
+    return [topic.encode("utf-8"), _JSON.encode(message).encode("utf-8")]
 
 
 def decode(frames: list[bytes]) -> tuple[str, dict]:

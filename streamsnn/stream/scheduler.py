@@ -211,6 +211,7 @@ class Scheduler:
         self._lanes: list[Lane] = []
         self.lanes_without_frames = 0   # lanes with no frame pending (under lock)
         self.gathering = False          # the inference thread waits in _gather (under lock)
+        self.stepping = False           # run_once is stepping a batch
         self.thread: threading.Thread | None = None
         self.error: BaseException | None = None
         # what the batches looked like
@@ -288,6 +289,20 @@ class Scheduler:
                 without.append(lane)
         if not batch:
             return False
+        self.stepping = True
+        try:
+            self._step_batch(batch, without)
+        finally:
+            self.stepping = False
+        return True
+
+    @property
+    def busy(self) -> bool:
+        """A batch is being stepped, or frames wait in a lane (read without the lock: a hint for the
+        status thread, which waits for a quiet moment)."""
+        return self.stepping or self.lanes_without_frames < len(self._lanes)
+
+    def _step_batch(self, batch: list, without: list) -> None:
         # block by block, each block's decisions sent before the next block is stepped
         rows = self.stepper.block_rows
         # A long batch (64 streams: 8 blocks) is mostly stepping: its blocks are split over two threads
@@ -319,4 +334,3 @@ class Scheduler:
         self.batch_rows_max = max(self.batch_rows_max, len(batch))
         self.batch_rows_sum += len(batch)
         self.on_progress()
-        return True

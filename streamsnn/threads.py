@@ -33,3 +33,15 @@ def pool(size: int) -> ThreadPoolExecutor:
             _POOL[:] = [executor, size, os.getpid()]
         return executor
 
+
+
+def run_parts(fn, parts: list) -> list:
+    """``[fn(*args) for args in parts]``, the first part on the calling thread and the others on the
+    shared pool at the same time; returns their results in order, and never before every part is done
+    (their outputs may share memory with the caller's), even when one raises."""
+    futures = [pool(len(parts) - 1).submit(fn, *args) for args in parts[1:]]
+    try:
+        first = fn(*parts[0])
+    finally:
+        rest = [future.result() for future in futures]
+    return [first] + rest

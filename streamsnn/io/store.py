@@ -46,7 +46,7 @@ from numba import njit
 
 from ..errors import EventFormatError, SensorSizeError
 from ..events import EVENT_DTYPE, SensorSize, as_events, empty_events
-from ..threads import available_threads, pool
+from ..threads import available_threads, run_parts
 from .base import Recording, new_sibling_file, publish_file
 
 STORE_FORMAT = "events"
@@ -957,15 +957,8 @@ def _split_events(rows: np.ndarray, workers: int):
 
 
 def _run_split(kernel, bounds, *args) -> None:
-    """kernel(*args, first, last) for each run bounds[w]..bounds[w + 1], on the shared pool's
-    threads and the calling one (which takes the first run)."""
-    runs = [(first, last) for first, last in zip(bounds[:-1], bounds[1:]) if last > first]
-    futures = [pool(len(runs) - 1).submit(kernel, *args, first, last) for first, last in runs[1:]]
-    try:
-        kernel(*args, *runs[0])
-    finally:
-        for future in futures:
-            future.result()
+    """kernel(*args, first, last) for each run bounds[w]..bounds[w + 1], the runs at the same time."""
+    run_parts(kernel, [(*args, first, last) for first, last in zip(bounds[:-1], bounds[1:]) if last > first])
 
 
 

@@ -407,15 +407,9 @@ class EventEngine:
         if self.threads < 2 or n < SPLIT_MIN_ROWS or not split:
             _step_rows(plan.ops, plan.fparams, plan.weights, x, slots, mem, stale, self._bufs[0], out)
             return out
-        from ..threads import pool
+        from ..threads import run_parts
 
-        parts = np.array_split(np.arange(n), self.threads)
-        futures = [pool(self.threads - 1).submit(_step_rows, plan.ops, plan.fparams, plan.weights, x[rows],
-                                                 slots[rows], mem, stale, self._bufs[k], out[rows[0]:rows[-1] + 1])
-                   for k, rows in enumerate(parts[1:], start=1)]
-        rows = parts[0]
-        _step_rows(plan.ops, plan.fparams, plan.weights, x[rows], slots[rows], mem, stale, self._bufs[0],
-                   out[rows[0]:rows[-1] + 1])
-        for future in futures:
-            future.result()
+        run_parts(_step_rows, [(plan.ops, plan.fparams, plan.weights, x[rows], slots[rows], mem, stale, self._bufs[k],
+                                out[rows[0]:rows[-1] + 1])
+                               for k, rows in enumerate(np.array_split(np.arange(n), self.threads))])
         return out

@@ -91,7 +91,7 @@ import numpy as np
 
 from .errors import ConfigError, EventValidationError
 from .events import EventFields, SensorSize, event_fields
-from .threads import available_threads, pool
+from .threads import available_threads, run_parts
 
 __all__ = ["to_frame", "StreamingBinner", "Frame", "FRAME_DTYPES"]
 
@@ -499,9 +499,7 @@ def _run_plan(fields: EventFields, frames: np.ndarray, starts, ends, width, heig
         return _bin_tasks(t, x, y, p, frames, scratch, np.zeros(low_shape, np.uint8), tasks, first, last,
                           width, height, p_lo, p_span, saturation, low_min_events)
 
-    runs = list(zip(bounds[:-1], bounds[1:]))
-    futures = [pool(len(runs) - 1).submit(run, first, last) for first, last in runs[1:]]
-    results = [run(*runs[0])] + [future.result() for future in futures]
+    results = run_parts(run, list(zip(bounds[:-1], bounds[1:])))
     bad = [r for r in results if r >= 0]
     if bad:
         return min(bad)
@@ -914,8 +912,8 @@ def _compiled_for(dispatcher, args):
 _IN_WINDOW_PUSH: dict = {}
 
 
-def _push_in_window_for(layout: np.dtype, in_window_args: tuple):
-    key = (layout, in_window_args[2].dtype)
+def _push_in_window_for(layout: np.dtype, frame_dtype: np.dtype, in_window_args: tuple):
+    key = (layout, frame_dtype)
     push = _IN_WINDOW_PUSH.get(key)
     if push is None:
         push = _IN_WINDOW_PUSH[key] = _compiled_for(_push_records, (np.empty(0, layout), *in_window_args))
@@ -1001,10 +999,7 @@ class StreamingBinner:
         """Forget the stream: drop the open window; the next window starts at start_time or the next event."""
         self.start_time = None if start_time is None else int(start_time)
         self._open_index = 0
-        self._open = np.zeros(self._frame_shape, self.dtype)
-        self._open_flat = self._open.reshape(-1)
-        self._in_window_args = (self._state, self._clock, self._open_flat, self._no_block, self._low,
-                                self._saturation)
+        self._set_open(np.zeros(self._frame_shape, self.dtype))
         self._low[...] = 0
         self._clock[:] = -np.inf
         state = self._state
@@ -1025,17 +1020,24 @@ class StreamingBinner:
         t0 = self.start_time + self._open_index * self.time_window
         return t0, t0 + self.time_window
 
+    def _set_open(self, frame: np.ndarray) -> None:
+        """frame (P, H, W) becomes the window being filled."""
+        self._open = frame
+        self._open_flat = frame.reshape(-1)
+        self._in_window_args = (self._state, self._clock, self._open_flat, self._no_block, self._low,
+                                self._saturation)
+
     def push(self, chunk) -> list[Frame]:
         """Count a chunk of events (any layout, read in place); return the frames it completed (oldest first)."""
+        known_layout = type(chunk) is np.ndarray and chunk.dtype is self._in_place_layout and chunk.ndim == 1
         push_in_window = self._push_in_window
-        if (push_in_window is not None and type(chunk) is np.ndarray and chunk.dtype is self._in_place_layout
-                and chunk.ndim == 1 and self.start_time is not None):
+        if known_layout and push_in_window is not None and self.start_time is not None:
             flags = chunk.flags
             # the common case of a live stream: a small chunk inside the open window; anything else (a
             # window closes, a bad event) changes nothing here and goes the general way below
             if flags.c_contiguous and flags.aligned and push_in_window(chunk, *self._in_window_args) == -1:
                 return []
-        if type(chunk) is np.ndarray and chunk.dtype is self._in_place_layout and chunk.ndim == 1:
+        if known_layout:
             # A live source pushes thousands of small chunks a second, all of one layout: skip the checks.
             events, t, x, y, p = chunk, chunk["t"], chunk["x"], chunk["y"], chunk["p"]
         else:
@@ -1044,7 +1046,8 @@ class StreamingBinner:
                 self._in_place_layout = chunk.dtype
                 takes_records = chunk.dtype.names is not None and all(
                     np.dtype(chunk.dtype.fields[f][0]).kind in "iubf" for f in ("t", "x", "y", "p"))
-                self._push_in_window = _push_in_window_for(chunk.dtype, self._in_window_args) if takes_records else None
+                self._push_in_window = (_push_in_window_for(chunk.dtype, self.dtype, self._in_window_args)
+                                        if takes_records else None)
         n = t.shape[0]
         if n == 0:
             return []
@@ -1096,10 +1099,7 @@ class StreamingBinner:
         for i in range(n_new - 1):
             t0 += window
             frames.append(Frame(block[i], t0, t0 + window))
-        self._open = block[n_new - 1]
-        self._open_flat = self._open.reshape(-1)
-        self._in_window_args = (self._state, self._clock, self._open_flat, self._no_block, self._low,
-                                self._saturation)
+        self._set_open(block[n_new - 1])
         self._open_index += n_new
         self._state[_S_OPEN_INDEX] = self._open_index
         return frames

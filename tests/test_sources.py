@@ -260,7 +260,7 @@ def test_folder_source_reads_the_next_sample_ahead_and_reports_its_error_when_it
             if isinstance(item, Chunk):
                 decided.append(1)     # the first window is decided at its first chunk
             if isinstance(item, WindowEnd):
-                ahead = source._first_sample
+                ahead = source._read_ahead
     assert isinstance(items[0], WindowStart) and isinstance(items[-1], WindowEnd)  # sample 0 ended first
     assert ahead is not None and ahead[0] == bad and isinstance(ahead[1], SourceError)  # read before its time
     assert "timestamp steps back" in str(info.value)

@@ -298,7 +298,7 @@ class FolderSource(Source):
         self.limit = limit
         self._sensor_size_arg = sensor_size
         self.samples_done = 0
-        self._first_sample = None
+        self._read_ahead = None   # (path, events or its SourceError): a sample read before it is due
         self._formats: dict[str, str] = {}
 
     def open(self, default_sensor_size=None) -> None:
@@ -323,7 +323,7 @@ class FolderSource(Source):
     def warm_up(self, slice_us: float) -> None:
         # kept for items(): the first samples of many streams are then not all read at the moment
         # their clocks start
-        self._first_sample = (self.samples[0].path, self._read_sample(self.samples[0].path))
+        self._read_ahead = (self.samples[0].path, self._read_sample(self.samples[0].path))
 
     def _read_sample(self, path: Path):
         """A sample's events, or the SourceError that reading it gave (raised by items() when that sample
@@ -356,8 +356,8 @@ class FolderSource(Source):
             for index, sample in enumerate(self.samples):
                 if stop.is_set():
                     return
-                first, self._first_sample = self._first_sample, None
-                events = first[1] if first is not None and first[0] == sample.path else self._read_sample(sample.path)
+                ahead, self._read_ahead = self._read_ahead, None
+                events = ahead[1] if ahead is not None and ahead[0] == sample.path else self._read_sample(sample.path)
                 if isinstance(events, SourceError):
                     raise events
                 name = f"{sample.class_name}/{sample.path.name}"
@@ -383,7 +383,7 @@ class FolderSource(Source):
                             # next file at once (16 streams: 1-2 ms of the replay thread there)
                             following = self._following(index)
                             if following is not None:
-                                self._first_sample = (following.path, self._read_sample(following.path))
+                                self._read_ahead = (following.path, self._read_sample(following.path))
                         if not pacer.wait_until(int(t[-1]) + 1):
                             return
                         break

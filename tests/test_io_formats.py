@@ -1,6 +1,7 @@
 """Every format: files the tests write (with the project's writers, dv-processing's AEDAT 4 writer and
 the small writers below) round-trip exactly; every real recording gives the figures of conftest's
 RECORDINGS; chunked == whole; store round trips."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -513,6 +514,118 @@ def test_store_damaged_scaleoffset_chunk_is_reported(tmp_path, direct):
             rec.read_range(70_000, 70_010)
         with pytest.raises(EventFormatError, match="chunk 0 .* outside the sensor"):
             rec.read_range(0, 10)
+
+
+@pytest.mark.parametrize("field,byte,message", [("x", 0xF0, "outside the sensor"), ("p", None, "polarity other")])
+def test_store_damage_is_found_by_the_whole_chunk_decoder(tmp_path, field, byte, message):
+    """Reads of a whole chunk decode x, y and p through lookup tables (short ones do not): a value out
+    of range is reported by both, also for a file read by its summary (the damage done with the
+    modification time put back, as if the disk had flipped the bits)."""
+    import h5py
+
+    events = _tricky_events()[:100_000]
+    path = tmp_path / "d.h5"
+    write_store(path, events, (1280, 720))
+    recorded = path.stat().st_mtime_ns
+    with h5py.File(path, "r") as f:
+        chunk = f[f"events/{field}"].id.get_chunk_info_by_coord((0,))
+    data = bytearray(path.read_bytes())
+    if byte is None:
+        data[chunk.byte_offset + 5] = 7  # minval 7: every polarity 7 or 8
+    else:
+        data[chunk.byte_offset + 21] |= byte  # x codes far past the sensor's width
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(recorded, recorded))
+    with StoreRecording(path) as rec:
+        assert rec._summary is not None
+        for stop in (10, 65_536):
+            with pytest.raises(EventFormatError, match=f"chunk 0 .* {message}"):
+                rec.read_range(0, stop)
+        np.testing.assert_array_equal(rec.read_range(65_536, 100_000), events[65_536:])
+
+
+def test_store_summary_opens_a_finished_store_without_hdf5(tmp_path):
+    import h5py
+
+    events = _tricky_events()[:300_000]
+    path = tmp_path / "s.h5"
+    write_store(path, events, (1280, 720), source_format="evt3")
+    assert path.read_bytes().startswith(b"streamsnn-store\n") and detect_format(path) == "hdf5"
+    with StoreRecording(path) as rec:
+        assert rec._summary is not None
+        assert (len(rec), rec.format_version, tuple(rec.sensor_size)) == (300_000, 2, (1280, 720, 2))
+        assert rec.sensor_size_source == "header"
+        np.testing.assert_array_equal(rec.read(), events)
+        t = events["t"]
+        window = rec.read_window(int(t[70_000]), int(t[140_000]))
+        np.testing.assert_array_equal(window, events[(t >= t[70_000]) & (t < t[140_000])])
+        assert (rec.source_format, rec.source_name) == ("evt3", "")
+        assert rec._hdf5 is None  # HDF5 never opened the file
+        rec.refresh()  # unchanged since its writer closed it: nothing to see
+        assert rec._summary is not None
+    with h5py.File(path, "r") as f:  # still a plain HDF5 file to every other reader
+        assert f.userblock_size == 8192
+        np.testing.assert_array_equal(f["events/x"][:], events["x"])
+
+
+def test_store_changed_after_writing_opens_through_hdf5(tmp_path):
+    import h5py
+
+    events = _tricky_events()[:100_000]
+    more = _tricky_events()[200_000:230_000]
+    path = tmp_path / "c.h5"
+    write_store(path, events, (1280, 720))
+    with StoreRecording(path) as rec:
+        assert rec._summary is not None
+        with h5py.File(path, "r+") as f:  # another program appends (and the index with it)
+            for name in ("t", "x", "y", "p"):
+                f["events"][name].resize((130_000,))
+                f["events"][name][100_000:] = more[name]
+            for name, reduce in (("t_min", np.min), ("t_max", np.max)):
+                f["index"][name].resize((2,))
+                f["index"][name][1] = reduce(np.concatenate((events["t"][65_536:], more["t"])))
+        rec.refresh()  # the file changed: this reader goes on through HDF5
+        assert rec._summary is None and len(rec) == 130_000
+        np.testing.assert_array_equal(rec.read(), np.concatenate((events, more)))
+    with StoreRecording(path) as rec:
+        assert rec._summary is None  # the summary no longer matches: HDF5 opens it
+        np.testing.assert_array_equal(rec.read(), np.concatenate((events, more)))
+
+
+def test_store_copy_and_damaged_summary_open_through_hdf5(tmp_path):
+    import shutil
+
+    events = _tricky_events()[:100_000]
+    path = tmp_path / "o.h5"
+    write_store(path, events, (1280, 720))
+    shutil.copy(path, tmp_path / "copy.h5")  # a new modification time
+    recorded = path.stat().st_mtime_ns
+    data = bytearray(path.read_bytes())
+    data[8192 - 100] ^= 0x40  # in the summary's chunk table
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(recorded, recorded))
+    for name in ("copy.h5", "o.h5"):
+        with StoreRecording(tmp_path / name) as rec:
+            assert rec._summary is None
+            np.testing.assert_array_equal(rec.read(), events)
+            assert isinstance(rec._src, int)  # raw chunks still read straight from the file: the
+            # user block in front does not shift HDF5's chunk addresses (checked on one chunk)
+
+
+def test_stores_without_a_summary_are_still_found_and_read(tmp_path, monkeypatch):
+    from streamsnn.io import store
+
+    events = _tricky_events()[:100_000]
+    with EventStoreWriter(tmp_path / "g.h5", (1280, 720), compression="gzip") as writer:  # no decoder of ours
+        writer.append(events)
+    monkeypatch.setattr(store, "SUMMARY_MAX_CHUNKS", 1)  # as a store of more than 4 million events
+    write_store(tmp_path / "big.h5", events, (1280, 720))
+    for name in ("g.h5", "big.h5"):
+        assert (tmp_path / name).read_bytes()[:16] == bytes(16)  # user block left empty
+        assert detect_format(tmp_path / name) == "hdf5"
+        with StoreRecording(tmp_path / name) as rec:
+            assert rec._summary is None
+            np.testing.assert_array_equal(rec.read(), events)
 
 
 def test_store_version_1_lzf_layout_still_reads(camera_events, tmp_path):

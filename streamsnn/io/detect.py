@@ -33,6 +33,23 @@ _EXTENSIONS = {
 }
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+# An event store's summary, in the HDF5 user block in front of the file (io/store.py).
+STORE_SUMMARY_MAGIC = b"streamsnn-store\n"
+
+
+def looks_like_hdf5(head: bytes) -> bool:
+    """head (a file's first PROBE_BYTES) starts an HDF5 file: its signature at byte 0, or where the
+    format lets a user block end (512, 1024, 2048, ... bytes in), or an event store's summary."""
+    if head.startswith(HDF5_MAGIC) or head.startswith(STORE_SUMMARY_MAGIC):
+        return True
+    offset = 512
+    while offset + len(HDF5_MAGIC) <= len(head):
+        if head[offset:offset + len(HDF5_MAGIC)] == HDF5_MAGIC:
+            return True
+        offset *= 2
+    return False
+
+
 NPY_MAGIC = b"\x93NUMPY"
 PROBE_BYTES = 64 * 1024
 
@@ -107,7 +124,7 @@ def detect_format(path) -> str:
         head = f.read(PROBE_BYTES)
     if not head:
         raise EventFormatError(path, "file is empty", offset=0)
-    if head.startswith(HDF5_MAGIC):
+    if looks_like_hdf5(head):
         return "hdf5"
     if head.startswith(NPY_MAGIC):
         return "npy"

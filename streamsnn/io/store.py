@@ -24,6 +24,15 @@ Format version 1 (shuffle + LZF, 13 bytes an event before compression) is
 still read, with its own parallel LZF decoder; ``compression="lzf"`` still
 writes it.
 
+A finished store of up to 4.2 million events carries a summary in the HDF5
+user block (the first SUMMARY_BYTES of the file, which HDF5 leaves to the
+application): the event count, sensor size, each chunk's file offset, size
+and filter mask, and the time index. A reader opens such a file without HDF5
+(one 8 kB read instead of ~1 ms of object headers, attributes and chunk
+indexes) as long as the file is exactly as its writer left it (size and
+modification time as recorded); a copied or changed file opens through HDF5
+as before.
+
 A time-window read looks only at the index (a few kB for a billion events)
 to find the blocks that can hold the window, and reads just those; min/max
 per block keeps it exact even where timestamps step back a little (EVT 3.0).
@@ -37,8 +46,10 @@ as the event count.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +59,7 @@ from ..errors import EventFormatError, SensorSizeError
 from ..events import EVENT_DTYPE, SensorSize, as_events, empty_events
 from ..threads import available_threads, run_parts
 from .base import Recording, new_sibling_file, publish_file
+from .detect import STORE_SUMMARY_MAGIC as SUMMARY_MAGIC
 
 STORE_FORMAT = "events"
 STORE_VERSION = 2
@@ -139,7 +151,9 @@ class EventStoreWriter:
             raise EventFormatError(self.path, "is a folder")
         self.sensor_size = None if sensor_size is None else SensorSize.coerce(sensor_size)
         # "w-" creates the file and fails if one appeared since the check above
-        self._file = h5py.File(self.path, "w" if overwrite else "w-", libver="latest")
+        self._file = h5py.File(self.path, "w" if overwrite else "w-", libver="latest",
+                               userblock_size=SUMMARY_BYTES)
+        self._kind = "scaleoffset" if compression == "scaleoffset" else ("lzf" if compression == "lzf" else None)
         try:
             f = self._file
             f.attrs["streamsnn_format"] = STORE_FORMAT
@@ -209,7 +223,37 @@ class EventStoreWriter:
     def close(self) -> None:
         if self._file.id.valid:
             self._file.flush()
+            summary = self._summary()
             self._file.close()
+            if summary is not None:
+                _write_summary(self.path, *summary)
+
+    def _summary(self):
+        """(facts, table) for the file's summary, or None where our readers could not use one."""
+        if self._kind is None or self.count > SUMMARY_MAX_CHUNKS * CHUNK_EVENTS:
+            return None
+        f = self._file
+        chunks = (self.count + CHUNK_EVENTS - 1) // CHUNK_EVENTS
+        table = np.zeros((chunks, _SUMMARY_COLUMNS), np.int64)
+        fill = []
+        for column, name in enumerate(FIELDS):
+            dataset_id = f["events"][name].id
+            kind, cd = _fast_kind(dataset_id, EVENT_DTYPE[name])
+            if kind != self._kind:
+                return None
+            fill.append([int(cd[7]), _scaleoffset_fill(cd, dataset_id.dtype)] if kind == "scaleoffset" else [0, 0])
+            for c in range(chunks):
+                info = dataset_id.get_chunk_info_by_coord((c * CHUNK_EVENTS,))
+                if info.byte_offset is None:
+                    return None
+                table[c, 3 * column:3 * column + 3] = info.byte_offset, info.size, info.filter_mask
+        table[:, 12] = f["index"]["t_min"][:chunks]
+        table[:, 13] = f["index"]["t_max"][:chunks]
+        facts = {"events": self.count, "format_version": int(f.attrs["format_version"]), "kind": self._kind,
+                 "sensor_size": None if self.sensor_size is None else [int(v) for v in self.sensor_size],
+                 "source_format": str(f.attrs["source_format"]), "source_name": str(f.attrs["source_name"]),
+                 "fill": fill}
+        return facts, table
 
     def __enter__(self):
         return self
@@ -224,22 +268,19 @@ class StoreRecording(Recording):
 
     def __init__(self, path, sensor_size=None):
         super().__init__(path, None)
-        h5py = _h5py()
-        self._dataset_ids = []
+        self._hdf5 = None  # (file id, the field datasets' ids) once HDF5 has opened the file
         self._h5py_file = None
+        self._h5py_datasets = None
+        self._summary = None  # the facts of the file's summary, while this reader goes by it
+        self._summary_fd = None
+        self._time_index = None  # (t_min, t_max) per chunk, from the summary
+        self._fast = None
+        self._src = None  # the file descriptor for our own reads of raw chunks (False: not to be)
+        self._table = None  # every chunk's file offset, size and filter mask, per field
+        self._source = None  # (source_format, source_name), read when first asked for
         try:
-            self._fid = h5py.h5f.open(os.fsencode(self.path), h5py.h5f.ACC_RDONLY, fapl=_read_fapl())
-        except OSError as exc:
-            if "already open for write" not in str(exc):
-                raise EventFormatError(self.path, f"not a readable HDF5 file: {exc}", offset=0) from None
-            # A SWMR writer has the file open, or was killed: only a SWMR read
-            # may open it, and it sees everything that writer flushed.
-            try:
-                self._fid = _open_swmr_read(self.path)
-            except _H5_ERRORS as exc2:
-                raise EventFormatError(self.path, f"not a readable HDF5 file: {exc2}", offset=0) from None
-        try:
-            self._open(sensor_size)
+            if not self._open_from_summary(sensor_size):
+                self._open(sensor_size)
         except EventFormatError:            # names the file and what is wrong already
             self.close()
             raise
@@ -250,15 +291,92 @@ class StoreRecording(Recording):
             self.close()
             raise
 
+    def _open_from_summary(self, sensor_size) -> bool:
+        """Open a finished store by its summary, without HDF5; False where it has none to trust."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            return False  # HDF5 says what is wrong
+        found = _read_summary(fd)
+        if found is None or int(found[0]["format_version"]) not in READABLE_VERSIONS:
+            os.close(fd)
+            return False
+        facts, table = found
+        self._summary, self._summary_fd, self._src = facts, fd, fd
+        self.format_version = int(facts["format_version"])
+        self._length = int(facts["events"])
+        self._bytes_at_open = int(facts["file_bytes"])
+        self._fast, self._kind = True, facts["kind"]
+        fill = np.array(facts["fill"], dtype=np.int64).reshape(4, 2)
+        self._fill_defined, self._fill_value = fill[:, 0].copy(), fill[:, 1].copy()
+        places = table[:, :12].reshape(-1, 4, 3)
+        self._table = tuple(np.ascontiguousarray(places[:, :, k].T) for k in range(3))
+        self._time_index = table[:, 12].copy(), table[:, 13].copy()
+        self._source = str(facts["source_format"]), str(facts["source_name"])
+        self._set_sensor_size(facts["sensor_size"], sensor_size)
+        return True
+
+    def _leave_summary(self) -> None:
+        """Go on through HDF5 (the file changed since its writer closed it)."""
+        os.close(self._summary_fd)
+        self._summary = self._summary_fd = self._time_index = None
+        self._src = self._table = self._fast = None
+
     def _open(self, sensor_size):
-        # Opening costs as much as decoding a small file, and every HDF5 object
-        # touched for the first time after opening is read from the file: here
-        # only low-level calls (a third to a half of the time of h5py's
-        # high-level ones), no h5py.Dataset objects until h5py itself must read
-        # (they cost more than the read of a small file), and source_format /
-        # source_name only when asked for.
+        fid, dataset_ids = self._hdf5_objects()
+        self._bytes_at_open = self._file_bytes()
+        self._length = self._measure()
+        self._set_sensor_size(_attribute(fid, "sensor_size"), sensor_size)
+
+    def _set_sensor_size(self, stored, given) -> None:
+        if stored is not None:
+            try:
+                self.sensor_size, self.sensor_size_source = SensorSize.coerce(stored), "header"
+            except SensorSizeError as exc:
+                raise EventFormatError(self.path, f"sensor_size attribute: {exc}") from None
+        elif given is not None:
+            self.sensor_size, self.sensor_size_source = SensorSize.coerce(given), "argument"
+
+    @property
+    def _fid(self):
+        return self._hdf5_objects()[0]
+
+    @property
+    def _dataset_ids(self):
+        return self._hdf5_objects()[1]
+
+    def _hdf5_objects(self):
+        """(file id, field dataset ids), opening the file through HDF5 the first time."""
+        if self._hdf5 is None:
+            fid = self._open_file_id()
+            try:
+                self._hdf5 = fid, self._open_fields(fid)
+            except BaseException:
+                fid.close()
+                raise
+        return self._hdf5
+
+    def _open_file_id(self):
         h5py = _h5py()
-        fid = self._fid
+        try:
+            return h5py.h5f.open(os.fsencode(self.path), h5py.h5f.ACC_RDONLY, fapl=_read_fapl())
+        except OSError as exc:
+            if "already open for write" not in str(exc):
+                raise EventFormatError(self.path, f"not a readable HDF5 file: {exc}", offset=0) from None
+        # A SWMR writer has the file open, or was killed: only a SWMR read
+        # may open it, and it sees everything that writer flushed.
+        try:
+            return _open_swmr_read(self.path)
+        except _H5_ERRORS as exc:
+            raise EventFormatError(self.path, f"not a readable HDF5 file: {exc}", offset=0) from None
+
+    def _open_fields(self, fid):
+        # Every HDF5 object touched for the first time after opening is read
+        # from the file: here only low-level calls (a third to a half of the
+        # time of h5py's high-level ones), no h5py.Dataset objects until h5py
+        # itself must read (they cost more than the read of a small file), and
+        # source_format / source_name only when asked for.
+        h5py = _h5py()
         if _attribute(fid, "streamsnn_format") != STORE_FORMAT or not fid.links.exists(b"events"):
             raise EventFormatError(self.path, "HDF5 file is not a streamsnn event store "
                                               "(no 'streamsnn_format' attribute or /events group)")
@@ -271,22 +389,7 @@ class StoreRecording(Recording):
         missing = [name for name in FIELDS if not events.links.exists(name.encode())]
         if missing:
             raise EventFormatError(self.path, f"event store lacks /events/{missing[0]}")
-        self._dataset_ids = [h5py.h5d.open(events, name.encode()) for name in FIELDS]
-        self._h5py_datasets = None
-        self._bytes_at_open = self._file_bytes()
-        self._length = self._measure()
-        self._fast = None
-        self._src = None  # the file descriptor for our own reads of raw chunks (False: not to be)
-        self._table = None  # every chunk's file offset, size and filter mask, per field
-        self._source = None  # (source_format, source_name), read when first asked for
-        stored = _attribute(fid, "sensor_size")
-        if stored is not None:
-            try:
-                self.sensor_size, self.sensor_size_source = SensorSize.coerce(stored), "header"
-            except SensorSizeError as exc:
-                raise EventFormatError(self.path, f"sensor_size attribute: {exc}") from None
-        elif sensor_size is not None:
-            self.sensor_size, self.sensor_size_source = SensorSize.coerce(sensor_size), "argument"
+        return [h5py.h5d.open(events, name.encode()) for name in FIELDS]
 
     @property
     def _datasets(self):
@@ -319,6 +422,11 @@ class StoreRecording(Recording):
 
     def refresh(self) -> None:
         """See events a live writer flushed since this file was opened."""
+        if self._summary is not None:
+            stat = os.fstat(self._summary_fd)
+            if (stat.st_size, stat.st_mtime_ns) == (self._summary["file_bytes"], self._summary["mtime_ns"]):
+                return  # a finished file, as its writer left it
+            self._leave_summary()
         for dataset_id in self._dataset_ids:
             dataset_id.refresh()
         for name in ("t_min", "t_max"):
@@ -335,16 +443,22 @@ class StoreRecording(Recording):
 
     def close(self) -> None:
         self._src = None  # HDF5's own descriptor: closed with the file
+        if self._summary_fd is not None:
+            os.close(self._summary_fd)
+            self._summary_fd = None
+        if self._hdf5 is None:
+            return
+        fid, dataset_ids = self._hdf5
         if self._h5py_file is not None:
             if self._h5py_file.id.valid:
                 self._h5py_file.close()  # and every object open in it
             return
         # the file closes when the last object open in it does (HDF5's default close degree)
-        for dataset_id in self._dataset_ids:
+        for dataset_id in dataset_ids:
             if dataset_id.valid:
                 dataset_id.close()
-        if self._fid.valid:
-            self._fid.close()
+        if fid.valid:
+            fid.close()
 
     def read_range(self, start: int, stop: int) -> np.ndarray:
         """Events start..stop-1 (by position)."""
@@ -374,6 +488,8 @@ class StoreRecording(Recording):
         return out
 
     def _file_bytes(self) -> int:
+        if self._summary_fd is not None:
+            return os.fstat(self._summary_fd).st_size
         try:
             return os.fstat(self._fid.get_vfd_handle()).st_size
         except (OSError, TypeError, ValueError):  # a driver without a file descriptor
@@ -477,8 +593,10 @@ class StoreRecording(Recording):
         """The file descriptor to read raw chunks from at their file offsets, or None where that is not safe.
 
         Not while a writer may have the file open (SWMR): it can move a chunk
-        it rewrites. Not for files with a user block (chunk addresses would not
-        be file offsets). HDF5's own descriptor (this reader opened the file
+        it rewrites. Not for a file with a user block (a summarised store opened
+        through HDF5) unless its chunk addresses are file offsets: HDF5 writes
+        them so (base address 0), but the format allows otherwise; one chunk is
+        compared. HDF5's own descriptor (this reader opened the file
         with the default driver): the very file HDF5 reads, even if the path
         has been replaced since. Read with ``preadv``, never memory-mapped: a
         mapped file that shrinks under the reader kills the process with
@@ -486,14 +604,26 @@ class StoreRecording(Recording):
         """
         if self._src is None:
             fid = self._fid
-            if fid.get_intent() & _h5py().h5f.ACC_SWMR_READ or fid.get_create_plist().get_userblock() != 0:
-                self._src = False
-            else:
+            self._src = False
+            if not fid.get_intent() & _h5py().h5f.ACC_SWMR_READ:
                 try:
-                    self._src = fid.get_vfd_handle()
+                    handle = fid.get_vfd_handle()
                 except (OSError, TypeError, ValueError):
-                    self._src = False
+                    handle = False
+                if fid.get_create_plist().get_userblock() == 0 or self._addresses_are_offsets(handle):
+                    self._src = handle
         return None if self._src is False else self._src
+
+    def _addresses_are_offsets(self, handle) -> bool:
+        if handle is False or len(self) == 0:
+            return handle is not False
+        try:
+            dataset_id = self._dataset_ids[-1]  # p: the smallest chunks
+            info = dataset_id.get_chunk_info_by_coord((0,))
+            _, data = dataset_id.read_direct_chunk((0,))
+            return info.byte_offset is not None and os.pread(handle, info.size, info.byte_offset) == data
+        except (OSError, *_H5_ERRORS):
+            return False
 
     def _read_chunks(self, begins, ends, masks):
         """The bytes of the chunks at file offsets begins..ends, as (buffer, begins, ends, masks)
@@ -600,8 +730,11 @@ class StoreRecording(Recording):
         n = len(self)
         blocks = (n + INDEX_STRIDE - 1) // INDEX_STRIDE
         try:
-            t_min = self._file["index"]["t_min"][:blocks]
-            t_max = self._file["index"]["t_max"][:blocks]
+            if self._time_index is not None:
+                t_min, t_max = self._time_index
+            else:
+                t_min = self._file["index"]["t_min"][:blocks]
+                t_max = self._file["index"]["t_max"][:blocks]
         except _H5_ERRORS as exc:
             raise EventFormatError(self.path, f"corrupt event store index: {exc}") from None
         if t_min.size < blocks:
@@ -650,6 +783,91 @@ def _read_fapl():
     return h5py.h5p.create(h5py.h5p.FILE_ACCESS)
 
 
+# The file summary: what a reader needs to read a finished store without HDF5, in the
+# HDF5 user block (bytes HDF5 leaves to the application; any HDF5 reader skips them).
+# Opening a small store through HDF5 costs as much as decoding it (the library reads
+# every object header, attribute and chunk index it is asked for: ~1 ms), more than
+# reading the whole RAW file it came from. The summary is trusted only while the file
+# is exactly as its writer left it (size and modification time as recorded, the way
+# Python's .pyc files trust their source's); anything else opens through HDF5.
+#   [0:16] SUMMARY_MAGIC, [16:20] length L of the JSON facts, [20:24] CRC-32 of what follows,
+#   [24:24 + L] JSON facts, and ending the block int64 rows, one per chunk of CHUNK_EVENTS
+#   events: (file offset, bytes, filter mask) of t, x, y and p's chunk, then t_min, t_max.
+SUMMARY_BYTES = 8192
+SUMMARY_VERSION = 1
+_SUMMARY_COLUMNS = 14
+# Rows that fit beside the facts (112 bytes each): larger stores (4.2 million events up) open
+# through HDF5, whose cost is small beside their decoding.
+SUMMARY_MAX_CHUNKS = 64
+
+
+def _summary_block(facts: dict, table: np.ndarray, file_bytes: int, mtime_ns: int) -> bytes | None:
+    """The SUMMARY_BYTES of the user block, or None if the facts and the table do not fit."""
+    facts = dict(facts, summary_version=SUMMARY_VERSION, file_bytes=file_bytes, mtime_ns=mtime_ns)
+    text = json.dumps(facts, separators=(",", ":")).encode()
+    rows = np.ascontiguousarray(table, dtype="<i8").tobytes()
+    table_at = SUMMARY_BYTES - len(rows)  # the table ends the block
+    if 24 + len(text) > table_at:
+        return None
+    body = text.ljust(table_at - 24, b" ") + rows
+    return SUMMARY_MAGIC + len(text).to_bytes(4, "little") + zlib.crc32(body).to_bytes(4, "little") + body
+
+
+def _write_summary(path, facts: dict, table: np.ndarray) -> bool:
+    """Write the summary into the user block of the closed store at path, and set the file's
+    modification time to the one it records; False (and no summary) where that cannot be done."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        mtime_ns = time.time_ns()
+        for _ in range(2):  # a file system with coarse timestamps keeps fewer digits: once more with those
+            block = _summary_block(facts, table, os.fstat(fd).st_size, mtime_ns)
+            if block is None:
+                return False
+            os.pwrite(fd, block, 0)
+            stat = os.fstat(fd)
+            os.utime(fd if os.utime in os.supports_fd else path, ns=(stat.st_atime_ns, mtime_ns))
+            kept = os.fstat(fd).st_mtime_ns
+            if kept == mtime_ns:
+                return True
+            mtime_ns = kept
+        os.pwrite(fd, bytes(len(SUMMARY_MAGIC)), 0)
+        return False
+    finally:
+        os.close(fd)
+
+
+def _read_summary(fd: int):
+    """(facts, table) from the summary of the store open as fd, or None unless the file is as its
+    writer left it and the summary is whole and consistent."""
+    try:
+        head = os.pread(fd, SUMMARY_BYTES, 0)
+        if not head.startswith(SUMMARY_MAGIC) or len(head) < SUMMARY_BYTES:
+            return None
+        length = int.from_bytes(head[16:20], "little")
+        if 24 + length > SUMMARY_BYTES or zlib.crc32(head[24:]) != int.from_bytes(head[20:24], "little"):
+            # the CRC covers the facts, the padding and the table to the block's end
+            return None
+        facts = json.loads(head[24:24 + length])
+        stat = os.fstat(fd)
+        if (facts.get("summary_version") != SUMMARY_VERSION or facts["file_bytes"] != stat.st_size
+                or facts["mtime_ns"] != stat.st_mtime_ns):
+            return None
+        events = int(facts["events"])
+        chunks = (events + CHUNK_EVENTS - 1) // CHUNK_EVENTS
+        table_at = SUMMARY_BYTES - chunks * 8 * _SUMMARY_COLUMNS
+        if events < 0 or 24 + length > table_at:
+            return None
+        table = np.frombuffer(head, "<i8", chunks * _SUMMARY_COLUMNS, table_at).reshape(chunks, _SUMMARY_COLUMNS)
+        places = table[:, :12].reshape(chunks, 4, 3)
+        if (facts["kind"] not in ("scaleoffset", "lzf") or np.any(places[:, :, 0] < SUMMARY_BYTES)
+                or np.any(places[:, :, 1] <= 0) or np.any(places[:, :, 0] + places[:, :, 1] > stat.st_size)
+                or len(facts["fill"]) != 4):
+            return None
+        return facts, table.astype(np.int64)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _scaleoffset_fill(params, dtype) -> int:
     size = dtype.itemsize
     raw = b"".join(int(v).to_bytes(4, "little") for v in params[8:8 + (size + 3) // 4])[:size]
@@ -685,6 +903,12 @@ _GATHER_SLACK_BYTES = 1 << 20
 # core is 12-30 µs, but a thread woken while the caller computes waits for its vCPU to wake).
 _EVENTS_PER_THREAD = 100_000
 _FIELD_BYTES = (8, 2, 2, 1)  # t, x, y, p
+# Events per field-by-field block of the scale-offset decoder (16 kB of records: L1).
+_DECODE_BLOCK = 1024
+# Widest x/y/p codes decoded through lookup tables (32 kB each at most).
+_TABLE_BITS = 12
+_BAD_XY_FLAG = 1 << 61
+_BAD_P_FLAG = 1 << 62
 
 
 @njit(cache=True, nogil=True)
@@ -853,6 +1077,17 @@ def _scaleoffset_value(src, i, mode, minbits, minval, start, end, size, fill_def
 
 
 @njit(cache=True)
+def _code_table(bits, minval, ones, fill, mask, limit, shift, bad_flag):
+    """The record bits of every code of a field packed in ``bits`` bits: (value & mask) << shift,
+    or'ed with bad_flag where the value is ``limit`` or more."""
+    table = np.empty(np.int64(1) << bits, np.int64)
+    for code in range(table.shape[0]):
+        value = (fill if code == ones else code + minval) & mask
+        table[code] = (value << shift) | (bad_flag if value >= limit else 0)
+    return table
+
+
+@njit(cache=True)
 def _decode_scaleoffset_chunk(c, lo, hi, src, begins, ends, masks, rows, out, chunk_events, x_limit, y_limit,
                               fill_defined, fill_value):
     """Unpack events lo..hi-1 of chunk c's four fields (src[begins[4c + f]:ends[4c + f]]) into
@@ -891,28 +1126,57 @@ def _decode_scaleoffset_chunk(c, lo, hi, src, begins, ends, masks, rows, out, ch
     t_fill, x_fill, y_fill, p_fill = fill_value[0], fill_value[1], fill_value[2], fill_value[3]
     t_at, x_at, y_at, p_at = at[0] + lo * t_step, at[1] + lo * x_step, at[2] + lo * y_step, at[3] + lo * p_step
     # Records as one flat int64 array indexed with unsigned integers: no negative-index
-    # wraparound on the stores (2 words per event).
+    # wraparound on the stores (2 words per event). t, then x/y/p, over blocks that stay in
+    # L1: one loop unpacking all four fields keeps ~24 values live and spills to the stack.
     flat = out.reshape(-1)
-    slot = np.uint64(2 * (base + lo))
-    two = np.uint64(2)
-    for i in range(lo, min(fast_n, n)):
-        t = _unpack(src, t_at, t_keep)
-        x = _unpack(src, x_at, x_keep)
-        y = _unpack(src, y_at, y_keep)
-        p = _unpack(src, p_at, p_keep)
-        t_at += t_step
-        x_at += x_step
-        y_at += y_step
-        p_at += p_step
-        t = t_fill if t == t_ones else t + t_min
-        x = (x_fill if x == x_ones else x + x_min) & 0xFFFF
-        y = (y_fill if y == y_ones else y + y_min) & 0xFFFF
-        p = (p_fill if p == p_ones else p + p_min) & 0xFF
-        bad_p |= p > 1
-        bad_xy |= (x >= x_limit) | (y >= y_limit)
-        flat[slot] = t
-        flat[slot + np.uint64(1)] = x | (y << 16) | (p << 32)
-        slot += two
+    end = min(fast_n, n)
+    # x, y and p codes of up to _TABLE_BITS bits (every sensor up to 4096 wide) look their
+    # record bits up in tables built per chunk: one load instead of the fill test, the add,
+    # the mask and the range check, with a flag bit for a value out of range.
+    tabled = x_step <= _TABLE_BITS and y_step <= _TABLE_BITS and p_step <= _TABLE_BITS and end - lo >= 4096
+    flags = np.int64(0)
+    if tabled:
+        x_table = _code_table(x_step, x_min, x_ones, x_fill, 0xFFFF, x_limit, 0, _BAD_XY_FLAG)
+        y_table = _code_table(y_step, y_min, y_ones, y_fill, 0xFFFF, y_limit, 16, _BAD_XY_FLAG)
+        p_table = _code_table(p_step, p_min, p_ones, p_fill, 0xFF, 2, 32, _BAD_P_FLAG)
+    else:
+        x_table = y_table = p_table = np.empty(0, np.int64)
+    for block in range(lo, end, _DECODE_BLOCK):
+        stop = min(block + _DECODE_BLOCK, end)
+        slot = np.uint64(2 * (base + block))
+        for i in range(block, stop):
+            t = _unpack(src, t_at, t_keep)
+            t_at += t_step
+            flat[slot] = t_fill if t == t_ones else t + t_min
+            slot += np.uint64(2)
+        slot = np.uint64(2 * (base + block) + 1)
+        if tabled:
+            for i in range(block, stop):
+                word = (x_table[np.uint64(_unpack(src, x_at, x_keep))] | y_table[np.uint64(_unpack(src, y_at, y_keep))]
+                        | p_table[np.uint64(_unpack(src, p_at, p_keep))])
+                x_at += x_step
+                y_at += y_step
+                p_at += p_step
+                flags |= word
+                flat[slot] = word
+                slot += np.uint64(2)
+            continue
+        for i in range(block, stop):  # short pieces, or codes too wide for a table
+            x = _unpack(src, x_at, x_keep)
+            y = _unpack(src, y_at, y_keep)
+            p = _unpack(src, p_at, p_keep)
+            x_at += x_step
+            y_at += y_step
+            p_at += p_step
+            x = (x_fill if x == x_ones else x + x_min) & 0xFFFF
+            y = (y_fill if y == y_ones else y + y_min) & 0xFFFF
+            p = (p_fill if p == p_ones else p + p_min) & 0xFF
+            bad_p |= p > 1
+            bad_xy |= (x >= x_limit) | (y >= y_limit)
+            flat[slot] = x | (y << 16) | (p << 32)
+            slot += np.uint64(2)
+    bad_xy |= (flags & _BAD_XY_FLAG) != 0
+    bad_p |= (flags & _BAD_P_FLAG) != 0
     # the rest (the last few events of the chunk, or a chunk in another mode): bounds-checked
     k = 4 * c
     for i in range(max(lo, fast_n), n):

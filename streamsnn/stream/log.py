@@ -78,7 +78,7 @@ class DecisionLog:
                 os.unlink(temporary)
 
     def _open_existing(self):
-        from ..io.detect import HDF5_MAGIC
+        from ..io.detect import PROBE_BYTES, looks_like_hdf5
 
         if self.path.is_dir():
             self._fail("is a folder")
@@ -86,10 +86,10 @@ class DecisionLog:
             self._fail("is not a regular file (a device, pipe or socket)")
         try:
             with open(self.path, "rb") as f:
-                magic = f.read(len(HDF5_MAGIC))
+                head = f.read(PROBE_BYTES)
         except OSError as exc:
             self._fail(f"cannot be read ({exc.strerror})")
-        if magic != HDF5_MAGIC:
+        if not looks_like_hdf5(head):
             self._fail("exists and is not an HDF5 file, so not a decision log; refusing to write to it "
                        "(give a new file name)")
         try:

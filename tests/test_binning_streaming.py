@@ -235,6 +235,30 @@ def test_counts_saturate_in_the_stream_too():
     assert frame.data[1, 0, 0] == 32767
 
 
+@pytest.mark.parametrize("dtype", [np.int16, np.float32])
+def test_pushes_inside_the_window_saturate_and_fail_like_the_general_way(dtype):
+    """Chunks that stay in the open window take the one-loop path: a pixel reaching saturation and a bad
+    event are taken back there and redone the general way, so the frames equal to_frame's."""
+    rng = np.random.default_rng(3)
+    n = 40_000
+    hot = rng.random(n) < 0.9  # pixel (0, 0) of channel 1 passes 32,767 counts mid-stream
+    good = make_events(np.where(hot, 0, rng.integers(0, 4, n)), np.where(hot, 0, rng.integers(0, 4, n)),
+                       np.arange(n), np.where(hot, 1, rng.integers(0, 2, n)))
+    binner = StreamingBinner((4, 4, 2), 10**6, start_time=0, dtype=dtype)
+    for start in range(0, n, 700):
+        chunk = good[start:start + 700].copy()
+        bad = chunk.copy()
+        bad["x"][len(bad) // 2] = 4  # outside the sensor: the whole chunk is refused, nothing of it counted
+        with pytest.raises(EventValidationError, match="x = 4 is outside"):
+            binner.push(bad)
+        assert binner.push(chunk) == []
+    frames = binner.flush(10**6)
+    assert frames[0].data[1, 0, 0] == 32767 or dtype == np.float32
+    np.testing.assert_array_equal(np.stack([f.data for f in frames]),
+                                  to_frame(good, (4, 4, 2), time_window=10**6, start_time=0, end_time=10**6,
+                                           dtype=dtype))
+
+
 def test_whole_float_window_is_accepted():
     assert StreamingBinner((4, 4, 2), 30000.0).time_window == 30000
 

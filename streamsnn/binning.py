@@ -891,20 +891,22 @@ def _push_records(events, state, clock, open_frame, no_block, low, saturation):
     x, y, p = events["x"], events["y"], events["p"]
     p_required = state[_S_P_REQUIRED]
     polarities = state[_S_POLARITIES]
-    if ((p_required >= 0 or polarities > 1) and state[_S_OPEN_USES_LOW] == 0 and t[0] >= state[_S_START]
+    if ((p_required >= 0 or polarities > 1) and t[0] >= state[_S_START]
             and t[0] >= max(clock[_C_LAST_T], clock[_C_CLOCK_T])):
         # The steady state of a live stream, in one loop that counts and validates (_count_chunk's
-        # window search and bookkeeping cost a fifth of a 1,000-event push). Anything unusual --
-        # a bad event, a pixel about to saturate -- is taken back and goes the general way.
+        # window search and bookkeeping cost a fifth of a 1,000-event push), in place or in the
+        # open window's low bytes. Anything unusual -- a bad event, a pixel about to saturate, a
+        # carry that would -- is taken back and goes the general way.
         p_lo, p_span = (p_required, 0) if p_required >= 0 else (0, polarities - 1)
         width, height = state[_S_WIDTH], state[_S_HEIGHT]
-        bad = _count(t, x, y, p, 0, n, open_frame, low[:0], width, height, p_lo, p_span, saturation, True,
+        open_low = low if state[_S_OPEN_USES_LOW] != 0 else low[:0]
+        bad = _count(t, x, y, p, 0, n, open_frame, open_low, width, height, p_lo, p_span, saturation, True,
                      state[_S_OPEN_EVENTS])
         if bad == -1:
             state[_S_OPEN_EVENTS] += n
             clock[_C_LAST_T] = t[n - 1]
             return -1
-        _uncount(x, y, p, 0, bad if bad >= 0 else -2 - bad, open_frame, low[:0], width, height, p_lo)
+        _uncount(x, y, p, 0, bad if bad >= 0 else -2 - bad, open_frame, open_low, width, height, p_lo)
     return _push_chunk(t, x, y, p, state, clock, open_frame, no_block, low, saturation)
 
 

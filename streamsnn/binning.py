@@ -353,15 +353,54 @@ def first_invalid_event(t, x, y, p, width, height, polarities, previous_t):
 _T_FRAME, _T_LO, _T_HI, _T_SLOT = range(4)
 
 
+@nb.njit(cache=True, nogil=True, inline="always")
+def _packed_pixel(word, width, height, p_lo, p_span):
+    """_pixel for an EVENT_DTYPE record's second word (x int16, y int16, p int8, padding)."""
+    xi = word & np.uint64(0xFFFF)
+    yi = (word >> np.uint64(16)) & np.uint64(0xFFFF)
+    ci = np.uint64(np.int64(np.int8((word >> np.uint64(32)) & np.uint64(0xFF))) - p_lo)  # p is signed
+    return (ci * height + yi) * width + xi, (xi < width) & (yi < height) & (ci <= p_span)
+
+
+@nb.njit(cache=True, nogil=True)
+def _count_packed(words, lo, hi, target, width, height, p_lo, p_span, saturation):
+    """_count (in place, counted=0) of events laid out as EVENT_DTYPE, read as two int64 words each:
+    two loads an event instead of four (1.1-1.2x)."""
+    if hi - lo <= saturation:  # no pixel can saturate
+        return _count_packed_loop(words, lo, hi, target, width, height, p_lo, p_span, saturation, False)
+    # a function of its own: beside the other loop in one function, LLVM made this one 2.5x slower
+    return _count_packed_loop(words, lo, hi, target, width, height, p_lo, p_span, saturation, True)
+
+
+@nb.njit(cache=True, nogil=True)
+def _count_packed_loop(words, lo, hi, target, width, height, p_lo, p_span, saturation, can_saturate):
+    width = np.uint64(width)
+    height = np.uint64(height)
+    p_span = np.uint64(p_span)
+    previous = words[lo - 1, 0] if lo > 0 else words[lo, 0]
+    for i in range(np.uint64(lo), np.uint64(hi)):
+        ti = words[i, 0]
+        index, inside = _packed_pixel(np.uint64(words[i, 1]), width, height, p_lo, p_span)
+        if not (inside & (ti >= previous)):
+            return np.int64(i)
+        previous = ti
+        v = target[index]
+        if v < saturation or not can_saturate:
+            target[index] = v + 1
+    return -1
+
+
 @nb.njit(cache=True, nogil=True)
 def _bin_tasks(t, x, y, p, frames, scratch, low, tasks, first, last, width, height, p_lo, p_span, saturation,
-               low_min_events):
+               low_min_events, words):
     """Run tasks[first:last] of a work plan; return the first bad event index found, or -1.
 
     frames (T, P*H*W) and scratch (S, P*H*W) may arrive uninitialised: each
     target is cleared just before it fills, which writes it sequentially into
     cache, where the scattered counts then land. A target of low_min_events
     events or more is counted in low bytes first (low: P*H*W uint8 zeros).
+    words: the events as (n, 2) int64 when they are laid out as EVENT_DTYPE
+    (counted through _count_packed), else empty.
     Tasks are ordered by their first event, so the first bad index found
     within one run is the first among the events that run covers.
     """
@@ -376,8 +415,11 @@ def _bin_tasks(t, x, y, p, frames, scratch, low, tasks, first, last, width, heig
             target = frames[frame] if slot < 0 else scratch[slot]
             target[:] = 0
             in_low = hi - lo >= low_min_events
-            bad = _count(t, x, y, p, lo, hi, target, low if in_low else low[:0], width, height, p_lo, p_span,
-                         saturation, False, 0)
+            if words.shape[0] > 0 and not in_low:
+                bad = _count_packed(words, lo, hi, target, width, height, p_lo, p_span, saturation)
+            else:
+                bad = _count(t, x, y, p, lo, hi, target, low if in_low else low[:0], width, height, p_lo,
+                             p_span, saturation, False, 0)
             if in_low:
                 _carry_low(target, low, saturation)
         if bad >= 0:
@@ -478,6 +520,22 @@ def _split(tasks: np.ndarray, workers: int) -> tuple[np.ndarray, list[int], int]
     return tasks, bounds, slots
 
 
+_NO_WORDS = np.zeros((0, 2), np.int64)
+
+
+def _packed_words(fields: EventFields) -> np.ndarray:
+    """The events as (n, 2) int64 words when their fields lie as EVENT_DTYPE lays them (t int64, then
+    x int16, y int16 and p int8 in the next word, 16 bytes a record), else an empty array."""
+    t, x, y, p = fields.t, fields.x, fields.y, fields.p
+    if not (fields.has_y and t.dtype == np.int64 and x.dtype == np.int16 and y.dtype == np.int16
+            and p.dtype == np.int8 and t.strides == x.strides == y.strides == p.strides == (16,)):
+        return _NO_WORDS
+    base = t.__array_interface__["data"][0]
+    if base % 8 or [a.__array_interface__["data"][0] - base for a in (x, y, p)] != [8, 10, 12]:
+        return _NO_WORDS
+    return np.lib.stride_tricks.as_strided(t, shape=(t.shape[0], 2), strides=(16, 8))
+
+
 def _run_plan(fields: EventFields, frames: np.ndarray, starts, ends, width, height, p_lo, p_span, saturation,
               threads) -> int:
     """Count and validate per the plan, on one thread or several; the first bad event index or -1."""
@@ -489,15 +547,16 @@ def _run_plan(fields: EventFields, frames: np.ndarray, starts, ends, width, heig
     tasks = _plan(starts, ends, n)
     workers = _thread_count(threads, n)
     t, x, y, p = fields.t, fields.x, fields.y, fields.p
+    words = _packed_words(fields)
     if workers == 1:
         return _bin_tasks(t, x, y, p, frames, frames[:0], np.zeros(low_shape, np.uint8), tasks, 0, len(tasks),
-                          width, height, p_lo, p_span, saturation, low_min_events)
+                          width, height, p_lo, p_span, saturation, low_min_events, words)
     tasks, bounds, slots = _split(tasks, workers)
     scratch = np.empty((slots, plane), frames.dtype)
 
     def run(first, last):
         return _bin_tasks(t, x, y, p, frames, scratch, np.zeros(low_shape, np.uint8), tasks, first, last,
-                          width, height, p_lo, p_span, saturation, low_min_events)
+                          width, height, p_lo, p_span, saturation, low_min_events, words)
 
     results = run_parts(run, list(zip(bounds[:-1], bounds[1:])))
     bad = [r for r in results if r >= 0]

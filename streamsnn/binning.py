@@ -90,7 +90,7 @@ import numba as nb
 import numpy as np
 
 from .errors import ConfigError, EventValidationError
-from .events import EventFields, SensorSize, event_fields
+from .events import EVENT_DTYPE, EventFields, SensorSize, event_fields
 from .threads import available_threads, run_parts
 
 __all__ = ["to_frame", "StreamingBinner", "Frame", "FRAME_DTYPES"]
@@ -363,17 +363,20 @@ def _packed_pixel(word, width, height, p_lo, p_span):
 
 
 @nb.njit(cache=True, nogil=True)
-def _count_packed(words, lo, hi, target, width, height, p_lo, p_span, saturation):
-    """_count (in place, counted=0) of events laid out as EVENT_DTYPE, read as two int64 words each:
-    two loads an event instead of four (1.1-1.2x)."""
-    if hi - lo <= saturation:  # no pixel can saturate
-        return _count_packed_loop(words, lo, hi, target, width, height, p_lo, p_span, saturation, False)
-    # a function of its own: beside the other loop in one function, LLVM made this one 2.5x slower
-    return _count_packed_loop(words, lo, hi, target, width, height, p_lo, p_span, saturation, True)
+def _count_packed(words, lo, hi, target, width, height, p_lo, p_span, saturation, stop_at_saturation=False,
+                  counted=0):
+    """_count (in place) of events laid out as EVENT_DTYPE, read as two int64 words each: two loads an
+    event instead of four (1.1-1.2x)."""
+    can_saturate = not (counted >= 0 and counted + (hi - lo) <= saturation)
+    # the loop in a function of its own: two loops side by side in one function, LLVM made one of them
+    # 2.5x slower
+    return _count_packed_loop(words, lo, hi, target, width, height, p_lo, p_span, saturation, can_saturate,
+                              stop_at_saturation)
 
 
 @nb.njit(cache=True, nogil=True)
-def _count_packed_loop(words, lo, hi, target, width, height, p_lo, p_span, saturation, can_saturate):
+def _count_packed_loop(words, lo, hi, target, width, height, p_lo, p_span, saturation, can_saturate,
+                       stop_at_saturation):
     width = np.uint64(width)
     height = np.uint64(height)
     p_span = np.uint64(p_span)
@@ -387,6 +390,8 @@ def _count_packed_loop(words, lo, hi, target, width, height, p_lo, p_span, satur
         v = target[index]
         if v < saturation or not can_saturate:
             target[index] = v + 1
+        elif stop_at_saturation:
+            return -2 - np.int64(i)
     return -1
 
 
@@ -941,6 +946,18 @@ def _push_records(events, state, clock, open_frame, no_block, low, saturation):
     thousands of small chunks a second; this halves what a push costs beyond its counting).
     Returns -2, changing nothing, when the chunk's last event reaches a later window (the caller then
     pushes it the general way); otherwise as _push_chunk."""
+    return _push_in_window(events, _NO_WORDS, state, clock, open_frame, no_block, low, saturation)
+
+
+@nb.njit(cache=True, nogil=True)
+def _push_event_records(events, state, clock, open_frame, no_block, low, saturation):
+    """_push_records for chunks of EVENT_DTYPE itself, counted in place through their int64 words."""
+    return _push_in_window(events, events.view(np.int64).reshape(-1, 2), state, clock, open_frame, no_block,
+                           low, saturation)
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _push_in_window(events, words, state, clock, open_frame, no_block, low, saturation):
     t = events["t"]
     n = t.shape[0]
     if n == 0:
@@ -959,8 +976,12 @@ def _push_records(events, state, clock, open_frame, no_block, low, saturation):
         p_lo, p_span = (p_required, 0) if p_required >= 0 else (0, polarities - 1)
         width, height = state[_S_WIDTH], state[_S_HEIGHT]
         open_low = low if state[_S_OPEN_USES_LOW] != 0 else low[:0]
-        bad = _count(t, x, y, p, 0, n, open_frame, open_low, width, height, p_lo, p_span, saturation, True,
-                     state[_S_OPEN_EVENTS])
+        if words.shape[0] > 0 and open_low.shape[0] == 0:
+            bad = _count_packed(words, 0, n, open_frame, width, height, p_lo, p_span, saturation, True,
+                                state[_S_OPEN_EVENTS])
+        else:
+            bad = _count(t, x, y, p, 0, n, open_frame, open_low, width, height, p_lo, p_span, saturation, True,
+                         state[_S_OPEN_EVENTS])
         if bad == -1:
             state[_S_OPEN_EVENTS] += n
             clock[_C_LAST_T] = t[n - 1]
@@ -993,7 +1014,8 @@ def _push_in_window_for(layout: np.dtype, frame_dtype: np.dtype, in_window_args:
     key = (layout, frame_dtype)
     push = _IN_WINDOW_PUSH.get(key)
     if push is None:
-        push = _IN_WINDOW_PUSH[key] = _compiled_for(_push_records, (np.empty(0, layout), *in_window_args))
+        dispatcher = _push_event_records if layout == EVENT_DTYPE else _push_records
+        push = _IN_WINDOW_PUSH[key] = _compiled_for(dispatcher, (np.empty(0, layout), *in_window_args))
     return push
 
 

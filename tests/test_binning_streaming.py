@@ -252,6 +252,10 @@ def test_pushes_inside_the_window_saturate_and_fail_like_the_general_way(dtype):
         with pytest.raises(EventValidationError, match="x = 4 is outside"):
             binner.push(bad)
         assert binner.push(chunk) == []
+    # a bad chunk once the pixel is saturated: none of its counts may be taken back from the cap
+    late = make_events(np.r_[np.zeros(100, int), 9], np.zeros(101, int), n + np.arange(101), np.ones(101, int))
+    with pytest.raises(EventValidationError, match="x = 9 is outside"):
+        binner.push(late)
     frames = binner.flush(10**6)
     assert frames[0].data[1, 0, 0] == 32767 or dtype == np.float32
     np.testing.assert_array_equal(np.stack([f.data for f in frames]),

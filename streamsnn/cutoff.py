@@ -67,6 +67,15 @@ class CutoffPolicy:
     def fires(self, Y: np.ndarray, t: int) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def fires_rows(self, Y: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        """``fires`` for rows of Y (n, K), row i at its own timestep ts[i]: the same values, each row's
+        test run on the rows of its timestep stacked (policies whose test needs no t run it once)."""
+        fired = np.zeros(Y.shape[0], dtype=bool)
+        for t in np.unique(ts).tolist():
+            rows = ts == t
+            fired[rows] = self.fires(Y[rows], t)
+        return fired
+
     def describe(self) -> dict:
         return {"policy": self.name}
 
@@ -110,6 +119,9 @@ class ConfidenceCutoff(CutoffPolicy):
     def fires(self, Y, t):
         return max_softmax(Y) > 1.0 - self.epsilon
 
+    def fires_rows(self, Y, ts):
+        return max_softmax(Y) > 1.0 - self.epsilon
+
     def describe(self) -> dict:
         return {"policy": self.name, "epsilon": self.epsilon}
 
@@ -146,6 +158,9 @@ class TopKCutoff(CutoffPolicy):
 
     def fires(self, Y, t):
         return top_margin(Y) > self.beta(t)
+
+    def fires_rows(self, Y, ts):
+        return top_margin(Y) > self.betas[np.minimum(ts, self.betas.size) - 1]
 
     def describe(self) -> dict:
         b = self.betas.tolist()
@@ -207,21 +222,22 @@ class OnlineCutoff:
 
 def update_rows(cutoffs: list[OnlineCutoff], logits) -> list[Decision | None]:
     """``cutoffs[i].update(logits[i])`` for every row of logits (n, K), the policy's test run once per
-    policy and timestep on the rows stacked instead of once a row: the same numpy operations on a
-    taller array, as offline ``decide`` runs them, hence the same values. The streaming job's batches
-    of 16 streams' frames cost one test instead of 16 (each a dozen small numpy calls)."""
+    policy on the rows stacked (``fires_rows``: each row at its own timestep) instead of once a row:
+    the same row-wise numpy operations on a taller array, as offline ``decide`` runs them, hence the
+    same values. The streaming job's batches of 16 streams' frames cost one test instead of 16 (each
+    a dozen small numpy calls), also at speed 0, where the streams are at different timesteps."""
     o = _as_logits(logits)
     decisions: list[Decision | None] = [None] * len(cutoffs)
-    tests: dict[tuple[int, int], list[int]] = {}
+    groups: dict[int, list[int]] = {}
     for i, cutoff in enumerate(cutoffs):
         if cutoff.decision is not None:
             continue
         cutoff.Y = o[i].copy() if cutoff.Y is None else cutoff.Y + o[i]
         cutoff.t += 1
-        tests.setdefault((id(cutoff.policy), cutoff.t), []).append(i)
-    for (_, t), rows in tests.items():
+        groups.setdefault(id(cutoff.policy), []).append(i)
+    for rows in groups.values():
         Y = np.stack([cutoffs[i].Y for i in rows])
-        fired = cutoffs[rows[0]].policy.fires(Y, t)
+        fired = cutoffs[rows[0]].policy.fires_rows(Y, np.array([cutoffs[i].t for i in rows]))
         labels = confidences = None
         for j, (i, hit) in enumerate(zip(rows, fired.tolist())):
             cutoff = cutoffs[i]

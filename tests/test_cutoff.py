@@ -129,3 +129,7 @@ def test_rows_updated_together_decide_as_each_stream_alone(seed):
         for n, decision in zip(rows, got):
             assert decision == alone[n].update(logits[step - joined[n], n])
     assert all(c.decided for c in together) and [c.decision for c in together] == [c.decision for c in alone]
+    for n, cutoff in enumerate(together):  # and as offline decide (each timestep's own fires) on that stream
+        labels, steps, confidences = policies[n % 2].decide(logits[:cutoff.max_timesteps, n:n + 1])
+        assert (cutoff.decision.label, cutoff.decision.timesteps) == (labels[0], steps[0])
+        assert cutoff.decision.confidence == confidences[0]

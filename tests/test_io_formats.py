@@ -612,6 +612,35 @@ def test_store_copy_and_damaged_summary_open_through_hdf5(tmp_path):
             # user block in front does not shift HDF5's chunk addresses (checked on one chunk)
 
 
+def test_chunk_addresses_of_hdf5_before_1_14_4_are_found_behind_the_user_block(tmp_path):
+    """HDF5 before 1.14.4 reported chunk addresses without the user block (HDF5 issue #3003; h5py 3.9
+    and 3.10 ship such versions): the writer's summary and the reader's direct reads take them as file
+    offsets only after finding the first chunk's bytes there, or a user block further on."""
+    import h5py
+
+    from streamsnn.io.store import SUMMARY_BYTES, _chunk_address_shift
+
+    class ReportedAs:  # a dataset id whose chunk addresses are moved by ``by``, as an older HDF5's
+        def __init__(self, dataset_id, by):
+            self.dataset_id, self.by = dataset_id, by
+
+        def get_chunk_info_by_coord(self, coord):
+            info = self.dataset_id.get_chunk_info_by_coord(coord)
+            return info._replace(byte_offset=info.byte_offset + self.by)
+
+        def read_direct_chunk(self, coord):
+            return self.dataset_id.read_direct_chunk(coord)
+
+    path = tmp_path / "a.h5"
+    write_store(path, _tricky_events()[:70_000], (1280, 720))
+    with h5py.File(path, "r") as f, open(path, "rb") as raw:
+        p = f["events/p"].id
+        assert _chunk_address_shift(p, raw.fileno(), SUMMARY_BYTES) == 0
+        assert _chunk_address_shift(ReportedAs(p, -SUMMARY_BYTES), raw.fileno(), SUMMARY_BYTES) == SUMMARY_BYTES
+        assert _chunk_address_shift(ReportedAs(p, 7), raw.fileno(), SUMMARY_BYTES) is None
+        assert _chunk_address_shift(ReportedAs(p, -SUMMARY_BYTES), raw.fileno(), 0) is None
+
+
 def test_stores_without_a_summary_are_still_found_and_read(tmp_path, monkeypatch):
     from streamsnn.io import store
 

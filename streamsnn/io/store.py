@@ -234,19 +234,25 @@ class EventStoreWriter:
             return None
         f = self._file
         chunks = (self.count + CHUNK_EVENTS - 1) // CHUNK_EVENTS
-        table = np.zeros((chunks, _SUMMARY_COLUMNS), np.int64)
+        dataset_ids = [f["events"][name].id for name in FIELDS]
         fill = []
-        for column, name in enumerate(FIELDS):
-            dataset_id = f["events"][name].id
+        for name, dataset_id in zip(FIELDS, dataset_ids):
             kind, cd = _fast_kind(dataset_id, EVENT_DTYPE[name])
             if kind != self._kind:
                 return None
             fill.append([int(cd[7]), _scaleoffset_fill(cd, dataset_id.dtype)] if kind == "scaleoffset" else [0, 0])
-            for c in range(chunks):
-                info = dataset_id.get_chunk_info_by_coord((c * CHUNK_EVENTS,))
-                if info.byte_offset is None:
-                    return None
-                table[c, 3 * column:3 * column + 3] = info.byte_offset, info.size, info.filter_mask
+        places = _chunk_places(dataset_ids, chunks)
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            shift = _chunk_address_shift(dataset_ids[-1], fd, SUMMARY_BYTES) if chunks else 0
+        finally:
+            os.close(fd)
+        if places is None or shift is None or np.any(places[0] < 0):
+            return None
+        table = np.zeros((chunks, _SUMMARY_COLUMNS), np.int64)
+        for k, column in enumerate(places):  # per field: file offset, size, filter mask
+            table[:, k:12:3] = column.T
+        table[:, 0:12:3] += shift
         table[:, 12] = f["index"]["t_min"][:chunks]
         table[:, 13] = f["index"]["t_max"][:chunks]
         facts = {"events": self.count, "format_version": int(f.attrs["format_version"]), "kind": self._kind,
@@ -323,7 +329,7 @@ class StoreRecording(Recording):
         self._src = self._table = self._fast = None
 
     def _open(self, sensor_size):
-        fid, dataset_ids = self._hdf5_objects()
+        fid = self._fid
         self._bytes_at_open = self._file_bytes()
         self._length = self._measure()
         self._set_sensor_size(_attribute(fid, "sensor_size"), sensor_size)
@@ -423,8 +429,7 @@ class StoreRecording(Recording):
     def refresh(self) -> None:
         """See events a live writer flushed since this file was opened."""
         if self._summary is not None:
-            stat = os.fstat(self._summary_fd)
-            if (stat.st_size, stat.st_mtime_ns) == (self._summary["file_bytes"], self._summary["mtime_ns"]):
+            if _as_written(self._summary, os.fstat(self._summary_fd)):
                 return  # a finished file, as its writer left it
             self._leave_summary()
         for dataset_id in self._dataset_ids:
@@ -594,9 +599,8 @@ class StoreRecording(Recording):
 
         Not while a writer may have the file open (SWMR): it can move a chunk
         it rewrites. Not for a file with a user block (a summarised store opened
-        through HDF5) unless its chunk addresses are file offsets: HDF5 writes
-        them so (base address 0), but the format allows otherwise; one chunk is
-        compared. HDF5's own descriptor (this reader opened the file
+        through HDF5) unless the chunk addresses HDF5 reports are file offsets
+        (see _chunk_address_shift). HDF5's own descriptor (this reader opened the file
         with the default driver): the very file HDF5 reads, even if the path
         has been replaced since. Read with ``preadv``, never memory-mapped: a
         mapped file that shrinks under the reader kills the process with
@@ -610,20 +614,11 @@ class StoreRecording(Recording):
                     handle = fid.get_vfd_handle()
                 except (OSError, TypeError, ValueError):
                     handle = False
-                if fid.get_create_plist().get_userblock() == 0 or self._addresses_are_offsets(handle):
+                user_block = fid.get_create_plist().get_userblock()
+                if handle is not False and (user_block == 0 or len(self) == 0 or _chunk_address_shift(
+                        self._dataset_ids[-1], handle, user_block) == 0):
                     self._src = handle
         return None if self._src is False else self._src
-
-    def _addresses_are_offsets(self, handle) -> bool:
-        if handle is False or len(self) == 0:
-            return handle is not False
-        try:
-            dataset_id = self._dataset_ids[-1]  # p: the smallest chunks
-            info = dataset_id.get_chunk_info_by_coord((0,))
-            _, data = dataset_id.read_direct_chunk((0,))
-            return info.byte_offset is not None and os.pread(handle, info.size, info.byte_offset) == data
-        except (OSError, *_H5_ERRORS):
-            return False
 
     def _read_chunks(self, begins, ends, masks):
         """The bytes of the chunks at file offsets begins..ends, as (buffer, begins, ends, masks)
@@ -688,19 +683,7 @@ class StoreRecording(Recording):
         return begins, begins + sizes, masks
 
     def _whole_chunk_table(self):
-        chunks = (len(self) + CHUNK_EVENTS - 1) // CHUNK_EVENTS
-        addr = np.full((4, chunks), -1, np.int64)
-        size, mask = np.zeros((4, chunks), np.int64), np.zeros((4, chunks), np.int64)
-        try:
-            for f, dataset_id in enumerate(self._dataset_ids):
-                def note(info, f=f):
-                    c = info.chunk_offset[0] // CHUNK_EVENTS
-                    if c < chunks:
-                        addr[f, c], size[f, c], mask[f, c] = info.byte_offset, info.size, info.filter_mask
-                dataset_id.chunk_iter(note)
-        except (AttributeError, *_H5_ERRORS):  # an HDF5 without H5Dchunk_iter: chunk by chunk
-            return None
-        return addr, size, mask
+        return _chunk_places(self._dataset_ids, (len(self) + CHUNK_EVENTS - 1) // CHUNK_EVENTS)
 
     def _check(self, events: np.ndarray, start: int) -> None:
         # A damaged chunk can decompress to the wrong values; never pass on
@@ -801,6 +784,47 @@ _SUMMARY_COLUMNS = 14
 SUMMARY_MAX_CHUNKS = 64
 
 
+def _chunk_places(dataset_ids, chunks: int):
+    """(addresses, sizes, filter masks), each (4, chunks), of the first ``chunks`` chunks of the field
+    datasets as HDF5 reports them (address -1: a chunk not written); None for an HDF5 without
+    H5Dchunk_iter (then chunk by chunk)."""
+    addr = np.full((4, chunks), -1, np.int64)
+    size, mask = np.zeros((4, chunks), np.int64), np.zeros((4, chunks), np.int64)
+    try:
+        for f, dataset_id in enumerate(dataset_ids):
+            def note(info, f=f):
+                c = info.chunk_offset[0] // CHUNK_EVENTS
+                if c < chunks:
+                    addr[f, c], size[f, c], mask[f, c] = info.byte_offset, info.size, info.filter_mask
+            dataset_id.chunk_iter(note)
+    except (AttributeError, *_H5_ERRORS):
+        return None
+    return addr, size, mask
+
+
+def _chunk_address_shift(dataset_id, fd: int, user_block: int) -> int | None:
+    """What turns the chunk addresses HDF5 reports into offsets in the file open as fd: 0 (HDF5
+    1.14.4 on adds the user block itself), ``user_block`` (earlier versions report addresses after
+    it, HDF5 issue #3003; h5py 3.9-3.10 ship those), or None where neither finds the bytes of the
+    dataset's first chunk there."""
+    try:
+        info = dataset_id.get_chunk_info_by_coord((0,))
+        if info.byte_offset is None:
+            return None
+        _, data = dataset_id.read_direct_chunk((0,))
+        for shift in (0, user_block) if user_block else (0,):
+            if os.pread(fd, info.size, info.byte_offset + shift) == data:
+                return shift
+    except (OSError, *_H5_ERRORS):
+        pass
+    return None
+
+
+def _as_written(facts: dict, stat: os.stat_result) -> bool:
+    """The file is as its writer left it when it wrote the summary: size and modification time."""
+    return facts["file_bytes"] == stat.st_size and facts["mtime_ns"] == stat.st_mtime_ns
+
+
 def _summary_block(facts: dict, table: np.ndarray, file_bytes: int, mtime_ns: int) -> bytes | None:
     """The SUMMARY_BYTES of the user block, or None if the facts and the table do not fit."""
     facts = dict(facts, summary_version=SUMMARY_VERSION, file_bytes=file_bytes, mtime_ns=mtime_ns)
@@ -849,8 +873,7 @@ def _read_summary(fd: int):
             return None
         facts = json.loads(head[24:24 + length])
         stat = os.fstat(fd)
-        if (facts.get("summary_version") != SUMMARY_VERSION or facts["file_bytes"] != stat.st_size
-                or facts["mtime_ns"] != stat.st_mtime_ns):
+        if facts.get("summary_version") != SUMMARY_VERSION or not _as_written(facts, stat):
             return None
         events = int(facts["events"])
         chunks = (events + CHUNK_EVENTS - 1) // CHUNK_EVENTS

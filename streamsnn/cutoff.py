@@ -120,7 +120,7 @@ class ConfidenceCutoff(CutoffPolicy):
         return max_softmax(Y) > 1.0 - self.epsilon
 
     def fires_rows(self, Y, ts):
-        return max_softmax(Y) > 1.0 - self.epsilon
+        return self.fires(Y, None)  # the same test at every timestep
 
     def describe(self) -> dict:
         return {"policy": self.name, "epsilon": self.epsilon}
@@ -154,13 +154,17 @@ class TopKCutoff(CutoffPolicy):
         self.betas = betas
 
     def beta(self, t: int) -> float:
-        return float(self.betas[min(t, self.betas.size) - 1])
+        return float(self._betas_at(t))
+
+    def _betas_at(self, ts):
+        """beta_t for a timestep or an array of them (the last beta beyond the list)."""
+        return self.betas[np.minimum(ts, self.betas.size) - 1]
 
     def fires(self, Y, t):
         return top_margin(Y) > self.beta(t)
 
     def fires_rows(self, Y, ts):
-        return top_margin(Y) > self.betas[np.minimum(ts, self.betas.size) - 1]
+        return top_margin(Y) > self._betas_at(ts)
 
     def describe(self) -> dict:
         b = self.betas.tolist()

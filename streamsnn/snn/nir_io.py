@@ -61,10 +61,10 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from ..io.detect import HDF5_MAGIC
 from .checkpoint import write_atomically
 from .models import LIF, SpikingNet, build_from_layers, layer_from_spec
 
-HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 SUPPORTED_NODES = ("Input", "Output", "Conv2d", "Affine", "Linear", "Flatten", "AvgPool2d", "SumPool2d",
                    "LIF", "IF")
 # A relative tolerance of a few float32 ulps: parameters written in float32 by any tool still match.

@@ -143,6 +143,9 @@ LIF_SPEC = {"kind": "lif", "decay": 0.5, "threshold": 1.0}
     ([_conv(3, 5, 3, 2, 1, True), LIF_SPEC, {"kind": "maxpool2d", "kernel_size": 3, "stride": 2},
       {"kind": "flatten"}, {"kind": "linear", "in_features": 5 * 3 * 3, "out_features": 7, "bias": True}, LIF_SPEC,
       {"kind": "linear", "in_features": 7, "out_features": 4, "bias": True}], (3, 13, 15)),
+    # 2x2 max pooling (its own pass) of a convolution's real values, odd sizes, before the spiking layer
+    ([_conv(2, 4, 3, 1, 1, True), {"kind": "maxpool2d", "kernel_size": 2, "stride": 2}, LIF_SPEC,
+      {"kind": "flatten"}, {"kind": "linear", "in_features": 4 * 5 * 4, "out_features": 3, "bias": True}], (2, 11, 9)),
 ])
 def test_the_event_engine_runs_every_layer_kind_as_the_torch_modules_do(spec, size):
     net = _spec_net(spec, size, spec[-1]["out_features"], seed=7)

@@ -231,11 +231,10 @@ def _step_rows(ops, fparams, weights, x, slots, membranes, stale, buf, logits):
                     for xx in range(W):
                         pixel = buf[src + (y * W + xx) * C:src + (y * W + xx + 1) * C]
                         nnz = 0
-                        for c in range(C):
-                            if pixel[c] != 0.0:
-                                nz_c[nnz] = c
-                                nz_v[nnz] = pixel[c]
-                                nnz += 1
+                        for c in range(C):      # without a branch: spikes are too random to predict
+                            nz_c[nnz] = c
+                            nz_v[nnz] = pixel[c]
+                            nnz += pixel[c] != 0.0
                         if nnz == 0:
                             continue
                         # the outputs this input touches, found once per pixel, not per channel.
@@ -321,6 +320,21 @@ def _step_rows(ops, fparams, weights, x, slots, membranes, stale, buf, logits):
             elif code == OP_MAXPOOL or code == OP_AVGPOOL:   # no padding
                 src, C, H, W, out, HO, WO, KH, KW, SH, SW = o[1], o[2], o[3], o[4], o[5], o[6], o[7], o[8], o[9], o[10], o[11]
                 divisor = fparams[k, 0]
+                if code == OP_MAXPOOL and KH == 2 and KW == 2 and SH == 2 and SW == 2:
+                    # the common 2x2 pooling: its four inputs in one pass per output pixel, taken in the order
+                    # of the general loop below (the same maxima, NaN and signed zeros included)
+                    for oy in range(HO):
+                        for ox in range(WO):
+                            dst = buf[out + (oy * WO + ox) * C:out + (oy * WO + ox + 1) * C]
+                            a = src + ((2 * oy) * W + 2 * ox) * C
+                            b = a + W * C
+                            top_left = buf[a:a + C]
+                            top_right = buf[a + C:a + 2 * C]
+                            bottom_left = buf[b:b + C]
+                            bottom_right = buf[b + C:b + 2 * C]
+                            for c in range(C):
+                                dst[c] = max(max(max(top_left[c], top_right[c]), bottom_left[c]), bottom_right[c])
+                    continue
                 for oy in range(HO):
                     for ox in range(WO):
                         dst = buf[out + (oy * WO + ox) * C:out + (oy * WO + ox + 1) * C]

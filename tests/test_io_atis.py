@@ -147,3 +147,51 @@ def test_sensor_size_is_none_unless_given(nmnist_sample):
         assert rec.format == "atis_bin" and rec.sensor_size is None
     with open_recording(nmnist_sample, sensor_size=(34, 34)) as rec:
         assert tuple(rec.sensor_size) == (34, 34, 2)
+
+
+def test_whole_file_read_in_one_call_equals_the_block_reader(nmnist_sample, tmp_path):
+    from streamsnn.io import posix
+    from streamsnn.io.atis import WHOLE_FILE_BYTES, AtisBinRecording, _read_atis_file
+
+    wraps = scene_events(8_000, (128, 128), seed=5, t0=TIMESTAMP_WRAP - 100_000, duration_us=200_000)
+    for path, size in ((nmnist_sample, (34, 34)), (nmnist_sample, None),
+                       (write_atis_bin(tmp_path / "wraps.bin", wraps), (128, 128))):
+        recording = AtisBinRecording(path, sensor_size=size, block_bytes=5 * 97)   # blocks: many
+        by_blocks = np.concatenate(list(recording.chunks(n_events=1_000)))
+        width, height = (size[0], size[1]) if size else (-1, -1)
+        words, n, whole = _read_atis_file(posix.path_argument(path), width, height, WHOLE_FILE_BYTES)
+        if posix.AVAILABLE:
+            assert whole
+            np.testing.assert_array_equal(words.view(EVENT_DTYPE)[:n], by_blocks)
+        np.testing.assert_array_equal(recording.read(), by_blocks)
+
+
+def test_files_the_one_call_read_leaves_to_the_block_reader(nmnist_sample, tmp_path, monkeypatch):
+    import streamsnn.io.atis as atis
+    from streamsnn.io import posix
+
+    expected = read_events(nmnist_sample)
+    for bad in (lambda data: data[:5 * 100 + 3],                                       # a record cut short
+                lambda data: data[:12] + bytes([data[12] | 0x7F]) + data[13:]):          # time steps back
+        path = tmp_path / "odd.bin"
+        path.write_bytes(bad(nmnist_sample.read_bytes()))
+        assert not atis._read_atis_file(posix.path_argument(path), 34, 34, atis.WHOLE_FILE_BYTES)[2]
+    monkeypatch.setattr(atis, "WHOLE_FILE_BYTES", 1_000)                                # larger than that
+    assert not atis._read_atis_file(posix.path_argument(nmnist_sample), 34, 34, atis.WHOLE_FILE_BYTES)[2]
+    np.testing.assert_array_equal(read_events(nmnist_sample), expected)
+
+
+@pytest.mark.skipif(not __import__("os").name == "posix", reason="reads through the C library on POSIX only")
+def test_reading_a_file_in_compiled_code_refuses_what_is_not_a_regular_file(nmnist_sample, tmp_path):
+    import os
+
+    from streamsnn.io.posix import path_argument, read_file
+
+    contents, size = read_file(path_argument(nmnist_sample), 1 << 20)
+    assert size == nmnist_sample.stat().st_size and contents.tobytes() == nmnist_sample.read_bytes()
+    assert read_file(path_argument(tmp_path / "missing.bin"), 1 << 20)[1] == -1
+    assert read_file(path_argument(tmp_path), 1 << 20)[0].size == 0                     # a folder
+    fifo = tmp_path / "fifo.bin"
+    os.mkfifo(fifo)
+    assert read_file(path_argument(fifo), 1 << 20)[0].size == 0                         # no writer: no wait
+    assert read_file(path_argument(nmnist_sample), 100)[0].size == 0                    # over the limit

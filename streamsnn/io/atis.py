@@ -25,7 +25,9 @@ from numba import njit
 
 from ..errors import EventFormatError
 from ..events import EVENT_DTYPE
+from . import posix
 from .base import BLOCK_BYTES, Recording, outside_sensor_error, read_exactly, warn_truncated
+from .posix import read_file
 
 RECORD_BYTES = 5
 OVERFLOW_Y = 240
@@ -74,13 +76,46 @@ def _decode_atis(raw, time_offset, last_t, width, height, words):
     return n, time_offset, back_record, back_from, back_to, bad_x, bad_y
 
 
+# read() takes files up to this size in one piece (N-MNIST samples are ~4 kB); larger ones in blocks
+WHOLE_FILE_BYTES = 64 << 20
+
+
+@njit(cache=True, nogil=True)
+def _read_atis_file(path_z, width, height, max_bytes):
+    """Read and decode a whole file in one call without the GIL: (int64 words, events, True) when the
+    file holds complete, time-ordered records inside the sensor; otherwise (.., .., False), and the
+    caller reads it block by block, which says what is wrong."""
+    raw, size = read_file(path_z, max_bytes)
+    if size < 0 or raw.size != size or size % RECORD_BYTES != 0:
+        return np.empty(0, np.int64), 0, False
+    words = np.empty(2 * (size // RECORD_BYTES), np.int64)
+    n, _, back, _, _, bad_x, bad_y = _decode_atis(raw, 0, -(1 << 62), width, height, words)
+    return words, n, back < 0 and bad_x < 0 and bad_y < 0
+
+
 class AtisBinRecording(Recording):
     format = "atis_bin"
 
     def __init__(self, path, sensor_size=None, *, block_bytes: int = BLOCK_BYTES):
         super().__init__(path, sensor_size)
         self.block_bytes = max(RECORD_BYTES, block_bytes - block_bytes % RECORD_BYTES)
-        self.file_size = os.path.getsize(self.path)
+        self._file_size: int | None = None
+
+    @property
+    def file_size(self) -> int:
+        # taken when first needed: read() of a whole file does without (one system call fewer a sample)
+        if self._file_size is None:
+            self._file_size = os.path.getsize(self.path)
+        return self._file_size
+
+    def read(self) -> np.ndarray:
+        if posix.AVAILABLE:
+            size = self.sensor_size
+            width, height = (size.width, size.height) if size is not None else (-1, -1)
+            words, n, whole = _read_atis_file(posix.path_argument(self.path), width, height, WHOLE_FILE_BYTES)
+            if whole:
+                return words.view(EVENT_DTYPE)[:n]
+        return super().read()
 
     def _blocks(self):
         path = self.path

@@ -115,6 +115,30 @@ def test_folder_source_gives_one_window_per_sample_with_target(nmnist_root):
     assert starts[0].start_us == first["t"][0] and ends[0].last_us == first["t"][-1]
 
 
+@pytest.mark.timeout(60)
+def test_folder_source_hands_on_only_the_events_of_the_frames_stepped(nmnist_root):
+    """With window_span_us (the job's max_timesteps frames), what comes after is counted, not handed on."""
+    span = 8 * 30_000
+    for speed, slice_us in ((0, 300_000), (50.0, 30_000)):
+        source = FolderSource(nmnist_root, "n", split="Test", speed=speed, limit=4, sensor_size=(34, 34))
+        source.open()
+        source.window_span_us = span
+        items, _ = _collect(source, slice_us)
+        starts = [i for i in items if isinstance(i, WindowStart)]
+        ends = [i for i in items if isinstance(i, WindowEnd)]
+        for k, (begin, end) in enumerate(zip(starts, ends)):
+            events = read_events(source.samples[k].path)
+            assert end.last_us == events["t"][-1]                  # the sample's own end, as before
+            window = items[items.index(begin) + 1:items.index(end)]
+            handed = np.concatenate([c.events for c in window])
+            # every event a stepped frame holds, and none after the slice that reaches the span
+            assert handed["t"][-1] < begin.start_us + -(-span // slice_us) * slice_us
+            np.testing.assert_array_equal(handed[handed["t"] < begin.start_us + span],
+                                          events[events["t"] < begin.start_us + span])
+            assert end.skipped_events == events.size - handed.size > 0
+        assert source.events_read == sum(read_events(source.samples[k].path).size for k in range(4))
+
+
 @pytest.mark.timing
 @pytest.mark.timeout(60)
 def test_folder_source_paced_follows_samples_without_gaps(nmnist_root):

@@ -301,6 +301,7 @@ class Pipeline:
         source.warm_up(slice_us)
         # a sample decided early is not read on: the source skips to its end (fewer hand-overs, same timing)
         source.window_done = lambda k: stage.decided_window == k
+        source.window_span_us = self.max_timesteps * self.time_window
         return Stream(source, sc, queue, stage, slice_us)
 
     def _warm_up_model(self) -> None:

@@ -169,6 +169,9 @@ class Source:
         # window_done(k) is True once the consumer has decided the source's k-th window (1-based, in
         # WindowStart order): a sample source then skips the rest of that sample (its time still passes)
         self.window_done = None
+        # event time from a window's start within which events can reach a frame that is stepped (the
+        # job's max_timesteps frames); a sample source counts the events after it without handing them on
+        self.window_span_us: int | None = None
         # paced by a ReplayDriver (Pacer in cooperative mode) instead of sleeping in its own thread
         self.cooperative = False
 
@@ -370,10 +373,14 @@ class FolderSource(Source):
                 t = events["t"]
                 n_slices = int((int(t[-1]) - t0) // slice_us) + 1
                 bounds = np.searchsorted(t, t0 + np.arange(1, n_slices + 1) * slice_us, side="left")
+                span = self.window_span_us
+                # past the frames that are stepped (N-MNIST: the 11th frame of a 306 ms sample), no event
+                # changes a decision: at speed 0 a sample is then one chunk, not two
+                usable = int(np.searchsorted(t, t0 + span, side="left")) if span is not None else events.size
                 start = 0
                 skipped = 0
                 for k, end in enumerate(bounds):
-                    if self.window_done is not None and self.window_done(windows):
+                    if start >= usable or (self.window_done is not None and self.window_done(windows)):
                         # decided: the rest is not needed, but the sample's time still passes
                         skipped = int(events.size - start)
                         self.events_read += skipped

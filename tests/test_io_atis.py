@@ -185,6 +185,7 @@ def test_files_the_one_call_read_leaves_to_the_block_reader(nmnist_sample, tmp_p
 def test_reading_a_file_in_compiled_code_refuses_what_is_not_a_regular_file(nmnist_sample, tmp_path):
     import os
 
+    from streamsnn.io.atis import AtisBinRecording
     from streamsnn.io.posix import path_argument, read_file
 
     contents, size = read_file(path_argument(nmnist_sample), 1 << 20)
@@ -195,3 +196,7 @@ def test_reading_a_file_in_compiled_code_refuses_what_is_not_a_regular_file(nmni
     os.mkfifo(fifo)
     assert read_file(path_argument(fifo), 1 << 20)[0].size == 0                         # no writer: no wait
     assert read_file(path_argument(nmnist_sample), 100)[0].size == 0                    # over the limit
+    # a name with a NUL is not cut there (it would open the bundled sample): the ordinary way refuses it
+    assert path_argument(str(nmnist_sample) + "\0.txt") is None
+    with pytest.raises(ValueError, match="null"):
+        AtisBinRecording(str(nmnist_sample) + "\0.txt", sensor_size=(34, 34)).read()

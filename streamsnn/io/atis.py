@@ -109,10 +109,11 @@ class AtisBinRecording(Recording):
         return self._file_size
 
     def read(self) -> np.ndarray:
-        if posix.AVAILABLE:
+        path_z = posix.path_argument(self.path) if posix.AVAILABLE else None
+        if path_z is not None:
             size = self.sensor_size
             width, height = (size.width, size.height) if size is not None else (-1, -1)
-            words, n, whole = _read_atis_file(posix.path_argument(self.path), width, height, WHOLE_FILE_BYTES)
+            words, n, whole = _read_atis_file(path_z, width, height, WHOLE_FILE_BYTES)
             if whole:
                 return words.view(EVENT_DTYPE)[:n]
         return super().read()

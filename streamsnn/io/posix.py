@@ -69,9 +69,13 @@ def _pread(typingctx, fd, buffer_address, count, offset):
             _c_call("pread", _I64, [_I32, _POINTER, _I64, _I64]))
 
 
-def path_argument(path) -> np.ndarray:
-    """The file name as the C library takes it: its bytes and a NUL, as a uint8 array."""
-    return np.frombuffer(os.fsencode(path) + b"\0", dtype=np.uint8)
+def path_argument(path) -> np.ndarray | None:
+    """The file name as the C library takes it: its bytes and a NUL, as a uint8 array; None for a name
+    holding a NUL (the C library would open the name cut there: the ordinary way refuses it)."""
+    name = os.fsencode(path)
+    if b"\0" in name:
+        return None
+    return np.frombuffer(name + b"\0", dtype=np.uint8)
 
 
 @njit(cache=True, nogil=True)

@@ -219,6 +219,9 @@ def test_folder_missing_and_unknown(tmp_path):
         read_events(tmp_path)
     with pytest.raises(EventFormatError, match="no such file"):
         read_events(tmp_path / "missing.raw")
+    (tmp_path / "a.raw").write_bytes(b"% evt 3.0\n% end\n")
+    with pytest.raises(EventFormatError, match="NUL"):      # not the file the name would be cut to
+        read_events(str(tmp_path / "a.raw") + "\0.txt")
     (tmp_path / "notes.txt").write_text("hello events\n")
     with pytest.raises(EventFormatError, match="known formats") as info:
         open_recording(tmp_path / "notes.txt")

@@ -66,6 +66,8 @@ def check_readable_file(path) -> Path:
         raise EventFormatError(path, "no such file") from None
     except OSError as exc:
         raise EventFormatError(path, f"cannot be read ({exc.strerror})") from None
+    except ValueError:                    # os.stat's "embedded null byte"
+        raise EventFormatError(path, "the file name holds a NUL byte, which no file name can") from None
     if stat.S_ISDIR(mode):
         raise EventFormatError(path, "is a folder, not an event file (a dataset folder is read with SampleFolder)")
     if not stat.S_ISREG(mode):

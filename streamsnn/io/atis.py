@@ -27,7 +27,6 @@ from ..errors import EventFormatError
 from ..events import EVENT_DTYPE
 from . import posix
 from .base import BLOCK_BYTES, Recording, outside_sensor_error, read_exactly, warn_truncated
-from .posix import read_file
 
 RECORD_BYTES = 5
 OVERFLOW_Y = 240
@@ -85,7 +84,7 @@ def _read_atis_file(path_z, width, height, max_bytes):
     """Read and decode a whole file in one call without the GIL: (int64 words, events, True) when the
     file holds complete, time-ordered records inside the sensor; otherwise (.., .., False), and the
     caller reads it block by block, which says what is wrong."""
-    raw, size = read_file(path_z, max_bytes)
+    raw, size = posix.read_file(path_z, max_bytes)
     if size < 0 or raw.size != size or size % RECORD_BYTES != 0:
         return np.empty(0, np.int64), 0, False
     words = np.empty(2 * (size // RECORD_BYTES), np.int64)

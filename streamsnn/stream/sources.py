@@ -381,7 +381,8 @@ class FolderSource(Source):
                 skipped = 0
                 for k, end in enumerate(bounds):
                     if start >= usable or (self.window_done is not None and self.window_done(windows)):
-                        # decided: the rest is not needed, but the sample's time still passes
+                        # decided, or past the frames stepped: the rest is not needed, but the sample's
+                        # time still passes
                         skipped = int(events.size - start)
                         self.events_read += skipped
                         if self.speed > 0:

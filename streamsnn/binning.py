@@ -365,18 +365,99 @@ def _packed_pixel(word, width, height, p_lo, p_span):
 @nb.njit(cache=True, nogil=True)
 def _count_packed(words, lo, hi, target, width, height, p_lo, p_span, saturation, stop_at_saturation=False,
                   counted=0):
-    """_count (in place) of events laid out as EVENT_DTYPE, read as two int64 words each: two loads an
-    event instead of four (1.1-1.2x)."""
+    """_count (in place) of events laid out as EVENT_DTYPE, read as two int64 words each.
+
+    Two passes over blocks of _INDEX_BLOCK events: the first computes every event's pixel and whether
+    the block is valid, without a branch, so that LLVM vectorises it (8 events a step on AVX-512,
+    reading the words in place); the second adds the counts. One thread bins 1.5x as many events a
+    second as with the single loop that does both (to_frame, time_window, 10 M random 128x128 events,
+    alternated runs: 270-350 -> 420-540 M/s). A block with a bad event goes to that single loop
+    from the block's first event on, which finds the first bad event and counts those before it
+    exactly as before.
+    """
     can_saturate = not (counted >= 0 and counted + (hi - lo) <= saturation)
-    # the loop in a function of its own: two loops side by side in one function, LLVM made one of them
-    # 2.5x slower
-    return _count_packed_loop(words, lo, hi, target, width, height, p_lo, p_span, saturation, can_saturate,
-                              stop_at_saturation)
+    if hi - lo < _MIN_BLOCKED_EVENTS:
+        return _count_packed_loop(words, lo, hi, target, width, height, p_lo, p_span, saturation, can_saturate,
+                                  stop_at_saturation)
+    if lo == 0:
+        # the blocks compare each event's t with the word before it, which event 0 does not have
+        bad = _count_packed_loop(words, 0, 1, target, width, height, p_lo, p_span, saturation, can_saturate,
+                                 stop_at_saturation)
+        if bad != -1:
+            return bad
+        lo = 1
+    flat = words.reshape(-1)
+    index = np.empty(min(_INDEX_BLOCK, hi - lo), np.uint32)
+    width32 = np.uint32(width)
+    height32 = np.uint32(height)
+    p_span32 = np.uint32(p_span)
+    p_lo32 = np.int32(p_lo)
+    for start in range(lo, hi, _INDEX_BLOCK):
+        stop = min(start + _INDEX_BLOCK, hi)
+        if _packed_block_pixels(flat, np.uint64(start), np.uint64(stop - start), index, width32, height32,
+                                p_lo32, p_span32):
+            return _count_packed_loop(words, start, hi, target, width, height, p_lo, p_span, saturation,
+                                      can_saturate, stop_at_saturation)
+        if can_saturate:
+            bad = _add_counts_saturating(index, stop - start, target, saturation, stop_at_saturation)
+            if bad >= 0:
+                return -2 - (start + bad)
+        else:
+            _add_counts(index, stop - start, target)
+    return -1
+
+
+# Blocks of this many events: smaller ones lose what the vector pass gains (read back right after
+# they are written, the block's pixel indices wait for the vector stores: 0.6-0.7x at 1,024 events);
+# larger ones leave L1.
+_INDEX_BLOCK = 4096
+_MIN_BLOCKED_EVENTS = 64
+
+
+@nb.njit(cache=True, nogil=True)
+def _packed_block_pixels(flat, start, count, index, width, height, p_lo, p_span):
+    """index[j] = the pixel of event start + j (flat: the records as int64 pairs; start >= 1); nonzero if
+    any of these events lies outside the sensor or has t below the event before it. Branch-free and
+    in 32-bit lanes (a 64-bit multiply has no AVX2 instruction), so that it vectorises."""
+    bad = np.uint32(0)
+    two = np.uint64(2)
+    for j in range(count):
+        i = start + j
+        word = np.uint64(flat[two * i + np.uint64(1)])
+        xy = np.uint32(word)
+        x = xy & np.uint32(0xFFFF)
+        y = xy >> np.uint32(16)
+        channel = np.uint32(np.int32(np.int8(word >> np.uint64(32))) - p_lo)  # p is signed
+        index[j] = (channel * height + y) * width + x
+        bad |= (np.uint32(x >= width) | np.uint32(y >= height) | np.uint32(channel > p_span)
+                | np.uint32(flat[two * i] < flat[two * i - two]))
+    return bad
+
+
+@nb.njit(cache=True, nogil=True)
+def _add_counts(index, count, target):
+    for j in range(np.uint64(count)):
+        target[index[j]] += 1
+
+
+@nb.njit(cache=True, nogil=True)
+def _add_counts_saturating(index, count, target, saturation, stop_at_saturation):
+    """Add one at each index, capped at saturation; with stop_at_saturation, return the first j whose
+    pixel is already saturated instead of counting it (-1: all counted)."""
+    for j in range(np.uint64(count)):
+        k = index[j]
+        v = target[k]
+        if v < saturation:
+            target[k] = v + 1
+        elif stop_at_saturation:
+            return np.int64(j)
+    return -1
 
 
 @nb.njit(cache=True, nogil=True)
 def _count_packed_loop(words, lo, hi, target, width, height, p_lo, p_span, saturation, can_saturate,
                        stop_at_saturation):
+    """Validate and count in one loop (short ranges, and from a block with a bad event on)."""
     width = np.uint64(width)
     height = np.uint64(height)
     p_span = np.uint64(p_span)

@@ -433,3 +433,37 @@ def test_random_streams_and_parameters_equal_tonic(case, kernel_choice):
     got = to_frame(events, (7, 5, 2), **kwargs)
     assert got.dtype == expected.dtype and got.shape == expected.shape
     assert np.array_equal(got, expected)
+
+
+# Events laid out as EVENT_DTYPE are validated a block of 4,096 at a time before any of the block is
+# counted; a block with a bad event is handed to the one-event-at-a-time loop from its first event on.
+@pytest.mark.parametrize("position", [0, 1, 63, 4095, 4096, 4097, 8191, 12_387])
+@pytest.mark.parametrize("defect", ["x", "y", "p", "t"])
+def test_event_dtype_blocks_name_the_first_bad_event_wherever_it_lies(position, defect):
+    if defect == "t" and position == 0:
+        return  # the first event has nothing before it to be earlier than
+    rng = np.random.default_rng(position)
+    n = 12_388
+    events = make_events(rng.integers(0, 128, n), rng.integers(0, 96, n), np.sort(rng.integers(0, 10**6, n)),
+                         rng.integers(0, 2, n))
+    tonic_layout = np.empty(n, [("x", "<i2"), ("y", "<i2"), ("t", "<i8"), ("p", "<i1")])
+    for name in "xytp":
+        tonic_layout[name] = events[name]
+    # the same frames as the field-by-field loop (used for every other layout) gives on the same events
+    np.testing.assert_array_equal(to_frame(events, (128, 96, 2), n_event_bins=3),
+                                  to_frame(tonic_layout, (128, 96, 2), n_event_bins=3))
+    bad = events.copy()
+    if defect == "x":
+        bad["x"][position] = 128
+    elif defect == "y":
+        bad["y"][position] = -1
+    elif defect == "p":
+        bad["p"][position] = 2
+    else:
+        bad["t"][position] = bad["t"][position - 1] - 1
+    # a later bad event of another kind must not be the one reported
+    if position < n - 1:
+        bad["x"][-1] = -5
+    with pytest.raises(EventValidationError) as raised:
+        to_frame(bad, (128, 96, 2), n_event_bins=3, threads=1)
+    assert raised.value.index == position and raised.value.field == defect

@@ -444,6 +444,41 @@ def _packed_block_pixels(flat, start, count, index, width, height, p_lo, p_span)
 
 
 @nb.njit(cache=True, nogil=True)
+def _count_packed_low(words, t, x, y, p, lo, hi, target, low, width, height, p_lo, p_span, saturation):
+    """_count into low bytes (see _count) of events laid out as EVENT_DTYPE, in the blocks of
+    _count_packed; a block with a bad event, and short ranges, go to _count from there on."""
+    if lo == 0 or hi - lo < _MIN_BLOCKED_EVENTS:
+        first = hi if hi - lo < _MIN_BLOCKED_EVENTS else 1
+        bad = _count(t, x, y, p, lo, first, target, low, width, height, p_lo, p_span, saturation, False, 0)
+        if bad != -1 or first == hi:
+            return bad
+        lo = first
+    flat = words.reshape(-1)
+    index = np.empty(min(_INDEX_BLOCK, hi - lo), np.uint32)
+    for start in range(lo, hi, _INDEX_BLOCK):
+        stop = min(start + _INDEX_BLOCK, hi)
+        if _packed_block_pixels(flat, np.uint64(start), np.uint64(stop - start), index, np.uint32(width),
+                                np.uint32(height), np.int32(p_lo), np.uint32(p_span)):
+            return _count(t, x, y, p, start, hi, target, low, width, height, p_lo, p_span, saturation, False, 0)
+        _add_counts_low(index, stop - start, target, low, saturation)
+    return -1
+
+
+@nb.njit(cache=True, nogil=True)
+def _add_counts_low(index, count, target, low, saturation):
+    """_count's counting in low bytes, at each index: every 256th count carries into target (capped)."""
+    for j in range(np.uint64(count)):
+        k = index[j]
+        v = low[k]
+        if v == 255:
+            high = target[k]
+            target[k] = high + 256 if high < saturation - 255 else saturation
+            low[k] = 0
+        else:
+            low[k] = v + 1
+
+
+@nb.njit(cache=True, nogil=True)
 def _add_counts(index, count, target):
     for j in range(np.uint64(count)):
         target[index[j]] += 1
@@ -512,6 +547,9 @@ def _bin_tasks(t, x, y, p, frames, scratch, low, tasks, first, last, width, heig
             in_low = hi - lo >= low_min_events
             if words.shape[0] > 0 and not in_low:
                 bad = _count_packed(words, lo, hi, target, width, height, p_lo, p_span, saturation)
+            elif words.shape[0] > 0:
+                bad = _count_packed_low(words, t, x, y, p, lo, hi, target, low, width, height, p_lo, p_span,
+                                        saturation)
             else:
                 bad = _count(t, x, y, p, lo, hi, target, low if in_low else low[:0], width, height, p_lo,
                              p_span, saturation, False, 0)

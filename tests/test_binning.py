@@ -439,9 +439,13 @@ def test_random_streams_and_parameters_equal_tonic(case, kernel_choice):
 # counted; a block with a bad event is handed to the one-event-at-a-time loop from its first event on.
 @pytest.mark.parametrize("position", [0, 1, 63, 4095, 4096, 4097, 8191, 12_387])
 @pytest.mark.parametrize("defect", ["x", "y", "p", "t"])
-def test_event_dtype_blocks_name_the_first_bad_event_wherever_it_lies(position, defect):
+@pytest.mark.parametrize("counting", ["in place", "low bytes"])
+def test_event_dtype_blocks_name_the_first_bad_event_wherever_it_lies(position, defect, counting, monkeypatch):
     if defect == "t" and position == 0:
         return  # the first event has nothing before it to be earlier than
+    if counting == "low bytes":  # as large dense frames count: every frame in bytes first, with carries
+        monkeypatch.setattr(binning, "_LOW_COUNTER_BYTES", 0)
+        monkeypatch.setattr(binning, "_LOW_COUNTER_BYTES_PER_EVENT", 10**12)
     rng = np.random.default_rng(position)
     n = 12_388
     events = make_events(rng.integers(0, 128, n), rng.integers(0, 96, n), np.sort(rng.integers(0, 10**6, n)),

@@ -263,6 +263,10 @@ def run_gen3(recording: Path, seconds: float) -> dict:
     }
 
 
+def _ms(value) -> str:
+    return "n/a" if value is None else f"{value:.2f} ms"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=None,
@@ -334,7 +338,7 @@ def main(argv=None) -> int:
             results["gen3"] = g
             print(f"Gen3 {g['recording']} at speed 1 ({g['wall_s']:.1f} s): {g['events_per_s_in'] / 1e6:.2f} M events/s "
                   f"in, dropped {g['dropped_events']} ({g['dropped_events_after_1s']} after the first second), "
-                  f"{g['decisions']} decisions, latency p50 {g['latency_p50_ms']} ms p99 {g['latency_p99_ms']} ms",
+                  f"{g['decisions']} decisions, latency p50 {_ms(g['latency_p50_ms'])} p99 {_ms(g['latency_p99_ms'])}",
                   flush=True)
         else:
             print(f"Gen3 recording {args.gen3} not found: skipped")

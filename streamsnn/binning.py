@@ -356,8 +356,9 @@ _T_FRAME, _T_LO, _T_HI, _T_SLOT = range(4)
 @nb.njit(cache=True, nogil=True, inline="always")
 def _packed_pixel(word, width, height, p_lo, p_span):
     """_pixel for an EVENT_DTYPE record's second word (x int16, y int16, p int8, padding)."""
-    xi = word & np.uint64(0xFFFF)
-    yi = (word >> np.uint64(16)) & np.uint64(0xFFFF)
+    # x and y are signed: a negative one must not pass for a column past 32,767
+    xi = np.uint64(np.int64(np.int16(word & np.uint64(0xFFFF))))
+    yi = np.uint64(np.int64(np.int16((word >> np.uint64(16)) & np.uint64(0xFFFF))))
     ci = np.uint64(np.int64(np.int8((word >> np.uint64(32)) & np.uint64(0xFF))) - p_lo)  # p is signed
     return (ci * height + yi) * width + xi, (xi < width) & (yi < height) & (ci <= p_span)
 
@@ -376,7 +377,7 @@ def _count_packed(words, lo, hi, target, width, height, p_lo, p_span, saturation
     exactly as before.
     """
     can_saturate = not (counted >= 0 and counted + (hi - lo) <= saturation)
-    if hi - lo < _MIN_BLOCKED_EVENTS:
+    if hi - lo < _MIN_BLOCKED_EVENTS or target.shape[0] > _MAX_BLOCKED_PIXELS:
         return _count_packed_loop(words, lo, hi, target, width, height, p_lo, p_span, saturation, can_saturate,
                                   stop_at_saturation)
     if lo == 0:
@@ -412,6 +413,8 @@ def _count_packed(words, lo, hi, target, width, height, p_lo, p_span, saturation
 # larger ones leave L1.
 _INDEX_BLOCK = 4096
 _MIN_BLOCKED_EVENTS = 64
+# The blocks' pixel indices are 32-bit: frames of more pixels (P x H x W) take the one loop.
+_MAX_BLOCKED_PIXELS = 2**32 - 1
 
 
 @nb.njit(cache=True, nogil=True)
@@ -433,8 +436,8 @@ def _packed_block_pixels(flat, start, count, index, width, height, p_lo, p_span)
         word = np.uint64(flat[two * i + np.uint64(1)])
         t = flat[two * i]
         xy = np.uint32(word)
-        x = np.uint32(xy & np.uint32(0xFFFF))
-        y = np.uint32(xy >> np.uint32(16))
+        x = np.uint32(np.int32(np.int16(xy & np.uint32(0xFFFF))))  # signed, as in _packed_pixel
+        y = np.uint32(np.int32(np.int16(xy >> np.uint32(16))))
         channel = np.uint32(np.int32(np.int8(word >> np.uint64(32))) - p_lo)  # p is signed
         index[j] = np.uint32(np.uint32(np.uint32(channel * height) + y) * width) + x
         bad |= (np.uint32(x >= width) | np.uint32(y >= height) | np.uint32(channel > p_span)
@@ -447,8 +450,9 @@ def _packed_block_pixels(flat, start, count, index, width, height, p_lo, p_span)
 def _count_packed_low(words, t, x, y, p, lo, hi, target, low, width, height, p_lo, p_span, saturation):
     """_count into low bytes (see _count) of events laid out as EVENT_DTYPE, in the blocks of
     _count_packed; a block with a bad event, and short ranges, go to _count from there on."""
-    if lo == 0 or hi - lo < _MIN_BLOCKED_EVENTS:
-        first = hi if hi - lo < _MIN_BLOCKED_EVENTS else 1
+    one_loop = hi - lo < _MIN_BLOCKED_EVENTS or target.shape[0] > _MAX_BLOCKED_PIXELS
+    if lo == 0 or one_loop:
+        first = hi if one_loop else 1
         bad = _count(t, x, y, p, lo, first, target, low, width, height, p_lo, p_span, saturation, False, 0)
         if bad != -1 or first == hi:
             return bad

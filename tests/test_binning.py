@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import REAL, RECORDINGS
-from streamsnn import binning, to_frame
+from streamsnn import StreamingBinner, binning, to_frame
 from streamsnn.errors import ConfigError, EventValidationError
 from streamsnn.events import EVENT_DTYPE, make_events
 from streamsnn.io import read_events
@@ -471,3 +471,17 @@ def test_event_dtype_blocks_name_the_first_bad_event_wherever_it_lies(position, 
     with pytest.raises(EventValidationError) as raised:
         to_frame(bad, (128, 96, 2), n_event_bins=3, threads=1)
     assert raised.value.index == position and raised.value.field == defect
+
+
+@pytest.mark.parametrize("n", [20, 5000])  # the one-event loop and the blocks
+@pytest.mark.parametrize("field", ["x", "y"])
+def test_negative_coordinates_fail_on_a_sensor_wider_than_16_bits(n, field):
+    # EVENT_DTYPE's x and y are int16, read from the record's bits: -1 must not pass for column 65,535
+    events = make_events(np.zeros(n, int), np.zeros(n, int), np.arange(n), np.zeros(n, int))
+    events[field][n - 1] = -1
+    sensor = (70_000, 1, 1) if field == "x" else (1, 70_000, 1)
+    with pytest.raises(EventValidationError) as raised:
+        to_frame(events, sensor, n_event_bins=1)
+    assert raised.value.index == n - 1 and raised.value.field == field
+    with pytest.raises(EventValidationError, match=f"{field} = -1"):
+        StreamingBinner(sensor, 10**6, start_time=0).push(events)

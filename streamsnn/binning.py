@@ -369,10 +369,10 @@ def _count_packed(words, lo, hi, target, width, height, p_lo, p_span, saturation
     """_count (in place) of events laid out as EVENT_DTYPE, read as two int64 words each.
 
     Two passes over blocks of _INDEX_BLOCK events: the first computes every event's pixel and whether
-    the block is valid, without a branch, so that LLVM vectorises it (8 events a step on AVX-512,
-    reading the words in place); the second adds the counts. One thread bins 1.5x as many events a
-    second as with the single loop that does both (to_frame, time_window, 10 M random 128x128 events,
-    alternated runs: 270-350 -> 630-670 M/s). A block with a bad event goes to that single loop
+    the block is valid, without a branch, so that LLVM vectorises it (reading the words in place);
+    the second adds the counts. One thread bins about twice as many events a second as with the
+    single loop that does both (to_frame, time_window, 10 M random 128x128 events, alternated runs:
+    270-350 -> 630-670 M/s). A block with a bad event goes to that single loop
     from the block's first event on, which finds the first bad event and counts those before it
     exactly as before.
     """
@@ -408,9 +408,9 @@ def _count_packed(words, lo, hi, target, width, height, p_lo, p_span, saturation
     return -1
 
 
-# Blocks of this many events: smaller ones lose what the vector pass gains (read back right after
-# they are written, the block's pixel indices wait for the vector stores: 0.6-0.7x at 1,024 events);
-# larger ones leave L1.
+# Blocks of this many events: on events streamed from memory, smaller ones lose much of the gain
+# (the passes alternate too often for the hardware prefetcher: 390 against 550 M events/s at 1,000
+# events; on events in cache the size hardly matters); larger ones leave L1.
 _INDEX_BLOCK = 4096
 _MIN_BLOCKED_EVENTS = 64
 # The blocks' pixel indices are 32-bit: frames of more pixels (P x H x W) take the one loop.

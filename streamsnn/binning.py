@@ -447,13 +447,15 @@ def _packed_block_pixels(flat, start, count, index, width, height, p_lo, p_span)
 
 
 @nb.njit(cache=True, nogil=True)
-def _count_packed_low(words, t, x, y, p, lo, hi, target, low, width, height, p_lo, p_span, saturation):
+def _count_packed_low(words, t, x, y, p, lo, hi, target, low, width, height, p_lo, p_span, saturation,
+                      stop_at_saturation=False):
     """_count into low bytes (see _count) of events laid out as EVENT_DTYPE, in the blocks of
     _count_packed; a block with a bad event, and short ranges, go to _count from there on."""
     one_loop = hi - lo < _MIN_BLOCKED_EVENTS or target.shape[0] > _MAX_BLOCKED_PIXELS
     if lo == 0 or one_loop:
         first = hi if one_loop else 1
-        bad = _count(t, x, y, p, lo, first, target, low, width, height, p_lo, p_span, saturation, False, 0)
+        bad = _count(t, x, y, p, lo, first, target, low, width, height, p_lo, p_span, saturation,
+                     stop_at_saturation, -1)
         if bad != -1 or first == hi:
             return bad
         lo = first
@@ -463,23 +465,34 @@ def _count_packed_low(words, t, x, y, p, lo, hi, target, low, width, height, p_l
         stop = min(start + _INDEX_BLOCK, hi)
         if _packed_block_pixels(flat, np.uint64(start), np.uint64(stop - start), index, np.uint32(width),
                                 np.uint32(height), np.int32(p_lo), np.uint32(p_span)):
-            return _count(t, x, y, p, start, hi, target, low, width, height, p_lo, p_span, saturation, False, 0)
-        _add_counts_low(index, stop - start, target, low, saturation)
+            return _count(t, x, y, p, start, hi, target, low, width, height, p_lo, p_span, saturation,
+                          stop_at_saturation, -1)
+        bad = _add_counts_low(index, stop - start, target, low, saturation, stop_at_saturation)
+        if bad >= 0:
+            return -2 - (start + bad)
     return -1
 
 
 @nb.njit(cache=True, nogil=True)
-def _add_counts_low(index, count, target, low, saturation):
-    """_count's counting in low bytes, at each index: every 256th count carries into target (capped)."""
+def _add_counts_low(index, count, target, low, saturation, stop_at_saturation):
+    """_count's counting in low bytes, at each index: every 256th count carries into target (capped);
+    with stop_at_saturation, return the first j whose carry would saturate instead of counting it
+    (-1: all counted)."""
     for j in range(np.uint64(count)):
         k = index[j]
         v = low[k]
         if v == 255:
             high = target[k]
-            target[k] = high + 256 if high < saturation - 255 else saturation
+            if high < saturation - 255:
+                target[k] = high + 256
+            elif stop_at_saturation:
+                return np.int64(j)
+            else:
+                target[k] = saturation
             low[k] = 0
         else:
             low[k] = v + 1
+    return -1
 
 
 @nb.njit(cache=True, nogil=True)
@@ -1111,6 +1124,9 @@ def _push_in_window(events, words, state, clock, open_frame, no_block, low, satu
         if words.shape[0] > 0 and open_low.shape[0] == 0:
             bad = _count_packed(words, 0, n, open_frame, width, height, p_lo, p_span, saturation, True,
                                 state[_S_OPEN_EVENTS])
+        elif words.shape[0] > 0:
+            bad = _count_packed_low(words, t, x, y, p, 0, n, open_frame, open_low, width, height, p_lo, p_span,
+                                    saturation, True)
         else:
             bad = _count(t, x, y, p, 0, n, open_frame, open_low, width, height, p_lo, p_span, saturation, True,
                          state[_S_OPEN_EVENTS])

@@ -272,26 +272,42 @@ def _count(t, x, y, p, lo, hi, target, low, width, height, p_lo, p_span, saturat
         if not (inside & (ti >= previous)):
             return np.int64(i)
         previous = ti
-        if in_low:
-            v = low[index]
-            if v == 255:
-                high = target[index]
-                if high < saturation - 255:
-                    target[index] = high + 256
-                elif stop_at_saturation:
-                    return -2 - np.int64(i)
-                else:
-                    target[index] = saturation
-                low[index] = 0
-            else:
-                low[index] = v + 1
-        else:
-            v = target[index]
-            if v < saturation:
-                target[index] = v + 1
-            elif stop_at_saturation:
-                return -2 - np.int64(i)
+        added = (_increment_low(target, low, index, saturation, stop_at_saturation) if in_low
+                 else _increment(target, index, saturation, stop_at_saturation))
+        if not added:
+            return -2 - np.int64(i)
     return -1
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _increment(target, k, saturation, stop_at_saturation):
+    """One more count at target[k], capped at saturation; False (nothing changed) instead when
+    stop_at_saturation and the pixel is saturated already."""
+    v = target[k]
+    if v < saturation:
+        target[k] = v + 1
+    elif stop_at_saturation:
+        return False
+    return True
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _increment_low(target, low, k, saturation, stop_at_saturation):
+    """One more count at k in low bytes: every 256th carries 256 into target (capped at saturation);
+    False (nothing changed) instead when stop_at_saturation and the carry would saturate."""
+    v = low[k]
+    if v == 255:
+        high = target[k]
+        if high < saturation - 255:
+            target[k] = high + 256
+        elif stop_at_saturation:
+            return False
+        else:
+            target[k] = saturation
+        low[k] = 0
+    else:
+        low[k] = v + 1
+    return True
 
 
 @nb.njit(cache=True, nogil=True)
@@ -479,19 +495,8 @@ def _add_counts_low(index, count, target, low, saturation, stop_at_saturation):
     with stop_at_saturation, return the first j whose carry would saturate instead of counting it
     (-1: all counted)."""
     for j in range(np.uint64(count)):
-        k = index[j]
-        v = low[k]
-        if v == 255:
-            high = target[k]
-            if high < saturation - 255:
-                target[k] = high + 256
-            elif stop_at_saturation:
-                return np.int64(j)
-            else:
-                target[k] = saturation
-            low[k] = 0
-        else:
-            low[k] = v + 1
+        if not _increment_low(target, low, index[j], saturation, stop_at_saturation):
+            return np.int64(j)
     return -1
 
 
@@ -506,11 +511,7 @@ def _add_counts_saturating(index, count, target, saturation, stop_at_saturation)
     """Add one at each index, capped at saturation; with stop_at_saturation, return the first j whose
     pixel is already saturated instead of counting it (-1: all counted)."""
     for j in range(np.uint64(count)):
-        k = index[j]
-        v = target[k]
-        if v < saturation:
-            target[k] = v + 1
-        elif stop_at_saturation:
+        if not _increment(target, index[j], saturation, stop_at_saturation):
             return np.int64(j)
     return -1
 

@@ -259,9 +259,35 @@ def _step_rows(ops, fparams, weights, x, slots, membranes, stale, buf, logits):
                                 run = (tx_hi - tx_lo + 1) * CO
                                 acc = dst[(ty * WO + tx_lo) * CO:(ty * WO + tx_lo) * CO + run]
                                 r0 = tx_lo - (xx + PW - KW + 1)  # first reversed tap in the run
-                                for m in range(nnz):
+                                tap = (ky * KW + r0) * CO
+                                m = 0
+                                # four channels a pass: the run is read and written once for four terms,
+                                # still added one by one in channel order (the same sums, bit for bit)
+                                while m + 4 <= nnz:
+                                    v0, v1, v2, v3 = nz_v[m], nz_v[m + 1], nz_v[m + 2], nz_v[m + 3]
+                                    b0 = w_off + nz_c[m] * KH * KW * CO + tap
+                                    b1 = w_off + nz_c[m + 1] * KH * KW * CO + tap
+                                    b2 = w_off + nz_c[m + 2] * KH * KW * CO + tap
+                                    b3 = w_off + nz_c[m + 3] * KH * KW * CO + tap
+                                    w0 = weights[b0:b0 + run]
+                                    w1 = weights[b1:b1 + run]
+                                    w2 = weights[b2:b2 + run]
+                                    w3 = weights[b3:b3 + run]
+                                    for j in range(run):
+                                        acc[j] = (((acc[j] + v0 * w0[j]) + v1 * w1[j]) + v2 * w2[j]) + v3 * w3[j]
+                                    m += 4
+                                if m + 2 <= nnz:
+                                    v0, v1 = nz_v[m], nz_v[m + 1]
+                                    b0 = w_off + nz_c[m] * KH * KW * CO + tap
+                                    b1 = w_off + nz_c[m + 1] * KH * KW * CO + tap
+                                    w0 = weights[b0:b0 + run]
+                                    w1 = weights[b1:b1 + run]
+                                    for j in range(run):
+                                        acc[j] = (acc[j] + v0 * w0[j]) + v1 * w1[j]
+                                    m += 2
+                                if m < nnz:
                                     v = nz_v[m]
-                                    wb = w_off + ((nz_c[m] * KH + ky) * KW + r0) * CO
+                                    wb = w_off + nz_c[m] * KH * KW * CO + tap
                                     wv = weights[wb:wb + run]
                                     for j in range(run):
                                         acc[j] += v * wv[j]
@@ -371,10 +397,32 @@ def _step_rows(ops, fparams, weights, x, slots, membranes, stale, buf, logits):
                 else:
                     dst[:] = 0.0
                 inp = buf[src:src + FI]
+                pending = 0                  # nonzero inputs held back, added four at a time
+                i0 = i1 = i2 = 0
                 for i in range(FI):
-                    v = inp[i]
-                    if v == 0.0:
+                    if inp[i] == 0.0:
                         continue
+                    if pending == 0:
+                        i0 = i
+                    elif pending == 1:
+                        i1 = i
+                    elif pending == 2:
+                        i2 = i
+                    else:
+                        # the four terms still added one by one in input order (the same sums, bit for bit)
+                        v0, v1, v2, v3 = inp[i0], inp[i1], inp[i2], inp[i]
+                        w0 = weights[w_off + i0 * FO:w_off + (i0 + 1) * FO]
+                        w1 = weights[w_off + i1 * FO:w_off + (i1 + 1) * FO]
+                        w2 = weights[w_off + i2 * FO:w_off + (i2 + 1) * FO]
+                        w3 = weights[w_off + i * FO:w_off + (i + 1) * FO]
+                        for j in range(FO):
+                            dst[j] = (((dst[j] + v0 * w0[j]) + v1 * w1[j]) + v2 * w2[j]) + v3 * w3[j]
+                        pending = 0
+                        continue
+                    pending += 1
+                for m in range(pending):
+                    i = i0 if m == 0 else (i1 if m == 1 else i2)
+                    v = inp[i]
                     wv = weights[w_off + i * FO:w_off + (i + 1) * FO]
                     for j in range(FO):
                         dst[j] += v * wv[j]

@@ -190,6 +190,21 @@ def _fuse_affine_into_lif(ops: list, fparams: list) -> tuple[list, list]:
     return fused_ops, fused_params
 
 
+@nb.njit(cache=True, nogil=True, inline="always")
+def _add_scaled(acc, w, v):
+    """acc += v * w, element by element."""
+    for j in range(acc.shape[0]):
+        acc[j] += v * w[j]
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _add_scaled4(acc, w0, w1, w2, w3, v0, v1, v2, v3):
+    """_add_scaled of four rows in one pass over acc (read and written once, not four times), each
+    element still taking its four terms one at a time in this order: the same sums, bit for bit."""
+    for j in range(acc.shape[0]):
+        acc[j] = (((acc[j] + v0 * w0[j]) + v1 * w1[j]) + v2 * w2[j]) + v3 * w3[j]
+
+
 @nb.njit(cache=True, nogil=True, error_model="numpy")
 def _step_rows(ops, fparams, weights, x, slots, membranes, stale, buf, logits):
     """Every row r: one step of the network on x[r] (C*H*W float32, torch's order) with the membranes of
@@ -259,38 +274,20 @@ def _step_rows(ops, fparams, weights, x, slots, membranes, stale, buf, logits):
                                 run = (tx_hi - tx_lo + 1) * CO
                                 acc = dst[(ty * WO + tx_lo) * CO:(ty * WO + tx_lo) * CO + run]
                                 r0 = tx_lo - (xx + PW - KW + 1)  # first reversed tap in the run
-                                tap = (ky * KW + r0) * CO
+                                tap = w_off + (ky * KW + r0) * CO
+                                per_channel = KH * KW * CO  # from one input channel's weights to the next
                                 m = 0
-                                # four channels a pass: the run is read and written once for four terms,
-                                # still added one by one in channel order (the same sums, bit for bit)
                                 while m + 4 <= nnz:
-                                    v0, v1, v2, v3 = nz_v[m], nz_v[m + 1], nz_v[m + 2], nz_v[m + 3]
-                                    b0 = w_off + nz_c[m] * KH * KW * CO + tap
-                                    b1 = w_off + nz_c[m + 1] * KH * KW * CO + tap
-                                    b2 = w_off + nz_c[m + 2] * KH * KW * CO + tap
-                                    b3 = w_off + nz_c[m + 3] * KH * KW * CO + tap
-                                    w0 = weights[b0:b0 + run]
-                                    w1 = weights[b1:b1 + run]
-                                    w2 = weights[b2:b2 + run]
-                                    w3 = weights[b3:b3 + run]
-                                    for j in range(run):
-                                        acc[j] = (((acc[j] + v0 * w0[j]) + v1 * w1[j]) + v2 * w2[j]) + v3 * w3[j]
+                                    b0 = tap + nz_c[m] * per_channel
+                                    b1 = tap + nz_c[m + 1] * per_channel
+                                    b2 = tap + nz_c[m + 2] * per_channel
+                                    b3 = tap + nz_c[m + 3] * per_channel
+                                    _add_scaled4(acc, weights[b0:b0 + run], weights[b1:b1 + run], weights[b2:b2 + run],
+                                                 weights[b3:b3 + run], nz_v[m], nz_v[m + 1], nz_v[m + 2], nz_v[m + 3])
                                     m += 4
-                                if m + 2 <= nnz:
-                                    v0, v1 = nz_v[m], nz_v[m + 1]
-                                    b0 = w_off + nz_c[m] * KH * KW * CO + tap
-                                    b1 = w_off + nz_c[m + 1] * KH * KW * CO + tap
-                                    w0 = weights[b0:b0 + run]
-                                    w1 = weights[b1:b1 + run]
-                                    for j in range(run):
-                                        acc[j] = (acc[j] + v0 * w0[j]) + v1 * w1[j]
-                                    m += 2
-                                if m < nnz:
-                                    v = nz_v[m]
-                                    wb = w_off + nz_c[m] * KH * KW * CO + tap
-                                    wv = weights[wb:wb + run]
-                                    for j in range(run):
-                                        acc[j] += v * wv[j]
+                                for m in range(m, nnz):
+                                    b0 = tap + nz_c[m] * per_channel
+                                    _add_scaled(acc, weights[b0:b0 + run], nz_v[m])
                                 continue
                             for kx in range(KW):
                                 tx = xx + PW - kx
@@ -304,11 +301,8 @@ def _step_rows(ops, fparams, weights, x, slots, membranes, stale, buf, logits):
                                 ob = (ty * WO + tx) * CO
                                 acc = dst[ob:ob + CO]
                                 for m in range(nnz):
-                                    v = nz_v[m]
                                     wb = w_off + ((nz_c[m] * KH + ky) * KW + (KW - 1 - kx)) * CO
-                                    wv = weights[wb:wb + CO]
-                                    for co in range(CO):
-                                        acc[co] += v * wv[co]
+                                    _add_scaled(acc, weights[wb:wb + CO], nz_v[m])
             elif code == OP_AFFINE:         # per channel (batch norm), channel-last
                 at, n, C, p_off = o[1], o[2], o[3], o[4]
                 scale = weights[p_off:p_off + C]
@@ -409,23 +403,16 @@ def _step_rows(ops, fparams, weights, x, slots, membranes, stale, buf, logits):
                     elif pending == 2:
                         i2 = i
                     else:
-                        # the four terms still added one by one in input order (the same sums, bit for bit)
-                        v0, v1, v2, v3 = inp[i0], inp[i1], inp[i2], inp[i]
-                        w0 = weights[w_off + i0 * FO:w_off + (i0 + 1) * FO]
-                        w1 = weights[w_off + i1 * FO:w_off + (i1 + 1) * FO]
-                        w2 = weights[w_off + i2 * FO:w_off + (i2 + 1) * FO]
-                        w3 = weights[w_off + i * FO:w_off + (i + 1) * FO]
-                        for j in range(FO):
-                            dst[j] = (((dst[j] + v0 * w0[j]) + v1 * w1[j]) + v2 * w2[j]) + v3 * w3[j]
+                        _add_scaled4(dst, weights[w_off + i0 * FO:w_off + (i0 + 1) * FO],
+                                     weights[w_off + i1 * FO:w_off + (i1 + 1) * FO],
+                                     weights[w_off + i2 * FO:w_off + (i2 + 1) * FO],
+                                     weights[w_off + i * FO:w_off + (i + 1) * FO], inp[i0], inp[i1], inp[i2], inp[i])
                         pending = 0
                         continue
                     pending += 1
                 for m in range(pending):
                     i = i0 if m == 0 else (i1 if m == 1 else i2)
-                    v = inp[i]
-                    wv = weights[w_off + i * FO:w_off + (i + 1) * FO]
-                    for j in range(FO):
-                        dst[j] += v * wv[j]
+                    _add_scaled(dst, weights[w_off + i * FO:w_off + (i + 1) * FO], inp[i])
             else:                           # OP_OUTPUT
                 at, K = o[1], o[2]
                 for j in range(K):

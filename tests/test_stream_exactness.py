@@ -1,6 +1,6 @@
 """Many streams, one model: every stream's decisions equal `streamsnn eval`'s, alone or sharing batches.
 
-The bundled checkpoint at its stored cutoff, the N-MNIST Test split replayed by 1, 4 and 16 streams at
+The bundled checkpoint at its stored cutoff, the N-MNIST Test split replayed by 1, 4, 16 and 20 streams at
 once (as fast as possible, so the streams really share batches). Each stream replays the split in its
 own order (sample files renamed through symlinks), so the rows sharing a batch hold different samples.
 Every decision -- label, timesteps, confidence to 1e-6 -- equals the offline evaluation of that sample.
@@ -53,7 +53,9 @@ def offline(nmnist_root, tmp_path_factory):
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("streams", [1, 4, 16])
+# 20: more streams than one block of rows (EVENT_BLOCK_ROWS), so batches go through in several blocks,
+# each block's decisions sent before the next is stepped, late frames joining the last one
+@pytest.mark.parametrize("streams", [1, 4, 16, 20])
 def test_every_stream_equals_offline_eval(tmp_path, nmnist_root, offline, streams):
     orders, sources = {}, []
     for k in range(streams):

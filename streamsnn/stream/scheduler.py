@@ -305,7 +305,7 @@ class Scheduler:
     def _step_batch(self, batch: list, without: list) -> None:
         # block by block, each block's decisions sent before the next block is stepped
         rows = self.stepper.block_rows
-        # A long batch (64 streams: 8 blocks) is mostly stepping: its blocks are split over two threads
+        # A long batch (64 streams: 4 blocks) is mostly stepping: its blocks are split over two threads
         # (64 streams at speed 1, short runs: p50 10 -> 6-8 ms). A short one is not: the hand-over to the
         # pool thread, which must take the GIL to start, cost more than it saved (16 streams: p99 6.9 ->
         # 7.5-9.0 ms), and splitting every batch cut the throughput at speed 0 by a third (measured).

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import zmq
@@ -116,7 +117,7 @@ def _most_a_lazy_reader_can_hold(message_bytes: int, *, hwm: int) -> int:
     the publisher's kernel send buffer (autotuned up to tcp_wmem's maximum) and the reader's fixed
     receive buffer (Linux doubles SO_RCVBUF for its bookkeeping), with 10 % to spare."""
     try:
-        send_buffer = int(open("/proc/sys/net/ipv4/tcp_wmem").read().split()[2])
+        send_buffer = int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
     except (OSError, IndexError, ValueError):
         send_buffer = 4 * 1024 * 1024
     in_kernel = (send_buffer + 2 * LAZY_RCVBUF) // message_bytes

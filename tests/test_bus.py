@@ -85,7 +85,8 @@ def test_a_subscriber_that_never_reads_does_not_block_the_publisher():
         lazy = ctx.socket(zmq.SUB)
         lazy.setsockopt(zmq.RCVHWM, 100)
         # A fixed kernel receive buffer: left to autotuning it may grow to tcp_rmem's maximum (32 MiB on
-        # the CI machine, over 3,000 of these messages), which would hide whether anything bounds the queue.
+        # the project's machines, over 3,000 of these messages), which would hide whether anything bounds
+        # the queue.
         lazy.setsockopt(zmq.RCVBUF, LAZY_RCVBUF)
         lazy.setsockopt(zmq.SUBSCRIBE, b"")
         lazy.connect(pub.endpoint)

@@ -54,7 +54,7 @@ def offline(nmnist_root, tmp_path_factory):
 
 @pytest.mark.timeout(240)
 # 20: more streams than one block of rows (EVENT_BLOCK_ROWS), so batches go through in several blocks,
-# each block's decisions sent before the next is stepped, late frames joining the last one
+# each block's decisions sent before the next is stepped
 @pytest.mark.parametrize("streams", [1, 4, 16, 20])
 def test_every_stream_equals_offline_eval(tmp_path, nmnist_root, offline, streams):
     orders, sources = {}, []

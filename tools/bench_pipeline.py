@@ -287,7 +287,8 @@ def main(argv=None) -> int:
                         help="runs per stream count at speed 0; the median run's figures count (default 3)")
     parser.add_argument("--passes", type=int, default=1,
                         help="replay the split this many times per stream (default 1): with 100 decisions a stream, "
-                             "its p99 is its second-worst decision; more passes estimate it from more")
+                             "its p99 is its second-worst decision; more passes estimate it from more (--limit "
+                             "then counts samples of the repeated split)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.data is None:
@@ -300,6 +301,7 @@ def main(argv=None) -> int:
         parser.error("--passes must be at least 1")
     if not args.checkpoint.is_file():
         parser.error(f"{args.checkpoint}: checkpoint not found; give --checkpoint")
+    args.source_data = args.data
     with tempfile.TemporaryDirectory() as tmp:
         if args.passes > 1:
             args.data = repeated_split(args.data, args.passes, Path(tmp))
@@ -323,7 +325,7 @@ def run_all(args) -> int:
     results = {"machine": {"cpus": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)),
                            "processor": platform.processor() or platform.machine(),
                            "python": platform.python_version()},
-               "checkpoint": str(args.checkpoint), "data": str(args.data), "passes": args.passes, "runs": [],
+               "checkpoint": str(args.checkpoint), "data": str(args.source_data), "passes": args.passes, "runs": [],
                "gen3": None}
     print(f"load average before: {os.getloadavg()[0]:.2f} on {len(os.sched_getaffinity(0))} cores", flush=True)
     steady = results["machine"]["steadiness_before"] = machine_steadiness()

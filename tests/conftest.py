@@ -61,6 +61,16 @@ def data_required() -> bool:
     return os.environ.get(REQUIRE_ENV, "") not in ("", "0")
 
 
+def load_tool(name: str):
+    """``tools/<name>.py`` as a module (the tools are scripts beside the package, not part of it)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"{name}_tool", REPO_ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def free_port() -> int:
     """A TCP port nobody listens on right now, on loopback."""
     with socket.socket() as s:

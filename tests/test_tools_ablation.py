@@ -1,18 +1,13 @@
 """tools/ablation.py: the operating point and the interval it reports."""
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
+
+from conftest import load_tool
 
 
 @pytest.fixture(scope="module")
 def ablation():
-    path = Path(__file__).resolve().parents[1] / "tools" / "ablation.py"
-    spec = importlib.util.spec_from_file_location("ablation_tool", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("ablation")
 
 
 def test_t_quantile(ablation):

@@ -1,20 +1,14 @@
 """tools/bench_pipeline.py --passes: the split every stream replays, each sample K times."""
-import importlib.util
-from pathlib import Path
-
 import pytest
 
+from conftest import load_tool
 from streamsnn.datasets import bundled_nmnist_root
 from streamsnn.io.folder import SampleFolder
 
 
 @pytest.fixture(scope="module")
 def bench():
-    path = Path(__file__).resolve().parents[1] / "tools" / "bench_pipeline.py"
-    spec = importlib.util.spec_from_file_location("bench_pipeline_tool", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("bench_pipeline")
 
 
 def test_repeated_split_holds_every_sample_k_times_in_pass_order(bench, tmp_path):

@@ -301,44 +301,44 @@ def main(argv=None) -> int:
         parser.error("--passes must be at least 1")
     if not args.checkpoint.is_file():
         parser.error(f"{args.checkpoint}: checkpoint not found; give --checkpoint")
-    args.source_data = args.data
     with tempfile.TemporaryDirectory() as tmp:
-        if args.passes > 1:
-            args.data = repeated_split(args.data, args.passes, Path(tmp))
-        return run_all(args)
+        replayed = repeated_split(args.data, args.passes, Path(tmp)) if args.passes > 1 else args.data
+        return run_all(args, replayed)
 
 
 def repeated_split(data: Path, passes: int, into: Path) -> Path:
-    """A Test/ folder in which every sample of data/Test appears ``passes`` times (links named
-    p<k>_<name>, so each class folder replays pass 0's samples, then pass 1's, ...)."""
-    for sample in sorted((data / "Test").glob("*/*")):
-        if sample.is_file():
-            folder = into / "Test" / sample.parent.name
-            folder.mkdir(parents=True, exist_ok=True)
-            for k in range(passes):
-                (folder / f"p{k}_{sample.name}").symlink_to(sample.resolve())
+    """A Test/ folder in which every sample of data/Test (as the job lists them) appears ``passes`` times
+    (links named p<k>_<name>, so each class folder replays pass 0's samples, then pass 1's, ...)."""
+    from streamsnn.io.folder import SampleFolder
+
+    for sample in SampleFolder(data, "Test").samples:
+        folder = into / "Test" / sample.class_name
+        folder.mkdir(parents=True, exist_ok=True)
+        for k in range(passes):
+            (folder / f"p{k}_{sample.path.name}").symlink_to(sample.path.resolve())
     return into
 
 
-def run_all(args) -> int:
+def run_all(args, replayed: Path) -> int:
+    """Every measurement; the streams replay ``replayed`` (args.data, or its repeated split)."""
     speeds = [float(s) for s in args.speeds.split(",")]
     results = {"machine": {"cpus": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)),
                            "processor": platform.processor() or platform.machine(),
                            "python": platform.python_version()},
-               "checkpoint": str(args.checkpoint), "data": str(args.source_data), "passes": args.passes, "runs": [],
+               "checkpoint": str(args.checkpoint), "data": str(args.data), "passes": args.passes, "runs": [],
                "gen3": None}
     print(f"load average before: {os.getloadavg()[0]:.2f} on {len(os.sched_getaffinity(0))} cores", flush=True)
     steady = results["machine"]["steadiness_before"] = machine_steadiness()
     print(f"machine steadiness: a fixed compute loop takes {steady['p1_ms']:.2f} / {steady['p50_ms']:.2f} / "
           f"{steady['p99_ms']:.2f} ms (p1 / p50 / p99)", flush=True)
-    offline = offline_decisions(args.data, args.checkpoint, args.limit) if 1.0 in speeds and args.streams else None
+    offline = offline_decisions(replayed, args.checkpoint, args.limit) if 1.0 in speeds and args.streams else None
     single_rtf = None
     for n in args.streams:
         for speed in speeds:
             if speed == 0:
                 # A speed-0 run of the 100-sample folder lasts 0.1-1 s, and one stream's figure swung by a
                 # third from run to run (measured): the median of several runs counts, their range is shown.
-                runs = sorted((run_streams(args.data, args.checkpoint, n, speed, args.limit)
+                runs = sorted((run_streams(replayed, args.checkpoint, n, speed, args.limit)
                                for _ in range(max(1, args.speed0_runs))), key=lambda run: run["real_time_factor"])
                 r = runs[len(runs) // 2]
                 r["real_time_factor_runs"] = [run["real_time_factor"] for run in runs]
@@ -353,7 +353,7 @@ def run_all(args) -> int:
                       "decision", flush=True)
                 results["runs"].append(r)
                 continue
-            r = run_streams(args.data, args.checkpoint, n, speed, args.limit)
+            r = run_streams(replayed, args.checkpoint, n, speed, args.limit)
             decisions = r.pop("_decisions")
             if offline is not None:
                 r["equal_to_offline"] = equals_offline(decisions, offline)
